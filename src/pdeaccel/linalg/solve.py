@@ -1,0 +1,234 @@
+"""The one public entry point for linear solves: :func:`solve`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+
+from ._batched import Budget, MethodOutput, bnorm
+from .bicgstab import bicgstab
+from .cg import cg
+from .gmres import gmres
+from .jacobi import jacobi
+from .operator import LinearOperator, as_operator
+
+METHODS = ("jacobi", "cg", "bicgstab", "gmres")
+GRAD_MODES = ("implicit", "unrolled")
+PRECONDITIONERS = (None, "jacobi")
+
+#: ``monitor(direction, method, iterations)`` is called after every forward solve
+#: (``direction="forward"``) and every adjoint solve (``"backward"``) with the per-sample
+#: iteration counts actually run. This is how an iteration ledger sees the cost of training.
+Monitor = Callable[[str, str, torch.Tensor], None]
+
+
+@dataclass
+class SolveResult:
+    """What a solve returns. ``iterations``, ``residual_norm`` and ``converged`` are per sample.
+
+    For GMRES ``iterations`` counts restart cycles. ``backward_iterations`` is filled in when (and
+    if) the implicit adjoint solve runs during ``backward()``.
+    """
+
+    solution: torch.Tensor
+    iterations: torch.Tensor
+    residual_norm: torch.Tensor
+    converged: torch.Tensor
+    method: str
+    backward_iterations: torch.Tensor | None = field(default=None)
+
+
+@dataclass
+class _Settings:
+    method: str
+    max_iters: int
+    rtol: float
+    atol: float
+    preconditioner: str | None
+    restart: int
+    omega: float
+
+
+def solve(
+    A: LinearOperator | Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    *,
+    method: Literal["jacobi", "cg", "bicgstab", "gmres"] = "cg",
+    max_iters: int | None = None,
+    rtol: float = 1e-6,
+    atol: float = 0.0,
+    x0: torch.Tensor | None = None,
+    grad: Literal["implicit", "unrolled"] = "implicit",
+    preconditioner: Literal["jacobi"] | None = None,
+    adjoint_max_iters: int | None = None,
+    restart: int = 20,
+    omega: float = 1.0,
+    monitor: Monitor | None = None,
+) -> SolveResult:
+    """Solve ``A x = b`` for every sample of a batch with a matrix-free iterative method.
+
+    Args:
+        A: a :class:`LinearOperator` or a callable ``x -> A x`` on ``[batch, *shape]`` tensors.
+        b: right-hand side, ``[batch, *shape]`` (the leading axis is always the batch).
+        method: ``"jacobi"`` (weighted, needs the diagonal), ``"cg"`` (symmetric positive
+            definite A), ``"bicgstab"`` or ``"gmres"`` (restarted; the budget counts cycles).
+        max_iters: the hard budget K. The method runs exactly K iterations unless every sample
+            reaches the tolerance first; ``None`` means "until the tolerance", capped at 10·n
+            iterations for n unknowns per sample. K may differ from call to call at no cost.
+        rtol, atol: a sample stops once ``‖b − A x‖ ≤ max(atol, rtol·‖b‖)``. ``rtol=atol=0``
+            runs the whole budget with no convergence checks (no host synchronisation).
+        x0: initial guess (default zero).
+        grad: ``"implicit"`` differentiates the solution with one adjoint solve ``Aᵀλ = ḡ``
+            (memory independent of K; gradients reach b and every tensor A closes over, not x0);
+            ``"unrolled"`` back-propagates through the iterations (memory grows with K; gradients
+            also reach x0 and are exact for the truncated solver).
+        preconditioner: ``None`` or ``"jacobi"`` (diagonal; the operator must know its diagonal).
+        adjoint_max_iters: budget of the implicit adjoint solve (default: the forward budget).
+        restart: GMRES restart length m.
+        omega: Jacobi relaxation weight.
+        monitor: called with the iteration counts of every forward and adjoint solve.
+
+    Non-convergence is reported in the result (``converged``), never raised.
+
+    Example:
+        >>> from pdeaccel import Grid, solve, LinearOperator, laplacian
+        >>> g = Grid(32, boundary="dirichlet")
+        >>> A = LinearOperator(lambda u: -laplacian(u, g), symmetric=True)
+        >>> b = torch.ones(4, 1, 32, dtype=torch.float64)
+        >>> result = solve(A, b, method="cg", max_iters=100)
+        >>> bool(result.converged.all())
+        True
+    """
+    op = as_operator(A)
+    settings, x0, r0 = _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner,
+                                 adjoint_max_iters, restart, omega)
+    adjoint_budget = settings.max_iters if adjoint_max_iters is None else int(adjoint_max_iters)
+
+    if grad == "unrolled" or not torch.is_grad_enabled():
+        out = _run(op, b, x0, r0, settings)
+        result = _result(out, b, settings)
+        if monitor is not None:
+            monitor("forward", method, out.iterations)
+        return result
+
+    with torch.no_grad():
+        out = _run(op, b.detach(), x0.detach(), r0.detach(), settings)
+    result = _result(out, b, settings)
+    if monitor is not None:
+        monitor("forward", method, out.iterations)
+    # x = x* + A⁻¹(b − A x*): the correction is zero in value, but its derivative is A⁻¹ applied
+    # to d(b − A x*), i.e. exactly the implicit-function gradient, reaching b and A's tensors.
+    residual = b - op.matvec(out.x)
+    if residual.requires_grad:
+        adjoint_settings = _Settings(**{**settings.__dict__, "max_iters": adjoint_budget})
+        correction = _AdjointSolve.apply(residual, op, adjoint_settings, result, monitor)
+        result.solution = out.x + correction
+    return result
+
+
+class _AdjointSolve(torch.autograd.Function):
+    """Forward: zeros. Backward: λ = A⁻ᵀ ḡ (the adjoint solve, with its own budget)."""
+
+    @staticmethod
+    def forward(ctx, residual, op, settings, result, monitor):
+        ctx.op, ctx.settings, ctx.result, ctx.monitor = op, settings, result, monitor
+        return torch.zeros_like(residual)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        op_t = ctx.op.transpose()
+        with torch.no_grad():
+            g = grad_out.detach()
+            x0 = torch.zeros_like(g)
+            out = _run(op_t, g, x0, g, ctx.settings)
+        ctx.result.backward_iterations = out.iterations
+        if ctx.monitor is not None:
+            ctx.monitor("backward", ctx.settings.method, out.iterations)
+        return out.x, None, None, None, None
+
+
+def _run(op: LinearOperator, b: torch.Tensor, x0: torch.Tensor, r0: torch.Tensor, s: _Settings) -> MethodOutput:
+    bn = bnorm(b)
+    threshold = torch.clamp(s.rtol * bn, min=s.atol)
+    budget = Budget(s.max_iters, threshold)
+    inv_diag = None
+    if s.method == "jacobi" or s.preconditioner == "jacobi":
+        inv_diag = 1.0 / op.get_diagonal()
+    if s.method == "jacobi":
+        return jacobi(op, b, x0, r0, budget, omega=s.omega, inv_diag=inv_diag)
+    if s.method == "cg":
+        return cg(op, b, x0, r0, budget, inv_diag=inv_diag)
+    if s.method == "bicgstab":
+        return bicgstab(op, b, x0, r0, budget, inv_diag=inv_diag)
+    return gmres(op, b, x0, r0, budget, restart=s.restart, inv_diag=inv_diag)
+
+
+def _result(out: MethodOutput, b: torch.Tensor, s: _Settings) -> SolveResult:
+    threshold = torch.clamp(s.rtol * bnorm(b.detach()), min=s.atol)
+    res = out.residual_norm.detach()
+    return SolveResult(out.x, out.iterations, res, res <= threshold, s.method)
+
+
+def _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner, adjoint_max_iters,
+              restart, omega):
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"b must be a torch.Tensor of shape [batch, ...], got {type(b).__name__}.")
+    if b.dim() < 2:
+        raise ValueError(
+            f"b must have a leading batch axis, shape [batch, ...]; got shape {list(b.shape)}. "
+            "For a single system use b[None]."
+        )
+    if b.numel() == 0:
+        raise ValueError(f"b is empty (shape {list(b.shape)}); every axis needs at least one entry.")
+    if not b.is_floating_point():
+        raise TypeError(f"b must be a floating-point tensor, got dtype {b.dtype}.")
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("b (the right-hand side) contains NaN or inf values; check what produced it.")
+    if method not in METHODS:
+        raise ValueError(f"Unknown solver method {method!r}; choose one of {', '.join(METHODS)}.")
+    if grad not in GRAD_MODES:
+        raise ValueError(f"Unknown grad mode {grad!r}; choose 'implicit' or 'unrolled'.")
+    if preconditioner not in PRECONDITIONERS:
+        raise ValueError(f"Unknown preconditioner {preconditioner!r}; choose None or 'jacobi'.")
+    for name, value in (("max_iters", max_iters), ("adjoint_max_iters", adjoint_max_iters)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}.")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    if not (isinstance(restart, int) and restart >= 1):
+        raise ValueError(f"restart (GMRES) must be an integer >= 1, got {restart!r}.")
+    if not (0 < omega < 2):
+        raise ValueError(f"omega (Jacobi relaxation) must lie in (0, 2), got {omega!r}.")
+    if x0 is None:
+        x0 = torch.zeros_like(b)
+    elif not isinstance(x0, torch.Tensor) or x0.shape != b.shape:
+        shape = list(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+        raise ValueError(f"x0 must have the shape of b {list(b.shape)}, got {shape}.")
+    elif not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 (the initial guess) contains NaN or inf values.")
+    if (method == "jacobi" or preconditioner == "jacobi"):
+        diag = op.get_diagonal()
+        if diag is None:
+            raise ValueError(
+                f"{'Jacobi iteration' if method == 'jacobi' else 'Jacobi preconditioning'} needs the "
+                "operator's diagonal: build it as LinearOperator(matvec, diagonal=...)."
+            )
+        if not bool((diag != 0).all()):
+            raise ValueError("the operator's diagonal has zero entries; Jacobi cannot divide by them.")
+    Ax0 = op.matvec(x0)
+    if not isinstance(Ax0, torch.Tensor) or Ax0.shape != b.shape:
+        shape = list(Ax0.shape) if isinstance(Ax0, torch.Tensor) else type(Ax0).__name__
+        raise ValueError(
+            f"the operator is not square on this input: A maps shape {list(b.shape)} to {shape}. "
+            "A must return a tensor of the same shape as its input."
+        )
+    r0 = b - Ax0
+    n = b[0].numel()
+    K = 10 * n if max_iters is None else int(max_iters)
+    if method == "gmres" and max_iters is None:
+        K = max(1, (10 * n) // restart)
+    return _Settings(method, K, float(rtol), float(atol), preconditioner, int(restart), float(omega)), x0, r0

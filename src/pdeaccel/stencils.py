@@ -1,0 +1,240 @@
+"""Finite-difference stencils on ``[batch, channel, *space]`` tensors.
+
+Every stencil is second-order accurate on the node/cell layout that :class:`~pdeaccel.grid.Grid`
+defines for the boundary kind of each axis (homogeneous conditions; an inhomogeneous Dirichlet
+value enters a stepper's right-hand side, see :func:`dirichlet_lift`).
+
+MAC (staggered) layout, used for incompressible flow. Pressure lives at cell centres. Velocity
+component ``d`` lives on the faces normal to axis ``d``: face ``k`` sits at ``x_d = k·h_d`` (the
+*left* face of cell ``k``). On a periodic axis there are N faces (face N is face 0); on a bounded
+axis N+1 (both walls included). A 2D vector potential ``a`` (3D: three edge components) lives on
+cell corners/edges, so :func:`mac_curl` gives face velocities whose :func:`mac_divergence` is zero
+up to round-off by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .grid import Grid
+
+
+def _check_axis(u: torch.Tensor, grid: Grid) -> None:
+    if u.dim() != grid.ndim + 2:
+        raise ValueError(
+            f"expected a [batch, channel, *space] tensor with {grid.ndim} space axes, got shape "
+            f"{list(u.shape)}"
+        )
+
+
+def pad_axis(u: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
+    """Pad one spatial axis by one ghost layer on each side according to its boundary kind."""
+    dim = axis + 2
+    kind = grid.boundary[axis]
+    first, last = u.narrow(dim, 0, 1), u.narrow(dim, u.shape[dim] - 1, 1)
+    if kind == "periodic":
+        return torch.cat([last, u, first], dim=dim)
+    if kind == "dirichlet":
+        zero = torch.zeros_like(first)
+        return torch.cat([zero, u, zero], dim=dim)
+    return torch.cat([first, u, last], dim=dim)  # neumann: mirrored ghost cell, zero flux
+
+
+def _neighbours(u: torch.Tensor, axis: int, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u[i-1], u[i+1]) along ``axis`` with the grid's ghost values."""
+    dim = axis + 2
+    n = u.shape[dim]
+    if grid.boundary[axis] == "periodic":
+        # roll is one kernel; cheaper than cat + narrow on the hot path of the iterative solvers
+        return torch.roll(u, 1, dims=dim), torch.roll(u, -1, dims=dim)
+    padded = pad_axis(u, axis, grid)
+    return padded.narrow(dim, 0, n), padded.narrow(dim, 2, n)
+
+
+def laplacian(u: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Second-order (2d+1)-point Laplacian ``Σ_d (u[i-1] - 2u[i] + u[i+1]) / h_d²``."""
+    _check_axis(u, grid)
+    out = torch.zeros_like(u)
+    for axis, h in enumerate(grid.spacing):
+        left, right = _neighbours(u, axis, grid)
+        out = out + (left - 2.0 * u + right) / (h * h)
+    return out
+
+
+def laplacian_diagonal(grid: Grid, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Diagonal of :func:`laplacian` as a ``grid.shape`` tensor (Neumann ends are -1/h², not -2/h²)."""
+    diag = torch.zeros(grid.shape, dtype=dtype)
+    for axis, (n, h, kind) in enumerate(zip(grid.shape, grid.spacing, grid.boundary)):
+        d = torch.full((n,), -2.0 / (h * h), dtype=dtype)
+        if kind == "neumann":
+            d[0] += 1.0 / (h * h)
+            d[-1] += 1.0 / (h * h)
+        if kind == "periodic" and n == 1:
+            d[:] = 0.0
+        shape = [1] * grid.ndim
+        shape[axis] = n
+        diag = diag + d.reshape(shape)
+    return diag
+
+
+def gradient(u: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Central-difference gradient: ``[B, C, *s] -> [B, C·d, *s]`` (channel-major, then axis)."""
+    _check_axis(u, grid)
+    parts = []
+    for axis, h in enumerate(grid.spacing):
+        left, right = _neighbours(u, axis, grid)
+        parts.append((right - left) / (2.0 * h))
+    return torch.stack(parts, dim=2).flatten(1, 2)
+
+
+def divergence(v: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Central-difference divergence of a collocated vector field with ``grid.ndim`` channels."""
+    _check_axis(v, grid)
+    if v.shape[1] != grid.ndim:
+        raise ValueError(f"divergence needs {grid.ndim} channels (one per axis), got {v.shape[1]}")
+    out = torch.zeros_like(v[:, :1])
+    for axis, h in enumerate(grid.spacing):
+        left, right = _neighbours(v[:, axis : axis + 1], axis, grid)
+        out = out + (right - left) / (2.0 * h)
+    return out
+
+
+def upwind_derivative(u: torch.Tensor, velocity: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
+    """First-order upwind ``∂u/∂x_axis``: backward difference where velocity > 0, forward where < 0."""
+    _check_axis(u, grid)
+    h = grid.spacing[axis]
+    left, right = _neighbours(u, axis, grid)
+    backward = (u - left) / h
+    forward = (right - u) / h
+    return torch.where(velocity > 0, backward, forward)
+
+
+def upwind_advection(u: torch.Tensor, velocity: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """First-order upwind ``(v·∇)u`` for a collocated velocity with ``grid.ndim`` channels."""
+    _check_axis(u, grid)
+    if velocity.shape[1] != grid.ndim:
+        raise ValueError(f"velocity needs {grid.ndim} channels, got {velocity.shape[1]}")
+    out = torch.zeros_like(u)
+    for axis in range(grid.ndim):
+        v = velocity[:, axis : axis + 1]
+        out = out + v * upwind_derivative(u, v, axis, grid)
+    return out
+
+
+def dirichlet_lift(grid: Grid, values: Sequence[tuple[float, float]], dtype=torch.float64) -> torch.Tensor:
+    """Contribution of inhomogeneous Dirichlet values to ``laplacian``: ``L u_full = L u + lift``.
+
+    ``values[axis] = (value at x=0, value at x=L)``; returns a ``[1, 1, *grid.shape]`` tensor.
+    """
+    lift = torch.zeros((1, 1) + grid.shape, dtype=dtype)
+    for axis, ((lo, hi), h, kind) in enumerate(zip(values, grid.spacing, grid.boundary)):
+        if kind != "dirichlet":
+            if lo or hi:
+                raise ValueError(f"axis {axis} is {kind}, it takes no Dirichlet values")
+            continue
+        dim = axis + 2
+        lift.narrow(dim, 0, 1).add_(lo / (h * h))
+        lift.narrow(dim, grid.shape[axis] - 1, 1).add_(hi / (h * h))
+    return lift
+
+
+# --------------------------------------------------------------------------------------------
+# MAC (staggered) layout
+# --------------------------------------------------------------------------------------------
+
+
+def _diff_forward(f: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
+    """``(f[k+1] - f[k]) / h``: same length on a periodic axis, one shorter on a bounded one."""
+    dim = axis + 2
+    h = _mac_spacing(grid)[axis]
+    if grid.boundary[axis] == "periodic":
+        return (torch.roll(f, -1, dims=dim) - f) / h
+    n = f.shape[dim]
+    return (f.narrow(dim, 1, n - 1) - f.narrow(dim, 0, n - 1)) / h
+
+
+def _diff_backward(f: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
+    """``(f[k] - f[k-1]) / h``: same length on a periodic axis, one shorter on a bounded one."""
+    dim = axis + 2
+    h = _mac_spacing(grid)[axis]
+    if grid.boundary[axis] == "periodic":
+        return (f - torch.roll(f, 1, dims=dim)) / h
+    n = f.shape[dim]
+    return (f.narrow(dim, 1, n - 1) - f.narrow(dim, 0, n - 1)) / h
+
+
+def _mac_spacing(grid: Grid) -> tuple[float, ...]:
+    # a MAC grid is cell-based on every axis: N cells of width L/N, whatever the boundary kind
+    return tuple(L / n for n, L in zip(grid.shape, grid.extent))
+
+
+def mac_face_shape(grid: Grid, axis: int) -> tuple[int, ...]:
+    """Shape of the face array normal to ``axis`` (N+1 along a bounded axis, N if periodic)."""
+    return tuple(
+        n + (1 if (a == axis and grid.boundary[a] != "periodic") else 0) for a, n in enumerate(grid.shape)
+    )
+
+
+def mac_potential_shape(grid: Grid, component: int | None = None) -> tuple[int, ...]:
+    """Shape of the vector potential: 2D corners; 3D edges along ``component``."""
+    extra = [0 if kind == "periodic" else 1 for kind in grid.boundary]
+    if grid.ndim == 3:
+        if component is None:
+            raise ValueError("a 3D vector potential has three edge components; pass component=0,1,2")
+        extra[component] = 0
+    return tuple(n + e for n, e in zip(grid.shape, extra))
+
+
+def mac_divergence(faces: Sequence[torch.Tensor], grid: Grid) -> torch.Tensor:
+    """Cell-centred divergence ``Σ_d (u_d[k+1] - u_d[k]) / h_d`` of MAC face velocities."""
+    if len(faces) != grid.ndim:
+        raise ValueError(f"need {grid.ndim} face components, got {len(faces)}")
+    out = None
+    for axis, f in enumerate(faces):
+        expected = mac_face_shape(grid, axis)
+        if tuple(f.shape[2:]) != expected:
+            raise ValueError(f"face component {axis} must have space shape {expected}, got {tuple(f.shape[2:])}")
+        d = _diff_forward(f, axis, grid)
+        out = d if out is None else out + d
+    return out
+
+
+def mac_gradient(p: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, ...]:
+    """Face-normal pressure gradient ``(p[k] - p[k-1]) / h``; on a bounded axis only interior faces
+    are defined, so the wall faces are returned as zero (walls carry no pressure-driven flux)."""
+    grid.check_field(p, "pressure")
+    out = []
+    for axis in range(grid.ndim):
+        g = _diff_backward(p, axis, grid)
+        if grid.boundary[axis] != "periodic":
+            zero = torch.zeros_like(g.narrow(axis + 2, 0, 1))
+            g = torch.cat([zero, g, zero], dim=axis + 2)
+        out.append(g)
+    return tuple(out)
+
+
+def mac_curl(potential, grid: Grid) -> tuple[torch.Tensor, ...]:
+    """Face velocities from a vector potential; their :func:`mac_divergence` vanishes identically.
+
+    2D: ``potential`` is a ``[B, 1, *corner_shape]`` tensor ``a``; ``u_x = ∂a/∂y``, ``u_y = -∂a/∂x``.
+    3D: ``potential`` is a sequence ``(A_x, A_y, A_z)`` of edge tensors; ``u = ∇ × A``.
+    """
+    if grid.ndim == 2:
+        a = potential
+        expected = mac_potential_shape(grid)
+        if tuple(a.shape[2:]) != expected:
+            raise ValueError(f"2D vector potential must have space shape {expected}, got {tuple(a.shape[2:])}")
+        return (_diff_forward(a, 1, grid), -_diff_forward(a, 0, grid))
+    if grid.ndim == 3:
+        ax, ay, az = potential
+        for c, comp in enumerate((ax, ay, az)):
+            expected = mac_potential_shape(grid, c)
+            if tuple(comp.shape[2:]) != expected:
+                raise ValueError(f"3D potential component {c} must have space shape {expected}, got {tuple(comp.shape[2:])}")
+        ux = _diff_forward(az, 1, grid) - _diff_forward(ay, 2, grid)
+        uy = _diff_forward(ax, 2, grid) - _diff_forward(az, 0, grid)
+        uz = _diff_forward(ay, 0, grid) - _diff_forward(ax, 1, grid)
+        return (ux, uy, uz)
+    raise ValueError("mac_curl is defined for 2D and 3D grids")
