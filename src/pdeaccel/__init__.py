@@ -5,12 +5,12 @@ steppers) and the two accelerators built on it, PRDP and NeuralStagger.
 """
 
 from .grid import Grid
-from .linalg import LinearOperator, SolveResult, solve
+from .linalg import LinearOperator, SolveResult, SolverConfig, solve
 from .stencils import divergence, gradient, laplacian, mac_curl, mac_divergence, mac_gradient, upwind_advection
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Grid", "LinearOperator", "SolveResult", "solve",
+    "Grid", "LinearOperator", "SolveResult", "SolverConfig", "solve",
     "laplacian", "gradient", "divergence", "upwind_advection", "mac_curl", "mac_divergence", "mac_gradient",
 ]

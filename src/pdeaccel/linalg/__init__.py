@@ -2,5 +2,6 @@
 
 from .operator import LinearOperator, as_operator
 from .solve import GRAD_MODES, METHODS, Monitor, SolveResult, solve
+from .config import SolverConfig
 
-__all__ = ["LinearOperator", "as_operator", "solve", "SolveResult", "Monitor", "METHODS", "GRAD_MODES"]
+__all__ = ["LinearOperator", "as_operator", "solve", "SolveResult", "SolverConfig", "Monitor", "METHODS", "GRAD_MODES"]
