@@ -1,0 +1,9 @@
+"""Implicit time steppers and PDE solves built on :mod:`pdeaccel.linalg`.
+
+Every solve goes through a :class:`~pdeaccel.linalg.SolverConfig`, so its budget, its grad mode
+and its iteration monitor are the caller's.
+"""
+
+from .heat import HEAT_SCHEMES, HeatStepper
+
+__all__ = ["HeatStepper", "HEAT_SCHEMES"]
