@@ -5,5 +5,6 @@ and its iteration monitor are the caller's.
 """
 
 from .heat import HEAT_SCHEMES, HeatStepper
+from .poisson import poisson_operator, sine_series_source, solve_poisson
 
-__all__ = ["HeatStepper", "HEAT_SCHEMES"]
+__all__ = ["HeatStepper", "HEAT_SCHEMES", "poisson_operator", "solve_poisson", "sine_series_source"]
