@@ -52,8 +52,9 @@ class UNet(nn.Module):
 
     ``up₂`` is parameter-free ×2 linear interpolation (bi-/trilinear); with ``"circular"`` padding
     it wraps around (periodic interpolation), otherwise edge values are held. This is the layout
-    of the U-Net Wandel et al. use (4 levels, hidden width 20, bilinear upsampling; theirs has
-    batch normalisation (it builds on the common milesial Pytorch-UNet); ours has none, so a sample's output never depends on its batch). In 2D
+    of the U-Net Wandel et al. use (4 levels, hidden width 20, bilinear upsampling). Theirs,
+    built on the common milesial Pytorch-UNet, has batch normalisation; ours has none, so a
+    sample's output never depends on the rest of its batch. In 2D
     with ``hidden=20, levels=4`` it has 1,686,180 + 180·in_channels + 21·out_channels parameters
     (1,686,783 for 3 in / 3 out channels) — their "≈1.7M".
 
