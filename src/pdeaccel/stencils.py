@@ -29,8 +29,14 @@ def _check_axis(u: torch.Tensor, grid: Grid) -> None:
         )
 
 
-def pad_axis(u: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
-    """Pad one spatial axis by one ghost layer on each side according to its boundary kind."""
+def pad_axis(u: torch.Tensor, axis: int, grid: Grid, *, normal: bool = False) -> torch.Tensor:
+    """Pad one spatial axis by one ghost layer on each side according to its boundary kind.
+
+    ``normal=True`` pads the component of a vector field normal to this axis. It matters only on
+    a neumann (zero-flux) axis: a scalar is mirrored (ghost = edge value, zero normal derivative),
+    a normal velocity is mirrored with opposite sign (ghost = −edge value, zero flux through the
+    wall, which sits halfway between the edge cell and its ghost).
+    """
     dim = axis + 2
     kind = grid.boundary[axis]
     first, last = u.narrow(dim, 0, 1), u.narrow(dim, u.shape[dim] - 1, 1)
@@ -39,17 +45,19 @@ def pad_axis(u: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
     if kind == "dirichlet":
         zero = torch.zeros_like(first)
         return torch.cat([zero, u, zero], dim=dim)
-    return torch.cat([first, u, last], dim=dim)  # neumann: mirrored ghost cell, zero flux
+    if normal:
+        return torch.cat([-first, u, -last], dim=dim)
+    return torch.cat([first, u, last], dim=dim)
 
 
-def _neighbours(u: torch.Tensor, axis: int, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u[i-1], u[i+1]) along ``axis`` with the grid's ghost values."""
+def _neighbours(u: torch.Tensor, axis: int, grid: Grid, *, normal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u[i-1], u[i+1]) along ``axis`` with the grid's ghost values (see :func:`pad_axis`)."""
     dim = axis + 2
     n = u.shape[dim]
     if grid.boundary[axis] == "periodic":
         # roll is one kernel; cheaper than cat + narrow on the hot path of the iterative solvers
         return torch.roll(u, 1, dims=dim), torch.roll(u, -1, dims=dim)
-    padded = pad_axis(u, axis, grid)
+    padded = pad_axis(u, axis, grid, normal=normal)
     return padded.narrow(dim, 0, n), padded.narrow(dim, 2, n)
 
 
@@ -90,13 +98,19 @@ def gradient(u: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 
 def divergence(v: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Central-difference divergence of a collocated vector field with ``grid.ndim`` channels."""
+    """Central-difference divergence ``Σ_d (v_d[i+1] - v_d[i-1]) / 2h_d`` of a collocated vector
+    field with ``grid.ndim`` channels.
+
+    Ghost values of the normal component: periodic wrap, zero on a dirichlet axis (the wall node),
+    sign-flipped mirror on a neumann axis (zero flux through the wall). With these ghosts the
+    divergence is exactly minus the adjoint of :func:`gradient`, ``⟨div v, p⟩ = −⟨v, grad p⟩``.
+    """
     _check_axis(v, grid)
     if v.shape[1] != grid.ndim:
         raise ValueError(f"divergence needs {grid.ndim} channels (one per axis), got {v.shape[1]}")
     out = torch.zeros_like(v[:, :1])
     for axis, h in enumerate(grid.spacing):
-        left, right = _neighbours(v[:, axis : axis + 1], axis, grid)
+        left, right = _neighbours(v[:, axis : axis + 1], axis, grid, normal=True)
         out = out + (right - left) / (2.0 * h)
     return out
 
