@@ -1,0 +1,241 @@
+"""The one training loop every task shares.
+
+A *task* (emulator learning, hybrid correction learning, an inverse problem, later the
+physics-constrained pool) says what its parameters are, how a minibatch loss is computed with a
+given linear-solver configuration, and how it is validated. The trainer owns everything else:
+epochs, the iteration-budget schedule (PRDP or a baseline), the iteration ledger, the optimiser
+and learning-rate schedule, the divergence guard, atomic checkpoints, resume, the metrics CSV,
+and the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from ..linalg import SolverConfig
+from ..prdp import IterationLedger, Schedule
+from . import io
+
+
+class Task(Protocol):
+    """What the trainer needs from a learning problem."""
+
+    def parameters(self) -> list[torch.nn.Parameter]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def train_batches(self, generator: torch.Generator) -> Iterable[Any]: ...
+
+    def loss(self, batch: Any, solver: SolverConfig) -> torch.Tensor: ...
+
+    def validate(self, solver: SolverConfig) -> float: ...
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 10
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_decay: float = 1.0  # exponential decay factor per epoch
+    checkpoint_keep: int = 3
+    guard_factor: float = 1e3  # a loss this many times the previous epoch's loss counts as divergence
+    guard_retries: int = 3
+    progress: bool = True
+
+
+class DivergenceError(RuntimeError):
+    """Training kept diverging after the divergence guard ran out of retries."""
+
+
+class Trainer:
+    """Train ``task`` for ``settings.epochs`` epochs, changing the solver budget by ``schedule``.
+
+    Args:
+        task: the learning problem.
+        solver: solver settings used in training; its ``max_iters`` is replaced every epoch by
+            ``schedule.budget`` (``None`` = run to the configured tolerance).
+        validation_solver: settings for validation (typically converged); solves there are
+            counted separately and do not count as training cost.
+        schedule: the budget policy (``PRDPSchedule``, ``FixedSchedule``, ...).
+        run_dir: where checkpoints, ``metrics.csv`` and ``events.json`` go (``None``: nothing written).
+        seed: seeds the minibatch order; the generator state is checkpointed.
+    """
+
+    def __init__(self, task: Task, solver: SolverConfig, validation_solver: SolverConfig,
+                 schedule: Schedule, settings: TrainSettings, run_dir: str | Path | None = None,
+                 seed: int = 0) -> None:
+        self.task = task
+        self.solver = solver
+        self.validation_solver = validation_solver
+        self.schedule = schedule
+        self.settings = settings
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.ledger = IterationLedger()
+        params = list(task.parameters())
+        if settings.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=settings.lr)
+        elif settings.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=settings.lr)
+        else:
+            raise ValueError(f"train.optimizer must be 'adam' or 'sgd', got {settings.optimizer!r}")
+        self.lr_schedule = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=settings.lr_decay)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.rows: list[dict[str, Any]] = []
+        self.guard_events: list[dict[str, Any]] = []
+        self.reference_loss = math.inf
+        self.reference_k: int | None = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "task": self.task.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ledger": self.ledger.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "rows": copy.deepcopy(self.rows),
+            "guard_events": copy.deepcopy(self.guard_events),
+            "reference_loss": self.reference_loss, "reference_k": self.reference_k,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+        self.task.load_state_dict(state["task"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.ledger.load_state_dict(state["ledger"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rows = copy.deepcopy(state["rows"])
+        self.guard_events = copy.deepcopy(state["guard_events"])
+        self.reference_loss = state["reference_loss"]
+        self.reference_k = state["reference_k"]
+
+    def resume(self) -> bool:
+        """Continue from the newest intact checkpoint in the run directory; False if there is none."""
+        if self.run_dir is None:
+            return False
+        found = io.latest_valid_checkpoint(self.run_dir / "checkpoints")
+        if found is None:
+            return False
+        self.load_state_dict(found[1])
+        return True
+
+    def _checkpoint(self) -> None:
+        if self.run_dir is None:
+            return
+        ckpt_dir = self.run_dir / "checkpoints"
+        io.save_checkpoint(ckpt_dir / f"epoch_{self.epoch:05d}.ckpt", self.state_dict())
+        io.prune_checkpoints(ckpt_dir, self.settings.checkpoint_keep)
+        io.write_csv(self.run_dir / "metrics.csv", self.rows)
+        io.write_json(self.run_dir / "events.json", {
+            "refinements": [e.to_dict() for e in self.schedule.events],
+            "divergence_guard": self.guard_events,
+        })
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> list[dict[str, Any]]:
+        total = self.settings.epochs
+        bar = tqdm(total=total, initial=self.epoch, desc="epochs", disable=not self.settings.progress,
+                   dynamic_ncols=True, leave=False)
+        while self.epoch < total:
+            self._run_epoch()
+            last = self.rows[-1]
+            bar.update(1)
+            bar.set_postfix(K=last["k"], loss=f"{last['train_loss']:.3g}", val=f"{last['val_metric']:.3g}")
+        bar.close()
+        return self.rows
+
+    def _run_epoch(self) -> None:
+        snapshot = self._snapshot()
+        # iterations of an attempt the guard rolls back were still run: they stay in this epoch's count
+        self.ledger.start_epoch(self.epoch)
+        for attempt in range(self.settings.guard_retries + 1):
+            budget = self.schedule.budget
+            self.ledger.record_budget(budget)
+            solver = self._training_solver(budget)
+            if budget != self.reference_k:
+                self.reference_loss = math.inf
+            losses: list[float] = []
+            failure = None
+            with self.ledger.phase("train"):
+                for batch in self.task.train_batches(self.generator):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss = self.task.loss(batch, solver)
+                    value = float(loss.detach())
+                    if not math.isfinite(value) or value > self.settings.guard_factor * self.reference_loss:
+                        failure = value
+                        break
+                    loss.backward()
+                    grads_finite = all(p.grad is None or bool(torch.isfinite(p.grad).all())
+                                       for p in self.task.parameters())
+                    if not grads_finite:
+                        failure = float("nan")
+                        break
+                    self.optimizer.step()
+                    self.ledger.count_step()
+                    losses.append(value)
+            if failure is None:
+                break
+            self._restore(snapshot)
+            event = self.schedule.raise_budget(self.epoch, f"divergence guard: loss {failure:.3g}")
+            self.guard_events.append({"epoch": self.epoch, "attempt": attempt, "loss": failure,
+                                      "old_k": budget, "new_k": self.schedule.budget,
+                                      "raised": event is not None})
+            tqdm.write(f"[guard] epoch {self.epoch}: loss {failure:.3g}; restored the last good state, "
+                       f"K {budget} -> {self.schedule.budget}")
+        else:
+            raise DivergenceError(f"training diverged {self.settings.guard_retries + 1} times in epoch "
+                                  f"{self.epoch} even after raising K; lower the learning rate or raise K0.")
+        train_loss = sum(losses) / max(len(losses), 1)
+        # losses at different K are not comparable (an under-converged solve can shrink the loss by
+        # orders of magnitude), so the explosion test only compares epochs run at the same budget
+        self.reference_loss = train_loss if losses else math.inf
+        self.reference_k = budget
+        with self.ledger.phase("validation"):
+            metric = float(self.task.validate(self.validation_solver.replace(monitor=self.ledger)))
+        if not math.isfinite(metric):
+            raise DivergenceError(f"validation metric is {metric} in epoch {self.epoch}")
+        record = self.ledger.end_epoch()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.lr_schedule.step()
+        signal = metric if getattr(self.schedule, "metric", "validation") == "validation" else train_loss
+        event = self.schedule.update(self.epoch, signal)
+        row = {"epoch": self.epoch, "k": budget, "train_loss": train_loss, "val_metric": metric, "lr": lr,
+               "forward_iters": record["forward_iters"], "backward_iters": record["backward_iters"],
+               "train_seconds": record["train_seconds"], "validation_seconds": record["validation_seconds"],
+               "refined": event is not None}
+        self.rows.append(row)
+        self.epoch += 1
+        self._checkpoint()
+
+    def _training_solver(self, budget: int | None) -> SolverConfig:
+        if budget is None:
+            return self.solver.replace(max_iters=None, monitor=self.ledger)
+        # an exact budget: no tolerance checks, so K iterations are run (and counted) every solve
+        return self.solver.replace(max_iters=int(budget), rtol=0.0, atol=0.0, monitor=self.ledger)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"task": copy.deepcopy(self.task.state_dict()),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "generator": self.generator.get_state()}
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.task.load_state_dict(copy.deepcopy(snapshot["task"]))
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        self.generator.set_state(snapshot["generator"])
+
