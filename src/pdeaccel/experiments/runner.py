@@ -72,6 +72,7 @@ def train_run(name: str, *, size: str = "cpu", schedule: str = "prdp", overrides
     trainer.fit()
     summary = _run_summary(exp, cfg, schedule, built.k_converged, trainer.rows, sched)
     summary["wall_seconds_total"] = time.perf_counter() - start
+    summary["run_dir"] = str(run_dir)
     write_run_report(run_dir, summary, trainer.rows)
     return summary
 

@@ -1,0 +1,177 @@
+"""The ``pdeaccel`` command line.
+
+    pdeaccel demo                         PRDP vs converged on heat-2d (cpu size), savings table + figures
+    pdeaccel experiments [NAME]           list the built-in experiments, or show one's config keys
+    pdeaccel train NAME [--schedule prdp|converged|fixed:K|linear:K0:K1] [key=value ...]
+    pdeaccel compare NAME --seeds N       PRDP vs converged over N seeds
+    pdeaccel sweep NAME --k 1,2,4,8       final validation error against a fixed K
+    pdeaccel simulate NAME [--steps N]    run a named numerical simulation, write HDF5 + figures
+    pdeaccel report RUN_DIR               rebuild figures and report.md from a run directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError, flatten, to_yaml
+
+
+def _add_common(p: argparse.ArgumentParser, out_default: str = "runs/<experiment>/<timestamp>") -> None:
+    p.add_argument("--size", default="cpu", help="experiment size: cpu (minutes on a laptop) or paper (GPU)")
+    p.add_argument("--out", default=None, help=f"run directory (default {out_default})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.epochs=20 prdp.tau_step=0.95")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdeaccel", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="PRDP vs converged training on heat-2d (cpu size)")
+    p.add_argument("--experiment", default="heat-2d")
+    p.add_argument("--seeds", type=int, default=1)
+    _add_common(p, "runs/demo/<timestamp>")
+
+    p = sub.add_parser("experiments", help="list experiments or show one's configuration")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--size", default="cpu")
+
+    p = sub.add_parser("train", help="train one experiment with a budget schedule")
+    p.add_argument("name")
+    p.add_argument("--schedule", default="prdp", help="prdp | converged | fixed:K | linear:K0:K1")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run directory")
+    _add_common(p)
+
+    p = sub.add_parser("compare", help="PRDP vs converged over several seeds")
+    p.add_argument("name")
+    p.add_argument("--seeds", type=int, default=3)
+    _add_common(p)
+
+    p = sub.add_parser("sweep", help="final validation error against a fixed K")
+    p.add_argument("name")
+    p.add_argument("--k", required=True, help="comma-separated budgets, e.g. 1,2,4,8,16")
+    p.add_argument("--seeds", type=int, default=1)
+    _add_common(p)
+
+    p = sub.add_parser("simulate", help="run a named numerical simulation")
+    p.add_argument("name", nargs="?", help="simulation name (omit to list them)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-animation", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    p = sub.add_parser("report", help="rebuild figures and report.md of a run directory")
+    p.add_argument("run_dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, FileExistsError, FileNotFoundError, ValueError, OSError) as exc:
+        print(f"pdeaccel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pdeaccel {args.command}: interrupted; completed epochs are checkpointed "
+              "(continue with `pdeaccel train NAME --resume RUN_DIR`).", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .experiments import runner
+
+    progress = not getattr(args, "quiet", False)
+    if args.command == "demo":
+        return _demo(args, progress)
+    if args.command == "experiments":
+        return _experiments(args)
+    if args.command == "train":
+        if args.resume:
+            summary = runner.train_run(args.name, schedule=args.schedule, out=args.resume, resume=True,
+                                       progress=progress)
+        else:
+            summary = runner.train_run(args.name, size=args.size, schedule=args.schedule,
+                                       overrides=args.overrides, out=args.out, seed=args.seed, progress=progress)
+        print(f"{summary['experiment']} ({summary['schedule']}): final validation metric "
+              f"{summary['final_val_metric']:.4g}, K_final {summary['k_final']}, "
+              f"{summary['forward_iters'] + summary['backward_iters']} solver iterations, "
+              f"{summary['train_seconds']:.1f} s training")
+        print(f"run directory: {summary['run_dir']}")
+        return 0
+    if args.command == "compare":
+        data = runner.compare(args.name, seeds=args.seeds, size=args.size, overrides=args.overrides,
+                              out=args.out, progress=progress)
+        print((Path(data["run_dir"]) / "report.md").read_text())
+        return 0
+    if args.command == "sweep":
+        try:
+            ks = [int(k) for k in args.k.split(",") if k.strip()]
+        except ValueError:
+            raise ConfigError(f"--k must be comma-separated integers such as 1,2,4,8; got {args.k!r}") from None
+        data = runner.sweep(args.name, ks, seeds=args.seeds, size=args.size, overrides=args.overrides,
+                            out=args.out, progress=progress)
+        print((Path(data["run_dir"]) / "report.md").read_text())
+        return 0
+    if args.command == "simulate":
+        return _simulate(args, progress)
+    if args.command == "report":
+        path = runner.rebuild_report(args.run_dir)
+        print(path.read_text())
+        return 0
+    raise AssertionError(args.command)
+
+
+def _demo(args: argparse.Namespace, progress: bool) -> int:
+    import time
+
+    from .experiments import runner
+
+    out = args.out or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"pdeaccel demo: PRDP against converged training on {args.experiment} ({args.size} size, "
+          f"{args.seeds} seed(s)). Run directory: {out}\n", flush=True)
+    data = runner.compare(args.experiment, seeds=args.seeds, size=args.size, overrides=args.overrides,
+                          out=out, progress=progress)
+    print((Path(data["run_dir"]) / "report.md").read_text())
+    print(f"Figures: {Path(data['run_dir']) / 'comparison.png'} and each run's training.png")
+    return 0
+
+
+def _experiments(args: argparse.Namespace) -> int:
+    from .experiments.registry import get_experiment, list_experiments
+
+    if args.name is None:
+        for exp in list_experiments():
+            print(f"{exp.name:20s} {exp.description}  (sizes: {', '.join(exp.sizes)})")
+        return 0
+    exp = get_experiment(args.name)
+    print(f"# {exp.name}: {exp.description}\n# size {args.size}; override any key with key=value\n")
+    print(to_yaml(exp.config(args.size)))
+    print("# keys: " + ", ".join(flatten(exp.config(args.size))))
+    return 0
+
+
+def _simulate(args: argparse.Namespace, progress: bool) -> int:
+    from .experiments.simulations import SIMULATIONS, simulate
+
+    if args.name is None:
+        for name, sim in SIMULATIONS.items():
+            print(f"{name:20s} {sim.description}")
+        return 0
+    result = simulate(args.name, steps=args.steps, overrides=args.overrides, out=args.out, progress=progress,
+                      animate=not args.no_animation)
+    run_dir = Path(result["run_dir"])
+    if (run_dir / "report.md").exists():
+        print((run_dir / "report.md").read_text())
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

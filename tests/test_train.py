@@ -1,0 +1,131 @@
+"""The shared trainer: budgets reach the solver, the ledger counts what ran, checkpoints and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pdeaccel.grid import Grid
+from pdeaccel.linalg import SolverConfig
+from pdeaccel.physics.poisson import solve_poisson, sine_series_source
+from pdeaccel.prdp import FixedSchedule, PRDPConfig, PRDPSchedule
+from pdeaccel.train import io
+from pdeaccel.train.tasks import InverseTask
+from pdeaccel.train.trainer import Trainer, TrainSettings
+
+
+def _inverse_task(steps_per_epoch: int = 2) -> InverseTask:
+    grid = Grid(30, boundary="dirichlet")
+
+    def forward_map(theta, solver):
+        f = sine_series_source(theta, grid)
+        return solve_poisson(f, grid, solver, x0=torch.zeros_like(f)).solution
+
+    truth = torch.tensor([[2.0]], dtype=torch.float64)
+    with torch.no_grad():
+        obs = forward_map(truth, SolverConfig(rtol=1e-12))
+    return InverseTask(forward_map, obs, torch.tensor([[5.0]], dtype=torch.float64), truth, steps_per_epoch)
+
+
+def _trainer(tmp_path, schedule, epochs=6, task=None):
+    task = task or _inverse_task()
+    solver = SolverConfig(method="jacobi", grad="implicit")
+    settings = TrainSettings(epochs=epochs, optimizer="sgd", lr=275.0, progress=False)
+    return Trainer(task, solver, solver.replace(rtol=1e-8), schedule, settings, tmp_path, seed=3)
+
+
+def test_fixed_budget_is_what_the_solver_runs(tmp_path):
+    trainer = _trainer(tmp_path, FixedSchedule(40), epochs=3)
+    rows = trainer.fit()
+    for row in rows:
+        assert row["k"] == 40
+        # two optimiser steps per epoch, each one forward and one adjoint solve of exactly K iterations
+        assert row["forward_iters"] == 2 * 40
+        assert row["backward_iters"] == 2 * 40
+    assert rows[-1]["val_metric"] < rows[0]["val_metric"]  # gradient descent makes progress
+
+
+def test_prdp_budget_never_decreases_and_is_recorded(tmp_path):
+    cfg = PRDPConfig(k0=10, delta_k=10, k_max=300, tau_step=0.999, tau_stop=0.9, ema_window=1, lookback=2)
+    rows = _trainer(tmp_path, PRDPSchedule(cfg), epochs=12).fit()
+    ks = [r["k"] for r in rows]
+    assert ks == sorted(ks) and ks[0] == 10 and ks[-1] > 10
+    assert all(r["forward_iters"] == 2 * r["k"] for r in rows)
+
+
+def test_checkpoints_are_written_and_resume_is_exact(tmp_path):
+    full = _trainer(tmp_path / "full", FixedSchedule(30), epochs=6)
+    full.fit()
+    part = _trainer(tmp_path / "part", FixedSchedule(30), epochs=3)
+    part.fit()
+    resumed = _trainer(tmp_path / "part", FixedSchedule(30), epochs=6)
+    assert resumed.resume() and resumed.epoch == 3
+    resumed.fit()
+    assert torch.equal(resumed.task.theta, full.task.theta)  # bit-identical on CPU
+    assert [r["val_metric"] for r in resumed.rows] == [r["val_metric"] for r in full.rows]
+    ckpts = sorted((tmp_path / "full" / "checkpoints").glob("*.ckpt"))
+    assert len(ckpts) == 3  # checkpoint_keep
+
+
+def test_corrupted_checkpoint_is_skipped(tmp_path):
+    trainer = _trainer(tmp_path, FixedSchedule(20), epochs=3)
+    trainer.fit()
+    newest = sorted((tmp_path / "checkpoints").glob("*.ckpt"))[-1]
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # truncated, as by a crash without atomic writes
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        io.load_checkpoint(newest)
+    fresh = _trainer(tmp_path, FixedSchedule(20), epochs=3)
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
+        assert fresh.resume()
+    assert fresh.epoch == 2  # fell back to the previous intact checkpoint
+
+
+class _ExplodingTask:
+    """Loss becomes NaN at small K in epoch 1: the guard must restore and raise K."""
+
+    def __init__(self):
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.epoch_calls = 0
+
+    def parameters(self):
+        return [self.w]
+
+    def state_dict(self):
+        return {"w": self.w.detach().clone()}
+
+    def load_state_dict(self, s):
+        with torch.no_grad():
+            self.w.copy_(s["w"])
+
+    def train_batches(self, generator):
+        return [None]
+
+    def loss(self, batch, solver):
+        self.epoch_calls += 1
+        if solver.max_iters < 3 and self.epoch_calls > 1:
+            return self.w * float("nan")
+        return (self.w - 2.0).pow(2).sum()
+
+    def validate(self, solver):
+        return float((self.w.detach() - 2.0).abs())
+
+
+def test_divergence_guard_restores_and_raises_k(tmp_path):
+    task = _ExplodingTask()
+    trainer = Trainer(task, SolverConfig(), SolverConfig(), FixedSchedule(1), TrainSettings(epochs=3, lr=0.1, progress=False),
+                      tmp_path)
+    rows = trainer.fit()
+    assert trainer.guard_events and trainer.guard_events[0]["epoch"] == 1
+    assert rows[-1]["k"] >= 3
+    assert all(math.isfinite(r["train_loss"]) for r in rows)
+    assert torch.isfinite(task.w).all()
+
+
+def test_unwritable_run_directory_fails_clearly(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(io.RunDirectoryError, match="cannot write"):
+        io.save_checkpoint(blocker / "sub" / "epoch_00000.ckpt", {"a": 1})
