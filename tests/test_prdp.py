@@ -84,6 +84,11 @@ def test_first_lookback_epochs_keep_k(lookback):
     assert budgets == [3] * lookback + [4]
 
 
+def test_schedule_says_which_metric_to_feed():
+    assert PRDPSchedule(PRDPConfig(metric="train_loss")).metric == "train_loss"
+    assert PRDPSchedule().metric == "validation" and FixedSchedule(3).metric == "validation"
+
+
 def test_initial_checkpoint_none_uses_first_metric():
     s = PRDPSchedule(PRDPConfig(ema_window=None, initial_checkpoint=None))
     feed(s, [1.0] * 10)  # flat at the first value: rc = 1 -> never worth refining

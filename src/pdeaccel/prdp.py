@@ -233,6 +233,11 @@ class Schedule:
         """K for the coming epoch; ``None`` means "solve to the tolerance" (converged training)."""
         return self._k
 
+    @property
+    def metric(self) -> str:
+        """Which metric to feed :meth:`update`: ``"validation"`` or ``"train_loss"``."""
+        return "validation"
+
     def update(self, epoch: int, metric: float) -> RefinementEvent | None:
         """Record the metric of the epoch just finished; returns the event if K changed."""
         epoch = _int("epoch", epoch, 0)
@@ -323,6 +328,10 @@ class PRDPSchedule(Schedule):
         self.ema: list[float] = []
         self.checkpoint: float | None = config.initial_checkpoint
         self.trace: list[dict] = []
+
+    @property
+    def metric(self) -> str:
+        return self.config.metric
 
     def _decide(self, epoch: int, metric: float) -> RefinementEvent | None:
         cfg = self.config
