@@ -11,16 +11,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import torch
-
+from ..config import ConfigError
 from ..grid import Grid
 from ..linalg import SolverConfig
-from ..nets import build_net
 from ..physics import HeatStepper
-from ..physics.initial_conditions import random_fourier
-from ..train.tasks import EmulatorTask
-from .data import cached_trajectories, rollout
-from .registry import Built, Experiment, measure_k_converged, register, validate_common
+from .emulator import build_emulator
+from .registry import Built, Experiment, register
 
 _BASE: dict[str, Any] = {
     "seed": 0,
@@ -42,44 +38,13 @@ def _variant(**changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_heat(cfg: dict[str, Any]) -> Built:
-    validate_common(cfg)
-    p, d, s = cfg["physics"], cfg["data"], cfg["solver"]
-    ndim, n = p["ndim"], p["n"]
-    if ndim not in (1, 2, 3):
-        from ..config import ConfigError
-        raise ConfigError(f"config key 'physics.ndim' has value {ndim!r}; allowed: 1, 2, 3.")
-    grid = Grid((n,) * ndim, extent=1.0, boundary="dirichlet")
-    h = grid.spacing[0]
-    # only νΔt matters for BTCS; choose Δt = 1 so ν = νΔt
+    p = cfg["physics"]
+    if p["ndim"] not in (1, 2, 3):
+        raise ConfigError(f"config key 'physics.ndim' has value {p['ndim']!r}; allowed: 1, 2, 3.")
+    grid = Grid((p["n"],) * p["ndim"], extent=1.0, boundary="dirichlet")
+    # only νΔt enters BTCS; Δt = 1 makes ν = νΔt
     stepper = HeatStepper(grid, nu=p["nu_dt"], dt=1.0, scheme=p["scheme"])
-    reference_solver = SolverConfig(method="cg", rtol=1e-10, max_iters=None)
-
-    def generate(count: int, steps: int, seed: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(seed)
-        u0 = random_fourier(grid, count, modes=p["modes"], generator=gen, dtype=torch.float64)
-        traj = rollout(lambda u: stepper(u, reference_solver), u0, steps, desc=f"heat-{ndim}d reference")
-        return traj.float()
-
-    gen_cfg = {"physics": p, "n_train": d["train"], "n_val": d["validation"], "rollout": d["validation_rollout"],
-               "seed": d["data_seed"], "version": 1}
-    train = cached_trajectories(f"heat{ndim}d-train", {**gen_cfg, "split": "train"},
-                                lambda: generate(d["train"], 2, d["data_seed"]))
-    validation = cached_trajectories(f"heat{ndim}d-val", {**gen_cfg, "split": "val"},
-                                     lambda: generate(d["validation"], d["validation_rollout"], d["data_seed"] + 1))
-
-    torch.manual_seed(cfg["seed"])
-    net_cfg = cfg["net"]
-    if net_cfg["name"] == "mlp":
-        net = build_net("mlp", in_features=grid.numel, out_features=grid.numel, width=net_cfg["width"],
-                        depth=net_cfg["depth"], out_shape=(1,) + grid.shape)
-    else:
-        net = build_net("resnet", ndim=ndim, in_channels=1, out_channels=1, hidden=net_cfg["hidden"],
-                        blocks=net_cfg["blocks"], padding_mode="zeros")
-    solver = SolverConfig(method=s["method"], grad=s["grad"], rtol=s["rtol_converged"])
-    task = EmulatorTask(net, stepper, train, validation, batch_size=cfg["train"]["batch_size"])
-    k_eps = measure_k_converged(stepper, train[:, 1], solver, s["rtol_converged"])
-    return Built(task, solver, solver.replace(max_iters=None), k_eps,
-                 {"courant_like": p["nu_dt"] / h ** 2, "grid": list(grid.shape)})
+    return build_emulator(cfg, f"heat{p['ndim']}d", grid, stepper, SolverConfig(method="cg", rtol=1e-10))
 
 
 register(Experiment(
