@@ -94,10 +94,9 @@ def validate_common(cfg: dict[str, Any]) -> None:
 def prdp_config(cfg: dict[str, Any]) -> PRDPConfig:
     try:
         return PRDPConfig(**cfg["prdp"])
-    except TypeError as exc:
-        raise ConfigError(f"prdp section: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"prdp.{exc}" if not str(exc).startswith("prdp") else str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        # PRDPConfig names the field ("PRDPConfig.tau_step must ..."); say it as the config key
+        raise ConfigError(f"config section 'prdp': {str(exc).replace('PRDPConfig.', 'prdp.')}") from None
 
 
 class IterationProbe:
