@@ -4,7 +4,8 @@ Every solve goes through a :class:`~pdeaccel.linalg.SolverConfig`, so its budget
 and its iteration monitor are the caller's.
 """
 
+from .burgers import BurgersStepper
 from .heat import HEAT_SCHEMES, HeatStepper
 from .poisson import poisson_operator, sine_series_source, solve_poisson
 
-__all__ = ["HeatStepper", "HEAT_SCHEMES", "poisson_operator", "solve_poisson", "sine_series_source"]
+__all__ = ["BurgersStepper", "HeatStepper", "HEAT_SCHEMES", "poisson_operator", "solve_poisson", "sine_series_source"]
