@@ -6,6 +6,8 @@ and its iteration monitor are the caller's.
 
 from .burgers import BurgersStepper
 from .heat import HEAT_SCHEMES, HeatStepper
+from .initial_conditions import random_fourier
 from .poisson import poisson_operator, sine_series_source, solve_poisson
 
-__all__ = ["BurgersStepper", "HeatStepper", "HEAT_SCHEMES", "poisson_operator", "solve_poisson", "sine_series_source"]
+__all__ = ["BurgersStepper", "HeatStepper", "HEAT_SCHEMES", "poisson_operator", "solve_poisson", "sine_series_source",
+           "random_fourier"]
