@@ -59,7 +59,7 @@ register(Experiment(
     "heat-2d", "Heat 2D emulator (MLP on a 30×30 grid), Jacobi, unrolled gradients",
     {size: _variant(physics={"ndim": 2}, solver={"grad": "unrolled"},
                     prdp={"tau_step": 0.9, "ema_window": 6, "lookback": 3},
-                    train={"epochs": 70}) for size in ("cpu", "paper")},
+                    train={"epochs": 70, "lr": 3e-3}) for size in ("cpu", "paper")},
     build_heat,
     {"net": "MLP", "k_eps": 43, "epochs": 70, "k_final": 12, "ic": 0.72, "pr": 0.14, "total": 0.86,
      "wall_conv_s": 2.8, "wall_prdp_s": 2.15},

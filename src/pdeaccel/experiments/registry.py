@@ -56,7 +56,7 @@ def register(exp: Experiment) -> Experiment:
 
 
 def _load_all() -> None:
-    from . import burgers, heat, poisson  # noqa: F401  (registration side effect)
+    from . import burgers, heat, navier_stokes, poisson  # noqa: F401  (registration side effect)
 
 
 def get_experiment(name: str) -> Experiment:

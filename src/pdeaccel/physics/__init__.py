@@ -7,7 +7,9 @@ and its iteration monitor are the caller's.
 from .burgers import BurgersStepper
 from .heat import HEAT_SCHEMES, HeatStepper
 from .initial_conditions import random_fourier
+from .navier_stokes import NS_METHODS, NavierStokes2D, decaying_turbulence, downsample_velocity, taylor_green
 from .poisson import poisson_operator, sine_series_source, solve_poisson
 
 __all__ = ["BurgersStepper", "HeatStepper", "HEAT_SCHEMES", "poisson_operator", "solve_poisson", "sine_series_source",
-           "random_fourier"]
+           "random_fourier", "NavierStokes2D", "NS_METHODS", "taylor_green", "decaying_turbulence",
+           "downsample_velocity"]
