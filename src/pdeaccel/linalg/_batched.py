@@ -21,6 +21,20 @@ def bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return s.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def axpy(a: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, inplace: bool) -> torch.Tensor:
+    """``y + a·x`` with a per-sample ``a`` (shaped by :func:`bcast`); overwrites ``y`` if ``inplace``.
+
+    One fused kernel either way. ``inplace`` is for solves nobody differentiates through (the
+    implicit mode's forward and adjoint solves): no full-size temporary per update, which on a
+    CPU is most of the cost of an iteration."""
+    return y.addcmul_(a, x) if inplace else torch.addcmul(y, a, x)
+
+
+def xpay(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, *, inplace: bool) -> torch.Tensor:
+    """``x + a·y`` (a search-direction update ``p = z + βp``); overwrites ``y`` if ``inplace``."""
+    return torch.addcmul(x, a, y, out=y) if inplace else torch.addcmul(x, a, y)
+
+
 def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """num/den, and 0 where den == 0 (breakdown or an already converged sample).
 
@@ -32,15 +46,34 @@ def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Budget:
-    """Stopping rule shared by every method: at most ``max_iters`` iterations, and stop a sample
-    once its residual norm is at or below ``threshold`` (per sample; 0 means never)."""
+    """Stopping rule shared by every method.
+
+    At most ``max_iters`` iterations. A sample stops once its residual norm is at or below
+    ``threshold`` (0: never), or at the round-off level ``ε·‖r0‖`` of its dtype: below that an
+    iteration changes nothing but noise, and differentiating such steps through underflowing
+    scalars (unrolled mode) would turn the gradient into NaN. Stopped samples keep their x and
+    r while the rest of the batch goes on. Only a positive tolerance makes the solve check for
+    an early end (one host synchronisation per iteration); otherwise every sample counts K.
+    """
 
     max_iters: int
     threshold: torch.Tensor  # [batch]
+    stop_level: torch.Tensor  # [batch]: max(threshold, ε‖r0‖)
+    checks_tolerance: bool
 
-    @property
-    def checks_tolerance(self) -> bool:
-        return bool((self.threshold > 0).any())
+    @classmethod
+    def build(cls, max_iters: int, threshold: torch.Tensor, r0: torch.Tensor) -> "Budget":
+        floor = torch.finfo(r0.dtype).eps * bnorm(r0.detach())
+        return cls(max_iters, threshold, torch.maximum(threshold, floor), bool((threshold > 0).any()))
+
+    def advance(self, res: torch.Tensor, iterations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Before an iteration: which samples take it, the updated counts, whether all have stopped."""
+        active = res.detach() > self.stop_level
+        if not self.checks_tolerance:
+            return active, iterations + 1, False
+        if not bool(active.any()):
+            return active, iterations, True
+        return active, iterations + active.long(), False
 
 
 @dataclass

@@ -9,36 +9,38 @@ from __future__ import annotations
 
 import torch
 
-from ._batched import Budget, MethodOutput, bcast, bdot, bnorm, safe_div
+from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div, xpay
 from .operator import LinearOperator
 
 
 def cg(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, budget: Budget,
-       *, inv_diag: torch.Tensor | None = None) -> MethodOutput:
+       *, inv_diag: torch.Tensor | None = None, inplace: bool = False) -> MethodOutput:
+    if inplace:  # the caller's x0 and r0 must not change
+        x, r = x.clone(), r.clone()
     iterations = torch.zeros(b.shape[0], dtype=torch.int64, device=b.device)
     z = r if inv_diag is None else inv_diag * r
-    p = z
+    p = z.clone() if inplace else z  # p is overwritten in place, so it must not alias r or z
     rz = bdot(r, z)
     res = bnorm(r)
-    check = budget.checks_tolerance
     for _ in range(budget.max_iters):
-        if check:
-            active = res > budget.threshold
-            if not bool(active.any()):
-                break
-            iterations = iterations + active.long()
-        else:
-            iterations = iterations + 1
+        active, iterations, done = budget.advance(res, iterations)
+        if done:
+            break
         Ap = op.matvec(p)
-        alpha = safe_div(rz, bdot(p, Ap))
-        if check:
-            alpha = torch.where(active, alpha, torch.zeros_like(alpha))
-        x = x + bcast(alpha, x) * p
-        r = r - bcast(alpha, r) * Ap
-        z = r if inv_diag is None else inv_diag * r
+        zero = torch.zeros_like(rz)
+        # a stopped sample keeps x and r (α = 0) and a bounded search direction (β = 0)
+        alpha = torch.where(active, safe_div(rz, bdot(p, Ap)), zero)
+        a = bcast(alpha, x)
+        x = axpy(a, p, x, inplace=inplace)
+        r = axpy(-a, Ap, r, inplace=inplace)
+        if inv_diag is None:
+            z = r
+        else:
+            z = torch.mul(inv_diag, r, out=z) if inplace else inv_diag * r
         rz_new = bdot(r, z)
-        beta = safe_div(rz_new, rz)
-        p = z + bcast(beta, p) * p
+        beta = torch.where(active, safe_div(rz_new, rz), zero)
+        p = xpay(z, bcast(beta, p), p, inplace=inplace)
         rz = rz_new
-        res = bnorm(r)
+        # ‖r‖ = √⟨r,r⟩ saves a pass over r when there is no preconditioner
+        res = torch.sqrt(rz) if inv_diag is None else bnorm(r)
     return MethodOutput(x, iterations, res)

@@ -2,52 +2,51 @@
 
 Each *cycle* builds an m-step Arnoldi basis of the Krylov space of the current residual
 (modified Gram–Schmidt), reduces the Hessenberg least-squares problem with Givens rotations and
-updates x; one cycle costs m matvecs. **The iteration budget counts cycles**, as
-``scipy.sparse.linalg.gmres(maxiter=...)`` and the PRDP paper's Navier–Stokes experiment do.
-Right preconditioning (x = M⁻¹y) keeps the reported residual the true one.
+updates x; one cycle costs m matvecs plus one for the new residual. **The iteration budget counts
+cycles**, as ``scipy.sparse.linalg.gmres(maxiter=...)`` and the PRDP paper's Navier–Stokes
+experiment do. Right preconditioning (x = M⁻¹y) keeps the reported residual the true one.
+Within a cycle each sample stops extending its basis once its residual estimate meets the
+tolerance (or round-off), so a sample's result does not depend on the rest of the batch.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._batched import Budget, MethodOutput, bcast, bdot, bnorm, safe_div
+from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div
 from .operator import LinearOperator
 
 
 def gmres(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, budget: Budget,
-          *, restart: int = 20, inv_diag: torch.Tensor | None = None) -> MethodOutput:
+          *, restart: int = 20, inv_diag: torch.Tensor | None = None, inplace: bool = False) -> MethodOutput:
     def precond(v):
         return v if inv_diag is None else inv_diag * v
 
     iterations = torch.zeros(b.shape[0], dtype=torch.int64, device=b.device)
     res = bnorm(r)
-    check = budget.checks_tolerance
-    for cycle in range(budget.max_iters):
-        if cycle > 0:
-            r = b - op.matvec(x)
-            res = bnorm(r)
-        if check:
-            active = res > budget.threshold
-            if not bool(active.any()):
-                break
-            iterations = iterations + active.long()
-        else:
-            active = None
-            iterations = iterations + 1
+    for _ in range(budget.max_iters):
+        active, iterations, done = budget.advance(res, iterations)
+        if done:
+            break
         beta = res
-        basis = [r * bcast(safe_div(torch.ones_like(beta), beta), r)]
-        # columns of the rotated Hessenberg matrix R (upper triangular), Givens (c, s), and g
+        # a stopped sample gets a zero basis (its residual may be too small to normalise)
+        inv_beta = torch.where(active, safe_div(torch.ones_like(beta), beta), torch.zeros_like(beta))
+        basis = [r * bcast(inv_beta, r)]
+        # columns of the rotated Hessenberg matrix R (upper triangular), Givens (c, s), the
+        # rotated right-hand side g, and which samples still extend their basis at each step
         R_cols: list[list[torch.Tensor]] = []
         cs: list[torch.Tensor] = []
         sn: list[torch.Tensor] = []
         g = [beta]
+        extends: list[torch.Tensor] = []
+        extending = active
         for j in range(restart):
             w = op.matvec(precond(basis[j]))
             h = []
             for i in range(j + 1):
                 hij = bdot(w, basis[i])
-                w = w - bcast(hij, w) * basis[i]
+                # the first update is out of place: a matvec may return (a view of) its input
+                w = axpy(-bcast(hij, w), basis[i], w, inplace=inplace and i > 0)
                 h.append(hij)
             h_next = bnorm(w)
             basis.append(w * bcast(safe_div(torch.ones_like(h_next), h_next), w))
@@ -55,7 +54,7 @@ def gmres(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
                 hi, hi1 = h[i], h[i + 1]
                 h[i] = cs[i] * hi + sn[i] * hi1
                 h[i + 1] = -sn[i] * hi + cs[i] * hi1
-            denom = torch.sqrt(h[j] * h[j] + h_next * h_next)
+            denom = _hypot(h[j], h_next)
             c = torch.where(denom == 0, torch.ones_like(denom), safe_div(h[j], denom))
             s = safe_div(h_next, denom)
             h[j] = denom
@@ -64,19 +63,30 @@ def gmres(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
             g.append(-s * g[j])
             g[j] = c * g[j]
             R_cols.append(h)
-            if check and not bool((g[j + 1].abs() > budget.threshold).any()):
+            extends.append(extending)
+            extending = extending & (g[j + 1].abs() > budget.stop_level)
+            if budget.checks_tolerance and not bool(extending.any()):
                 break
         m = len(R_cols)
         y: list[torch.Tensor] = [torch.zeros_like(beta)] * m
-        for i in range(m - 1, -1, -1):  # back substitution R y = g
+        for i in range(m - 1, -1, -1):  # back substitution R y = g over each sample's own steps
             acc = g[i]
             for k in range(i + 1, m):
                 acc = acc - R_cols[k][i] * y[k]
-            y[i] = safe_div(acc, R_cols[i][i])
-        update = sum(bcast(y[i], x) * basis[i] for i in range(m))
-        dx = precond(update)
-        if active is not None:
-            dx = torch.where(bcast(active, x), dx, torch.zeros_like(dx))
-        x = x + dx
-    res = bnorm(b - op.matvec(x))
+            y[i] = torch.where(extends[i], safe_div(acc, R_cols[i][i]), torch.zeros_like(acc))
+        update = basis[0] * bcast(y[0], x)
+        for i in range(1, m):
+            update = axpy(bcast(y[i], x), basis[i], update, inplace=inplace)
+        x = x + precond(update)
+        r = b - op.matvec(x)
+        res = bnorm(r)
     return MethodOutput(x, iterations, res)
+
+
+def _hypot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """√(a² + b²) with a zero (not NaN) gradient where a = b = 0, i.e. after an exhausted Krylov space."""
+    sq = a * a + b * b
+    positive = sq > 0
+    root = torch.sqrt(torch.where(positive, sq, torch.ones_like(sq)))
+    return torch.where(positive, root, torch.zeros_like(sq))
+

@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import torch
 
-from ._batched import Budget, MethodOutput, bcast, bnorm
+from ._batched import Budget, MethodOutput, axpy, bcast, bnorm
 from .operator import LinearOperator
 
 
 def jacobi(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, budget: Budget,
-           *, omega: float = 1.0, inv_diag: torch.Tensor) -> MethodOutput:
+           *, omega: float = 1.0, inv_diag: torch.Tensor, inplace: bool = False) -> MethodOutput:
+    if inplace:  # the caller's x0 must not change
+        x = x.clone()
     iterations = torch.zeros(b.shape[0], dtype=torch.int64, device=b.device)
+    step = omega * inv_diag
     res = bnorm(r)
-    check = budget.checks_tolerance
     for _ in range(budget.max_iters):
-        active = res > budget.threshold if check else None
-        if check and not bool(active.any()):
+        active, iterations, done = budget.advance(res, iterations)
+        if done:
             break
-        step = omega * inv_diag * r
-        if check:
-            step = torch.where(bcast(active, x), step, torch.zeros_like(step))
-            iterations = iterations + active.long()
-        else:
-            iterations = iterations + 1
-        x = x + step
-        r = b - op.matvec(x)
+        r = torch.where(bcast(active, r), r, torch.zeros_like(r))  # a stopped sample keeps x
+        x = axpy(step, r, x, inplace=inplace)
+        r = b - op.matvec(x)  # never written into: a matvec may return (a view of) its input
         res = bnorm(r)
     return MethodOutput(x, iterations, res)

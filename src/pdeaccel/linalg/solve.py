@@ -80,11 +80,15 @@ def solve(
             iterations for n unknowns per sample. K may differ from call to call at no cost.
         rtol, atol: a sample stops once ``‖b − A x‖ ≤ max(atol, rtol·‖b‖)``. ``rtol=atol=0``
             runs the whole budget with no convergence checks (no host synchronisation).
+            Whatever the tolerance, a sample whose residual has fallen to round-off
+            (``ε·‖b − A x0‖`` for the dtype's ε) stops changing: further steps would only
+            add noise, and NaN to unrolled gradients.
         x0: initial guess (default zero).
         grad: ``"implicit"`` differentiates the solution with one adjoint solve ``Aᵀλ = ḡ``
             (memory independent of K; gradients reach b and every tensor A closes over, not x0);
             ``"unrolled"`` back-propagates through the iterations (memory grows with K; gradients
-            also reach x0 and are exact for the truncated solver).
+            also reach x0 and are exact for the truncated solver). When nothing needs a
+            gradient, either mode runs without a graph, updating its work vectors in place.
         preconditioner: ``None`` or ``"jacobi"`` (diagonal; the operator must know its diagonal).
         adjoint_max_iters: budget of the implicit adjoint solve (default: the forward budget).
         restart: GMRES restart length m.
@@ -107,18 +111,23 @@ def solve(
                                  adjoint_max_iters, restart, omega)
     adjoint_budget = settings.max_iters if adjoint_max_iters is None else int(adjoint_max_iters)
 
-    if grad == "unrolled" or not torch.is_grad_enabled():
-        out = _run(op, b, x0, r0, settings)
+    # r0 = b − A x0 carries the graph of b, x0 and every tensor A closes over
+    needs_graph = torch.is_grad_enabled() and r0.requires_grad
+
+    if grad == "unrolled" and needs_graph:
+        out = _run(op, b, x0, r0, settings, inplace=False)
         result = _result(out, b, settings)
         if monitor is not None:
             monitor("forward", method, out.iterations)
         return result
 
     with torch.no_grad():
-        out = _run(op, b.detach(), x0.detach(), r0.detach(), settings)
+        out = _run(op, b.detach(), x0.detach(), r0.detach(), settings, inplace=True)
     result = _result(out, b, settings)
     if monitor is not None:
         monitor("forward", method, out.iterations)
+    if not needs_graph:
+        return result
     # x = x* + A⁻¹(b − A x*): the correction is zero in value, but its derivative is A⁻¹ applied
     # to d(b − A x*), i.e. exactly the implicit-function gradient, reaching b and A's tensors.
     residual = b - op.matvec(out.x)
@@ -143,27 +152,28 @@ class _AdjointSolve(torch.autograd.Function):
         with torch.no_grad():
             g = grad_out.detach()
             x0 = torch.zeros_like(g)
-            out = _run(op_t, g, x0, g, ctx.settings)
+            out = _run(op_t, g, x0, g, ctx.settings, inplace=True)
         ctx.result.backward_iterations = out.iterations
         if ctx.monitor is not None:
             ctx.monitor("backward", ctx.settings.method, out.iterations)
         return out.x, None, None, None, None
 
 
-def _run(op: LinearOperator, b: torch.Tensor, x0: torch.Tensor, r0: torch.Tensor, s: _Settings) -> MethodOutput:
-    bn = bnorm(b)
-    threshold = torch.clamp(s.rtol * bn, min=s.atol)
-    budget = Budget(s.max_iters, threshold)
+def _run(op: LinearOperator, b: torch.Tensor, x0: torch.Tensor, r0: torch.Tensor, s: _Settings,
+         *, inplace: bool) -> MethodOutput:
+    """Run the method; ``inplace`` (only under no_grad) lets it overwrite its own work vectors."""
+    threshold = torch.clamp(s.rtol * bnorm(b.detach()), min=s.atol)
+    budget = Budget.build(s.max_iters, threshold, r0)
     inv_diag = None
     if s.method == "jacobi" or s.preconditioner == "jacobi":
         inv_diag = 1.0 / op.get_diagonal()
     if s.method == "jacobi":
-        return jacobi(op, b, x0, r0, budget, omega=s.omega, inv_diag=inv_diag)
+        return jacobi(op, b, x0, r0, budget, omega=s.omega, inv_diag=inv_diag, inplace=inplace)
     if s.method == "cg":
-        return cg(op, b, x0, r0, budget, inv_diag=inv_diag)
+        return cg(op, b, x0, r0, budget, inv_diag=inv_diag, inplace=inplace)
     if s.method == "bicgstab":
-        return bicgstab(op, b, x0, r0, budget, inv_diag=inv_diag)
-    return gmres(op, b, x0, r0, budget, restart=s.restart, inv_diag=inv_diag)
+        return bicgstab(op, b, x0, r0, budget, inv_diag=inv_diag, inplace=inplace)
+    return gmres(op, b, x0, r0, budget, restart=s.restart, inv_diag=inv_diag, inplace=inplace)
 
 
 def _result(out: MethodOutput, b: torch.Tensor, s: _Settings) -> SolveResult:
@@ -216,6 +226,17 @@ def _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner, ad
             raise ValueError(
                 f"{'Jacobi iteration' if method == 'jacobi' else 'Jacobi preconditioning'} needs the "
                 "operator's diagonal: build it as LinearOperator(matvec, diagonal=...)."
+            )
+        if not isinstance(diag, torch.Tensor):
+            raise TypeError(f"the operator's diagonal must be a torch.Tensor, got {type(diag).__name__}.")
+        try:
+            fits = torch.broadcast_shapes(diag.shape, b.shape) == b.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"the operator's diagonal has shape {list(diag.shape)}, which does not broadcast to the "
+                f"shape of b {list(b.shape)}."
             )
         if not bool((diag != 0).all()):
             raise ValueError("the operator's diagonal has zero entries; Jacobi cannot divide by them.")
