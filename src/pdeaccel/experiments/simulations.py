@@ -1,0 +1,739 @@
+"""Named numerical simulations: what ``pdeaccel simulate NAME`` runs.
+
+A simulation is a nested config (grid, physics, initial condition, solver, steps) and a builder
+that turns it into an initial state, a time stepper from :mod:`pdeaccel.physics` and the
+diagnostics worth watching. :func:`simulate` resolves the config (dotted ``key=value``
+overrides), steps it with a progress bar while a solver monitor counts the iterations of every
+linear solve, and writes a run directory::
+
+    trajectory.h5   states [T, B, C, *space], times, per-step diagnostics, config and grid (attrs)
+    final.png       snapshots (1D), first/last field (2D; vorticity for Navier–Stokes), mid-plane
+                    slices (3D), and the main diagnostics against time
+    animation.gif   2D cases: the plotted field over time
+    report.md/json  steps, wall time, steps/s, solver iterations per step, invariants
+
+Every default runs in seconds on one CPU core.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import ConfigError, apply_overrides, require, to_yaml
+from ..grid import Grid
+from ..linalg import METHODS, SolverConfig
+from ..physics import HeatStepper
+from ..physics.heat import HEAT_SCHEMES
+from ..physics.burgers import BurgersStepper
+from ..physics.initial_conditions import random_fourier
+from ..physics.navier_stokes import NS_METHODS, NavierStokes2D, decaying_turbulence, taylor_green
+from ..train import io
+from ..train.report import markdown_table
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Simulation:
+    """A named simulation: its default nested config and the builder that runs it.
+
+    ``defaults`` holds every key :func:`simulate` accepts as an override (``grid.n=64``,
+    ``physics.dt=0.01``, ``solver.method=gmres``, ``steps=50`` ...).
+    """
+
+    name: str
+    description: str
+    defaults: dict[str, Any]
+    #: ``build(config, monitor) -> _Setup``; every linear solve reports to ``monitor``
+    build: Callable[[dict[str, Any], Callable], "_Setup"] = field(repr=False, compare=False)
+
+    def config(self) -> dict[str, Any]:
+        """A fresh copy of the defaults (safe to modify)."""
+        return copy.deepcopy(self.defaults)
+
+
+@dataclass
+class _Setup:
+    """What a builder hands to the time loop and the writers."""
+
+    state: torch.Tensor                                    # initial state [B, C, *space]
+    step: Callable[[torch.Tensor], torch.Tensor]           # state^n -> state^{n+1}
+    diagnostics: Callable[[torch.Tensor, float], dict[str, float]]  # (state, t) -> numbers
+    summarize: Callable[[dict[str, list[float]]], dict[str, Any]]   # diagnostic series -> invariants
+    channels: list[str]
+    grid_attrs: dict[str, Any]
+    view: Callable[[torch.Tensor], torch.Tensor]           # state -> plotted scalar [B, *space]
+    view_name: str
+    coordinates: list[np.ndarray]                          # positions of the plotted values per axis
+    series: list[str]                                      # diagnostics drawn against time
+    symmetric_colors: bool = True
+    #: animation colour scale: each frame's own range (decaying flows) or the first frame's
+    rescale_frames: bool = False
+    #: (state, t) -> plotted field minus the exact one [B, *space], where an exact solution exists
+    view_error: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+
+
+#: how diagnostics are labelled in figures and reports
+_LABELS = {
+    "max_abs_u": "max |u|",
+    "rms_u": "rms u",
+    "mass": "mass ∫u dx",
+    "mass_drift": "max |mass − mass₀|",
+    "kinetic_energy": "kinetic energy ½⟨|u|²⟩",
+    "kinetic_energy_exact": "exact kinetic energy",
+    "max_abs_divergence": "max |∇·u|",
+    "max_abs_vorticity": "max |ω|",
+    "velocity_error_rel_l2": "relative L2 velocity error",
+    "velocity_error_max": "max velocity error",
+}
+
+
+# ---------------------------------------------------------------------------------- configs
+
+
+def _solver_section(method: str, rtol: float, restart: int = 20) -> dict[str, Any]:
+    return {"method": method, "max_iters": None, "rtol": rtol, "preconditioner": None, "restart": restart}
+
+
+def _heat_defaults(ndim: int, n: int, dt: float, steps: int, save_every: int) -> dict[str, Any]:
+    return {
+        "seed": 0, "batch": 1, "dtype": "float64", "steps": steps, "save_every": save_every,
+        "grid": {"n": n, "extent": 1.0, "boundary": "dirichlet"},
+        "physics": {"ndim": ndim, "nu": 0.1, "dt": dt, "scheme": "implicit_euler"},
+        "init": {"modes": 5 if ndim == 1 else 4, "amplitude": 1.0},
+        "solver": _solver_section("cg", 1e-8),
+    }
+
+
+def _burgers_defaults(ndim: int, n: int, nu: float, dt: float, steps: int, save_every: int,
+                      modes: int) -> dict[str, Any]:
+    return {
+        "seed": 0, "batch": 1, "dtype": "float64", "steps": steps, "save_every": save_every,
+        "grid": {"n": n, "extent": 1.0},
+        "physics": {"ndim": ndim, "nu": nu, "dt": dt, "picard_iterations": 1},
+        "init": {"modes": modes, "amplitude": 1.0, "offset": 0.5},
+        "solver": _solver_section("bicgstab", 1e-8),
+    }
+
+
+def _ns_defaults(method: str, init: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    cfg = {
+        "seed": 0, "batch": 1, "dtype": "float32", "steps": 60, "save_every": 1,
+        "grid": {"n": 32, "extent": 1.0},
+        "physics": {"nu": 1e-3, "dt": 0.02, "method": method},
+        "init": init,
+        # the coupled saddle-point system: restarted GMRES(8), rtol 1e-5, no preconditioner, as in
+        # the PRDP paper (its iterations are restart cycles); the projection's momentum predictor
+        "solver": (_solver_section("gmres", 1e-5, restart=8) if method == "coupled"
+                   else _solver_section("bicgstab", 1e-6)),
+        # used by physics.method=projection only: the pressure Poisson solve
+        "pressure_solver": _solver_section("cg", 1e-6),
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+_TURBULENCE_INIT = {"kind": "turbulence", "peak_wavenumber": 3.0, "smoothing": 4.0, "rms_velocity": 1.0}
+
+
+# ---------------------------------------------------------------------------------- builders
+
+
+def _dtype(cfg: dict[str, Any]) -> torch.dtype:
+    require(cfg["dtype"] in DTYPES, "dtype", cfg["dtype"], ", ".join(DTYPES))
+    return DTYPES[cfg["dtype"]]
+
+
+def _positive_int(cfg: dict[str, Any], key: str, minimum: int = 1) -> int:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    require(isinstance(node, int) and not isinstance(node, bool) and node >= minimum, key, node,
+            f"an integer >= {minimum}")
+    return node
+
+
+def _positive_float(cfg: dict[str, Any], key: str, *, allow_zero: bool = False) -> float:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    ok = isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node) and (
+        node >= 0 if allow_zero else node > 0)
+    require(ok, key, node, "a finite number " + (">= 0" if allow_zero else "> 0"))
+    return float(node)
+
+
+def _solver(cfg: dict[str, Any], section: str, monitor: Callable | None) -> SolverConfig:
+    s = cfg[section]
+    require(s["method"] in METHODS, f"{section}.method", s["method"], ", ".join(METHODS))
+    if s["max_iters"] is not None:
+        _positive_int(cfg, f"{section}.max_iters")
+    _positive_float(cfg, f"{section}.rtol", allow_zero=True)
+    _positive_int(cfg, f"{section}.restart")
+    require(s["preconditioner"] in (None, "jacobi"), f"{section}.preconditioner", s["preconditioner"],
+            "null (none) or jacobi")
+    return SolverConfig(method=s["method"], max_iters=s["max_iters"], rtol=float(s["rtol"]),
+                        preconditioner=s["preconditioner"], restart=s["restart"], monitor=monitor)
+
+
+def _generator(cfg: dict[str, Any]) -> torch.Generator:
+    require(isinstance(cfg["seed"], int) and not isinstance(cfg["seed"], bool), "seed", cfg["seed"], "an integer")
+    return torch.Generator().manual_seed(cfg["seed"])
+
+
+def _grid_attrs(grid: Grid, layout: str) -> dict[str, Any]:
+    return {"shape": list(grid.shape), "extent": list(grid.extent), "boundary": list(grid.boundary),
+            "spacing": list(grid.spacing), "layout": layout}
+
+
+def _monotone(values: list[float], *, increasing: bool = False) -> bool:
+    """True if the series never moves the wrong way by more than round-off."""
+    scale = max(abs(v) for v in values) or 1.0
+    return all(((b - a) if not increasing else (a - b)) <= 1e-9 * scale for a, b in zip(values, values[1:]))
+
+
+def _build_heat(cfg: dict[str, Any], monitor: Callable) -> _Setup:
+    dtype = _dtype(cfg)
+    ndim = _positive_int(cfg, "physics.ndim")
+    require(ndim in (1, 2, 3), "physics.ndim", ndim, "1, 2, 3")
+    n = _positive_int(cfg, "grid.n", 3)
+    boundary = cfg["grid"]["boundary"]
+    require(boundary in ("dirichlet", "neumann", "periodic"), "grid.boundary", boundary, "dirichlet, neumann, periodic")
+    scheme = cfg["physics"]["scheme"]
+    require(scheme in HEAT_SCHEMES, "physics.scheme", scheme, ", ".join(HEAT_SCHEMES))
+    grid = Grid((n,) * ndim, extent=_positive_float(cfg, "grid.extent"), boundary=boundary)
+    stepper = HeatStepper(grid, nu=_positive_float(cfg, "physics.nu"), dt=_positive_float(cfg, "physics.dt"),
+                          scheme=scheme)
+    solver = _solver(cfg, "solver", monitor)
+    u0 = random_fourier(grid, _positive_int(cfg, "batch"), modes=_positive_int(cfg, "init.modes"),
+                        amplitude=_positive_float(cfg, "init.amplitude"), generator=_generator(cfg), dtype=dtype)
+
+    def diagnostics(u: torch.Tensor, t: float) -> dict[str, float]:
+        return {"max_abs_u": float(u.abs().max()), "rms_u": float(u.pow(2).mean().sqrt())}
+
+    def summarize(series: dict[str, list[float]]) -> dict[str, Any]:
+        m, r = series["max_abs_u"], series["rms_u"]
+        return {"max_abs_u_initial": m[0], "max_abs_u_final": m[-1], "max_abs_u_ratio": m[-1] / m[0],
+                "max_abs_u_nonincreasing": _monotone(m), "rms_u_initial": r[0], "rms_u_final": r[-1],
+                "rms_u_nonincreasing": _monotone(r)}
+
+    position = {"dirichlet": "interior nodes (i+1)*h", "periodic": "nodes i*h", "neumann": "cell centres (i+1/2)*h"}
+    layout = f"{boundary} grid: unknowns at the {position[boundary]} of every axis"
+    return _Setup(u0, lambda u: stepper(u, solver), diagnostics, summarize, ["u"], _grid_attrs(grid, layout),
+                  lambda u: u[:, 0], "u", [grid.axis_coordinates(a).numpy() for a in range(ndim)],
+                  ["max_abs_u", "rms_u"])
+
+
+def _build_burgers(cfg: dict[str, Any], monitor: Callable) -> _Setup:
+    dtype = _dtype(cfg)
+    ndim = _positive_int(cfg, "physics.ndim")
+    require(ndim in (1, 2, 3), "physics.ndim", ndim, "1, 2, 3")
+    n = _positive_int(cfg, "grid.n", 3)
+    grid = Grid((n,) * ndim, extent=_positive_float(cfg, "grid.extent"), boundary="periodic")
+    stepper = BurgersStepper(grid, nu=_positive_float(cfg, "physics.nu"), dt=_positive_float(cfg, "physics.dt"),
+                             picard_iterations=_positive_int(cfg, "physics.picard_iterations"))
+    solver = _solver(cfg, "solver", monitor)
+    offset = cfg["init"]["offset"]
+    require(isinstance(offset, (int, float)) and not isinstance(offset, bool) and math.isfinite(offset),
+            "init.offset", offset, "a finite number")
+    u0 = float(offset) + random_fourier(grid, _positive_int(cfg, "batch"), modes=_positive_int(cfg, "init.modes"),
+                                        amplitude=_positive_float(cfg, "init.amplitude"), generator=_generator(cfg),
+                                        dtype=dtype)
+    cell_volume = math.prod(grid.spacing)
+    space = tuple(range(1, ndim + 2))
+    mass0 = u0.sum(dim=space) * cell_volume
+
+    def diagnostics(u: torch.Tensor, t: float) -> dict[str, float]:
+        mass = u.sum(dim=space) * cell_volume
+        return {"max_abs_u": float(u.abs().max()), "mass": float(mass.mean()),
+                "mass_drift": float((mass - mass0).abs().max())}
+
+    def summarize(series: dict[str, list[float]]) -> dict[str, Any]:
+        m, mass = series["max_abs_u"], series["mass"]
+        return {"mass_initial": mass[0], "mass_final": mass[-1], "mass_drift_max": max(series["mass_drift"]),
+                "mass_drift_relative": max(series["mass_drift"]) / max(abs(mass[0]), 1e-300),
+                "max_abs_u_initial": m[0], "max_abs_u_final": m[-1], "max_abs_u_max": max(m),
+                "max_abs_u_nonincreasing": _monotone(m)}
+
+    return _Setup(u0, lambda u: stepper(u, solver), diagnostics, summarize, ["u"],
+                  _grid_attrs(grid, "periodic grid: unknowns (cell averages) at nodes i*h per axis"),
+                  lambda u: u[:, 0], "u", [grid.axis_coordinates(a).numpy() for a in range(ndim)],
+                  ["max_abs_u", "mass"], symmetric_colors=False)
+
+
+def _build_navier_stokes(cfg: dict[str, Any], monitor: Callable) -> _Setup:
+    dtype = _dtype(cfg)
+    method = cfg["physics"]["method"]
+    require(method in NS_METHODS, "physics.method", method, ", ".join(NS_METHODS))
+    n = _positive_int(cfg, "grid.n", 3)
+    length = _positive_float(cfg, "grid.extent")
+    nu = _positive_float(cfg, "physics.nu", allow_zero=True)
+    ns = NavierStokes2D(n, length=length, nu=nu, dt=_positive_float(cfg, "physics.dt"), method=method)
+    solver = _solver(cfg, "solver", monitor)
+    pressure_solver = _solver(cfg, "pressure_solver", monitor) if method == "projection" else None
+    batch = _positive_int(cfg, "batch")
+    init = cfg["init"]
+    exact: Callable[[float], torch.Tensor] | None = None
+    view_error = None
+    if init["kind"] == "turbulence":
+        velocity = decaying_turbulence(n, batch, generator=_generator(cfg),
+                                       smoothing=_positive_float(cfg, "init.smoothing"),
+                                       peak_wavenumber=_positive_float(cfg, "init.peak_wavenumber"),
+                                       rms_velocity=_positive_float(cfg, "init.rms_velocity"), dtype=dtype)
+        pressure = None
+    elif init["kind"] == "taylor-green":
+        amplitude = _positive_float(cfg, "init.amplitude")
+        velocity, pressure = taylor_green(n, length, amplitude=amplitude, batch=batch, dtype=dtype)
+
+        def exact(t: float) -> torch.Tensor:
+            return taylor_green(n, length, t=t, nu=nu, amplitude=amplitude, batch=batch, dtype=dtype)[0]
+
+        def view_error(w: torch.Tensor, t: float) -> torch.Tensor:
+            return ns.vorticity(w - exact(t))[:, 0]
+    else:
+        raise ConfigError(f"config key 'init.kind' has value {init['kind']!r}; allowed: turbulence, taylor-green.")
+    held = {"pressure": pressure}
+
+    def step(w: torch.Tensor) -> torch.Tensor:
+        # the pressure is carried between steps: the coupled solve's initial guess, the projection's p^n
+        w, held["pressure"] = ns(w, solver, held["pressure"], pressure_solver)
+        return w
+
+    def diagnostics(w: torch.Tensor, t: float) -> dict[str, float]:
+        out = {"kinetic_energy": float(ns.kinetic_energy(w).mean()),
+               "max_abs_divergence": float(ns.divergence(w).abs().max()),
+               "max_abs_vorticity": float(ns.vorticity(w).abs().max())}
+        if exact is not None:
+            ref = exact(t)
+            err = w - ref
+            out["velocity_error_rel_l2"] = float(err.pow(2).sum().sqrt() / ref.pow(2).sum().sqrt())
+            out["velocity_error_max"] = float(err.abs().max())
+            out["kinetic_energy_exact"] = float(ns.kinetic_energy(ref).mean())
+        return out
+
+    def summarize(series: dict[str, list[float]]) -> dict[str, Any]:
+        e = series["kinetic_energy"]
+        out = {"kinetic_energy_initial": e[0], "kinetic_energy_final": e[-1], "kinetic_energy_ratio": e[-1] / e[0],
+               "kinetic_energy_nonincreasing": _monotone(e),
+               "max_abs_divergence_initial": series["max_abs_divergence"][0],
+               "max_abs_divergence_max": max(series["max_abs_divergence"]),
+               "max_abs_vorticity_final": series["max_abs_vorticity"][-1]}
+        if exact is not None:
+            out.update({"velocity_error_rel_l2_final": series["velocity_error_rel_l2"][-1],
+                        "velocity_error_rel_l2_max": max(series["velocity_error_rel_l2"]),
+                        "velocity_error_max_final": series["velocity_error_max"][-1],
+                        "kinetic_energy_exact_final": series["kinetic_energy_exact"][-1]})
+        return out
+
+    layout = ("periodic MAC grid of N x N cells of width h: channel 0 = u on x-faces (i*h, (j+1/2)*h), "
+              "channel 1 = v on y-faces ((i+1/2)*h, j*h); vorticity at cell corners (i*h, j*h)")
+    corners = (np.arange(n) * ns.h).astype(np.float64)
+    series = (["velocity_error_rel_l2", "kinetic_energy"] if exact is not None
+              else ["kinetic_energy", "max_abs_vorticity"])
+    return _Setup(velocity, step, diagnostics, summarize, ["u", "v"], _grid_attrs(ns.grid, layout),
+                  lambda w: ns.vorticity(w)[:, 0], "vorticity", [corners, corners], series,
+                  rescale_frames=True, view_error=view_error)
+
+
+def _register(*sims: tuple[str, str, dict[str, Any], Callable]) -> dict[str, Simulation]:
+    return {name: Simulation(name, description, defaults, build) for name, description, defaults, build in sims}
+
+
+SIMULATIONS: dict[str, Simulation] = _register(
+    ("heat-1d", "Heat equation u_t = ν u_xx in 1D, Dirichlet walls, implicit Euler, CG; random sine series",
+     _heat_defaults(1, 127, 0.001, 200, 4), _build_heat),
+    ("heat-2d", "Heat equation u_t = ν Δu in 2D, Dirichlet walls, implicit Euler, CG; random sine series",
+     _heat_defaults(2, 63, 0.001, 100, 2), _build_heat),
+    ("heat-3d", "Heat equation u_t = ν Δu in 3D, Dirichlet walls, implicit Euler, CG; mid-plane slices",
+     _heat_defaults(3, 31, 0.001, 50, 5), _build_heat),
+    ("burgers-1d", "Viscous Burgers u_t + (u²/2)_x = ν u_xx, periodic, implicit Euler (one Picard step), BiCGSTAB",
+     _burgers_defaults(1, 256, 2e-3, 2e-3, 200, 4, 3), _build_burgers),
+    ("burgers-2d", "Scalar viscous Burgers u_t + Σ_d (u²/2)_{x_d} = ν Δu in 2D, periodic, implicit Euler, BiCGSTAB",
+     _burgers_defaults(2, 64, 2e-3, 5e-3, 100, 2, 3), _build_burgers),
+    ("ns-2d-turbulence", "Decaying 2D turbulence, incompressible Navier–Stokes on a periodic MAC grid, "
+     "velocity and pressure as one saddle-point system solved with GMRES(8) (the PRDP setting)",
+     _ns_defaults("coupled", dict(_TURBULENCE_INIT)), _build_navier_stokes),
+    ("ns-2d-projection", "Decaying 2D turbulence, incompressible Navier–Stokes on a periodic MAC grid, "
+     "incremental pressure projection (BiCGSTAB momentum, CG pressure)",
+     _ns_defaults("projection", dict(_TURBULENCE_INIT)), _build_navier_stokes),
+    ("taylor-green", "Taylor–Green vortex (an exact Navier–Stokes solution), projection scheme; "
+     "reports the error against the exact decaying vortex",
+     _ns_defaults("projection", {"kind": "taylor-green", "amplitude": 1.0}, dtype="float64", steps=50, save_every=1,
+                  grid={"n": 64, "extent": 2.0 * math.pi}, physics={"nu": 0.1, "dt": 0.02},
+                  solver=_solver_section("bicgstab", 1e-10), pressure_solver=_solver_section("cg", 1e-12)),
+     _build_navier_stokes),
+)
+
+
+def get_simulation(name: str) -> Simulation:
+    """The named simulation; an unknown name fails with the list and a suggestion."""
+    if name not in SIMULATIONS:
+        close = difflib.get_close_matches(str(name), list(SIMULATIONS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown simulation {name!r}.{hint} Available: {', '.join(SIMULATIONS)}.")
+    return SIMULATIONS[name]
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
+class _IterationLog:
+    """Solver monitor: per time step and per solver method, the iterations of the slowest sample."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, int]] = []
+        self._current: dict[str, int] = {}
+
+    def __call__(self, direction: str, method: str, iterations: torch.Tensor) -> None:
+        if direction == "forward":
+            self._current[method] = self._current.get(method, 0) + int(iterations.max())
+
+    def end_step(self) -> dict[str, int]:
+        done, self._current = self._current, {}
+        self.steps.append(done)
+        return done
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        methods = sorted({m for s in self.steps for m in s})
+        out = {}
+        for m in methods:
+            counts = [s.get(m, 0) for s in self.steps]
+            out[m] = {"mean": statistics.fmean(counts), "max": max(counts), "total": sum(counts),
+                      "unit": "restart cycles" if m == "gmres" else "iterations"}
+        return out
+
+
+def default_run_dir(name: str) -> Path:
+    return Path("runs") / "simulate" / name / time.strftime("%Y%m%d-%H%M%S")
+
+
+def resolve_config(name: str, overrides: Iterable[str] = (), steps: int | None = None) -> dict[str, Any]:
+    """The simulation's defaults with ``key=value`` overrides (and ``steps``) applied."""
+    cfg = apply_overrides(get_simulation(name).defaults, list(overrides))
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be an integer >= 1, got {steps!r}.")
+        cfg["steps"] = steps
+    return cfg
+
+
+def simulate(name: str, *, steps: int | None = None, overrides: Iterable[str] = (), out: str | Path | None = None,
+             progress: bool = True, animate: bool = True) -> dict[str, Any]:
+    """Run the named simulation and write its run directory (see the module docstring).
+
+    Args:
+        name: a key of :data:`SIMULATIONS`.
+        steps: number of time steps (default: the config's ``steps``).
+        overrides: ``"key.sub=value"`` strings; unknown keys fail with a did-you-mean message.
+        out: run directory (default ``runs/simulate/<name>/<timestamp>``); must not exist or be empty.
+        progress: show a tqdm progress bar.
+        animate: also write ``animation.gif`` (2D simulations only).
+
+    Returns:
+        The report: ``run_dir``, ``steps``, ``final_time``, ``wall_seconds``, ``steps_per_second``,
+        ``solver_iterations`` (per method: mean/max/total per step), ``invariants`` and ``files``.
+    """
+    sim = get_simulation(name)
+    cfg = resolve_config(name, overrides, steps)
+    n_steps = _positive_int(cfg, "steps")
+    save_every = _positive_int(cfg, "save_every")
+    dt = _positive_float(cfg, "physics.dt")
+    log = _IterationLog()
+    setup = sim.build(cfg, log)
+
+    run_dir = Path(out) if out is not None else default_run_dir(name)
+    _prepare_run_dir(run_dir)
+
+    state = setup.state
+    saved, saved_times, saved_steps = [state.clone()], [0.0], [0]
+    series: dict[str, list[float]] = {k: [v] for k, v in setup.diagnostics(state, 0.0).items()}
+    series_times = [0.0]
+    start = time.perf_counter()
+    with torch.no_grad(), tqdm(range(1, n_steps + 1), desc=name, unit="step", disable=not progress,
+                               dynamic_ncols=True) as bar:
+        for k in bar:
+            state = setup.step(state)
+            iterations = log.end_step()
+            if not bool(torch.isfinite(state).all()):
+                raise FloatingPointError(
+                    f"{name}: the state became NaN/inf at step {k} (t = {k * dt:.4g}); reduce physics.dt or "
+                    f"raise the solver budget (solver.max_iters={cfg['solver']['max_iters']}).")
+            t = k * dt
+            for key, value in setup.diagnostics(state, t).items():
+                series[key].append(value)
+            series_times.append(t)
+            if k % save_every == 0 or k == n_steps:
+                saved.append(state.clone())
+                saved_times.append(t)
+                saved_steps.append(k)
+            if iterations:
+                bar.set_postfix({m: v for m, v in iterations.items()}, refresh=False)
+    wall = time.perf_counter() - start
+
+    states = torch.stack(saved).cpu()
+    views = torch.stack([setup.view(s) for s in saved]).cpu()
+    files = ["trajectory.h5", "final.png"]
+    _write_trajectory(run_dir / "trajectory.h5", name, cfg, setup, states, views, saved_times, saved_steps,
+                      series, series_times)
+    error = setup.view_error(state, saved_times[-1]).cpu() if setup.view_error is not None else None
+    _plot_final(run_dir / "final.png", name, setup, views, saved_times, saved_steps, series, series_times, error)
+    if animate and len(setup.coordinates) == 2:
+        _animate(run_dir / "animation.gif", name, setup, views, saved_times, saved_steps)
+        files.append("animation.gif")
+    files += ["report.md", "report.json"]
+
+    report = {
+        "simulation": name, "description": sim.description, "run_dir": str(run_dir),
+        "steps": n_steps, "dt": dt, "final_time": n_steps * dt, "saved_states": len(saved),
+        "state_shape": list(states.shape), "wall_seconds": wall, "steps_per_second": n_steps / wall,
+        "solver_iterations": log.summary(), "invariants": setup.summarize(series),
+        "config": cfg, "files": files,
+    }
+    io.write_json(run_dir / "report.json", report)
+    io.atomic_write_text(run_dir / "report.md", _markdown(report, setup, animate and "animation.gif" in files))
+    return report
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise FileExistsError(f"--out {run_dir} exists and is not a directory; choose another --out.")
+        if any(run_dir.iterdir()):
+            raise FileExistsError(f"run directory {run_dir} already holds files; refusing to overwrite them. "
+                                  "Choose another --out (or leave it out for a new timestamped directory).")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise io.RunDirectoryError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
+
+
+# ---------------------------------------------------------------------------------- writers
+
+
+def _write_trajectory(path: Path, name: str, cfg: dict[str, Any], setup: _Setup, states: torch.Tensor,
+                      views: torch.Tensor, times: list[float], steps: list[int],
+                      series: dict[str, list[float]], series_times: list[float]) -> None:
+    """HDF5 written to a temporary name in the run directory and renamed into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("states", data=states.numpy(), compression="gzip", compression_opts=4)
+            f["states"].attrs["layout"] = "[time, batch, channel, *space]"
+            f["states"].attrs["channels"] = setup.channels
+            f.create_dataset("times", data=np.asarray(times, dtype=np.float64))
+            f.create_dataset("steps", data=np.asarray(steps, dtype=np.int64))
+            if setup.view_name not in setup.channels:
+                f.create_dataset(setup.view_name, data=views.numpy(), compression="gzip", compression_opts=4)
+            diag = f.create_group("diagnostics")
+            diag.create_dataset("times", data=np.asarray(series_times, dtype=np.float64))
+            for key, values in series.items():
+                diag.create_dataset(key, data=np.asarray(values, dtype=np.float64))
+            f.attrs["simulation"] = name
+            f.attrs["config_yaml"] = to_yaml(cfg)
+            f.attrs["config_json"] = json.dumps(cfg)
+            grid = f.create_group("grid")
+            for key, value in setup.grid_attrs.items():
+                grid.attrs[key] = value
+            for axis, coords in enumerate(setup.coordinates):
+                grid.create_dataset(f"{setup.view_name}_axis{axis}", data=coords)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp makes it private) and rename
+    it over ``path`` (atomic on POSIX)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _image_extent(coordinates: list[np.ndarray]) -> list[float]:
+    """imshow extent so that pixel centres sit at the sample positions."""
+    out = []
+    for c in coordinates[:2]:
+        h = float(c[1] - c[0]) if len(c) > 1 else 1.0
+        out += [float(c[0]) - h / 2, float(c[-1]) + h / 2]
+    return out
+
+
+def _color_limits(field: np.ndarray, symmetric: bool) -> tuple[float, float]:
+    lo, hi = float(field.min()), float(field.max())
+    if symmetric:
+        m = max(abs(lo), abs(hi)) or 1.0
+        return -m, m
+    if hi - lo < 1e-12:
+        return lo - 1.0, hi + 1.0
+    return lo, hi
+
+
+def _field_panel(fig, ax, field: np.ndarray, setup: _Setup, title: str, limits: tuple[float, float] | None = None,
+                 label: str | None = None):
+    vmin, vmax = limits if limits is not None else _color_limits(field, setup.symmetric_colors)
+    image = ax.imshow(field.T, origin="lower", extent=_image_extent(setup.coordinates), vmin=vmin, vmax=vmax,
+                      cmap="RdBu_r" if setup.symmetric_colors else "viridis", interpolation="bilinear")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label or setup.view_name)
+    return image
+
+
+def _series_panel(ax, setup: _Setup, series: dict[str, list[float]], times: list[float]) -> None:
+    colors = ["tab:blue", "tab:orange"]
+    axes = [ax, ax.twinx()] if len(setup.series) > 1 else [ax]
+    for axis, key, color in zip(axes, setup.series, colors):
+        axis.plot(times, series[key], color=color, lw=1.8, label="simulated")
+        axis.set_ylabel(_LABELS.get(key, key), color=color)
+        axis.tick_params(axis="y", labelcolor=color)
+        if key == "kinetic_energy" and "kinetic_energy_exact" in series:
+            axis.plot(times, series["kinetic_energy_exact"], color=color, ls="--", lw=1.2, label="exact")
+            axis.legend(loc="upper center", fontsize=8)
+    ax.set_xlabel("t")
+    ax.set_title("diagnostics", fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def _plot_final(path: Path, name: str, setup: _Setup, views: torch.Tensor, times: list[float], steps: list[int],
+                series: dict[str, list[float]], series_times: list[float], error: torch.Tensor | None) -> None:
+    plt = _pyplot()
+    sample = views[:, 0].numpy()  # first batch sample: [T, *space]
+    ndim = sample.ndim - 1
+    last = len(times) - 1
+    if ndim == 1:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+        picks = sorted(set(np.linspace(0, last, min(6, last + 1)).round().astype(int).tolist()))
+        cmap = plt.get_cmap("viridis")
+        for i, idx in enumerate(picks):
+            axes[0].plot(setup.coordinates[0], sample[idx], color=cmap(i / max(len(picks) - 1, 1)), lw=1.6,
+                         label=f"t = {times[idx]:.3g} (step {steps[idx]})")
+        axes[0].set_xlabel("x")
+        axes[0].set_ylabel(setup.view_name)
+        axes[0].set_title(f"{name}: snapshots", fontsize=10)
+        axes[0].legend(fontsize=8, loc="best")
+        axes[0].grid(alpha=0.3)
+        _series_panel(axes[1], setup, series, series_times)
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(15.5, 4.4))
+        where = ""
+        if ndim == 3:
+            mid = sample.shape[-1] // 2
+            sample = sample[..., mid]
+            where = f", slice z = {setup.coordinates[2][mid]:.3g}"
+        panels = [(sample[idx], f"{setup.view_name} at t = {times[idx]:.3g} (step {steps[idx]}){where}", None)
+                  for idx in (0, last)]
+        if error is not None:
+            # an exact solution keeps its shape, so the first field would look like the last: show the error
+            panels = [panels[1], (error[0].numpy(), f"{setup.view_name} − exact at t = {times[last]:.3g}",
+                                  f"{setup.view_name} error")]
+        for ax, (field, title, label) in zip(axes[:2], panels):
+            _field_panel(fig, ax, field, setup, title, label=label)
+        _series_panel(axes[2], setup, series, series_times)
+    fig.suptitle(f"{name} — step {steps[-1]}, t = {times[-1]:.3g}", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _animate(path: Path, name: str, setup: _Setup, views: torch.Tensor, times: list[float], steps: list[int],
+             max_frames: int = 80, fps: int = 12) -> None:
+    """GIF of the plotted field, with the first frame's colour scale (so decay stays visible) or,
+    with ``setup.rescale_frames``, each frame's own (so a decaying flow stays visible).
+
+    Frames are blitted: the axes and labels are drawn once, then only the image, the title and
+    (when rescaling) the colorbar are redrawn per frame (a full matplotlib draw costs ~0.1 s).
+    """
+    plt = _pyplot()
+    from PIL import Image
+
+    frames = views[:, 0].numpy()
+    picks = sorted(set(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int).tolist()))
+    limits = _color_limits(frames[0], setup.symmetric_colors)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=80)
+    image = _field_panel(fig, ax, frames[0], setup, f"{name}: {setup.view_name}\nstep 0, t = 0", limits)
+    fig.tight_layout()
+    colorbar_axes = image.colorbar.ax
+    image.set_animated(True)
+    ax.title.set_animated(True)
+    colorbar_axes.set_animated(setup.rescale_frames)
+    fig.canvas.draw()
+    background = fig.canvas.copy_from_bbox(fig.bbox)
+    images, palette = [], None
+    for i in picks:
+        fig.canvas.restore_region(background)
+        image.set_data(frames[i].T)
+        if setup.rescale_frames:
+            image.set_clim(*_color_limits(frames[i], setup.symmetric_colors))
+        ax.set_title(f"{name}: {setup.view_name}\nstep {steps[i]}, t = {times[i]:.3g}", fontsize=10)
+        ax.draw_artist(image)
+        ax.draw_artist(ax.title)
+        if setup.rescale_frames:
+            fig.draw_artist(colorbar_axes)
+        rgba = np.asarray(fig.canvas.buffer_rgba())
+        frame = Image.fromarray(rgba[..., :3].copy())
+        # one palette for all frames, from the first (its colorbar holds every colour of the map)
+        palette = palette or frame.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+        images.append(frame.quantize(palette=palette, dither=Image.Dither.NONE))
+    plt.close(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".gif", dir=path.parent)
+    os.close(fd)
+    try:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _markdown(report: dict[str, Any], setup: _Setup, animated: bool) -> str:
+    name = report["simulation"]
+    rows = [["steps", report["steps"]], ["dt", report["dt"]], ["final time", report["final_time"]],
+            ["saved states [T, B, C, *space]", str(report["state_shape"])],
+            ["wall time (s)", report["wall_seconds"]], ["steps / second", report["steps_per_second"]]]
+    solver_rows = [[m, s["unit"], s["mean"], s["max"], s["total"]] for m, s in report["solver_iterations"].items()]
+    invariant_rows = [[k, v] for k, v in report["invariants"].items()]
+    lines = [f"# {name}", "", report["description"], "",
+             markdown_table(["quantity", "value"], rows), "",
+             "## Solver iterations per time step", "",
+             "Counts of the slowest sample in the batch, summed over the solves of a step.", "",
+             markdown_table(["method", "unit", "mean", "max", "total"], solver_rows), "",
+             "## Invariants", "", markdown_table(["quantity", "value"], invariant_rows), "",
+             "![final state](final.png)", ""]
+    if animated:
+        lines += ["![animation](animation.gif)", ""]
+    lines += ["## Resolved config", "", "```yaml", to_yaml(report["config"]).rstrip(), "```", ""]
+    return "\n".join(lines)
