@@ -17,7 +17,6 @@ Every default runs in seconds on one CPU core.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import math
@@ -61,10 +60,6 @@ class Simulation:
     defaults: dict[str, Any]
     #: ``build(config, monitor) -> _Setup``; every linear solve reports to ``monitor``
     build: Callable[[dict[str, Any], Callable], "_Setup"] = field(repr=False, compare=False)
-
-    def config(self) -> dict[str, Any]:
-        """A fresh copy of the defaults (safe to modify)."""
-        return copy.deepcopy(self.defaults)
 
 
 @dataclass
