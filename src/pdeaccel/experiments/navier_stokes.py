@@ -72,6 +72,10 @@ def build_ns(cfg: dict[str, Any]) -> Built:
     torch.manual_seed(cfg["seed"])
     net = build_net("resnet", ndim=2, in_channels=2, out_channels=2, hidden=cfg["net"]["hidden"],
                     blocks=cfg["net"]["blocks"], padding_mode="circular")
+    # the hybrid starts as the plain coarse solver: a random correction of the flow's own size
+    # would make the first epochs' rollouts meaningless
+    torch.nn.init.zeros_(net.project.weight)
+    torch.nn.init.zeros_(net.project.bias)
 
     def step(u: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
         return coarse(u, solver)[0]

@@ -35,6 +35,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise RunDirectoryError(f"cannot write to {path.parent}: {exc.strerror or exc}. "
                                 "Choose another directory with --out.") from exc
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; a run's files are normal files
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -47,6 +48,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise RunDirectoryError(f"writing {path} failed ({exc.strerror or exc}); the previous "
                                 "version of the file, if any, is intact.") from exc
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
