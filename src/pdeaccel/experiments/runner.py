@@ -31,10 +31,14 @@ def resolve_config(name: str, size: str = "cpu", overrides: Iterable[str] = (), 
     return cfg
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+def _refuse_existing(run_dir: Path, resume: bool) -> None:
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise FileExistsError(f"run directory {run_dir} already holds files; choose another --out "
                               "or continue it with --resume.")
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    _refuse_existing(run_dir, resume)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -55,10 +59,12 @@ def train_run(name: str, *, size: str = "cpu", schedule: str = "prdp", overrides
 
         stored = yaml.safe_load((run_dir / "config.yaml").read_text())
         cfg, schedule = stored["config"], stored["schedule"]
-    _prepare_run_dir(run_dir, resume)
-    built = exp.build(cfg)
+    _refuse_existing(run_dir, resume)
+    prdp_mod.make_schedule(schedule, prdp=prdp_config(cfg), k_converged=1, epochs=cfg["train"]["epochs"])  # spec check
+    built = exp.build(cfg)  # validates the whole config first: a bad key never leaves a directory behind
     sched = prdp_mod.make_schedule(schedule, prdp=prdp_config(cfg), k_converged=built.k_converged,
                                    epochs=cfg["train"]["epochs"])
+    _prepare_run_dir(run_dir, resume)
     if not resume:
         io.atomic_write_text(run_dir / "config.yaml", to_yaml({"config": cfg, "schedule": schedule,
                                                                "k_converged": built.k_converged}))
