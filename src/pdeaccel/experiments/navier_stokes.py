@@ -1,8 +1,9 @@
 """PRDP paper: Navier–Stokes 2D neural-hybrid correction learning (coupled saddle-point solver).
 
 Incompressible, periodic, L = 1, Δt = 0.1, ν = 1e-4, decaying turbulence from smoothed projected
-white noise. Reference: our coupled solver on a grid ``factor`` times finer, face-averaged down
-to the coarse grid. Model ``u_{t+1} = P_K(u_t) + C_θ(P_K(u_t))`` with a conv ResNet C_θ;
+white noise (RMS speed 0.1). Reference: our projection solver on a grid ``factor`` times finer
+with Δt/factor, converged tightly, face-averaged down to the coarse grid (the paper used its
+coupled solver at 96² for the reference). Model ``u_{t+1} = P_K(u_t) + C_θ(P_K(u_t))`` with a conv ResNet C_θ;
 loss over ``unroll`` unrolled steps; validation: 5-step rollout nMSE with the converged coarse
 solver. Solver: restarted GMRES(8), implicit gradients; K counts restart cycles (paper K_ε = 40).
 """
@@ -27,7 +28,7 @@ _CPU: dict[str, Any] = {
     "seed": 0,
     "physics": {"n": 24, "factor": 2, "nu": 1e-4, "dt": 0.1, "length": 1.0, "peak_wavenumber": 4.0, "rms_velocity": 0.1,
                 "warmup_steps": 5},
-    "data": {"train": 12, "train_steps": 8, "validation": 4, "validation_rollout": 5, "data_seed": 777},
+    "data": {"train": 8, "train_steps": 6, "validation": 4, "validation_rollout": 5, "data_seed": 777},
     "net": {"hidden": 32, "blocks": 2},
     "solver": {"method": "gmres", "grad": "implicit", "rtol_converged": 1e-5, "restart": 8},
     "prdp": {"k0": 1, "delta_k": 1, "k_max": 100, "tau_step": 0.95, "tau_stop": 0.9,
@@ -41,30 +42,36 @@ def build_ns(cfg: dict[str, Any]) -> Built:
     p, d, s = cfg["physics"], cfg["data"], cfg["solver"]
     require(isinstance(p["factor"], int) and p["factor"] >= 1, "physics.factor", p["factor"], "an integer >= 1")
     coarse = NavierStokes2D(p["n"], length=p["length"], nu=p["nu"], dt=p["dt"], method="coupled")
+    # The reference is the projection scheme on a grid `factor` times finer with Δt/factor: as
+    # accurate as the coupled one at tight tolerances, and ~20× cheaper to converge here (CG on the
+    # pressure Poisson problem instead of unpreconditioned GMRES on the saddle-point system).
     fine = NavierStokes2D(p["n"] * p["factor"], length=p["length"], nu=p["nu"], dt=p["dt"] / p["factor"],
-                          method="coupled")
-    reference_solver = SolverConfig(method="gmres", restart=20, rtol=1e-8)
+                          method="projection")
+    momentum_solver = SolverConfig(method="bicgstab", rtol=1e-9)
+    pressure_solver = SolverConfig(method="cg", rtol=1e-9)
 
     def generate(count: int, steps: int, seed: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         u = decaying_turbulence(fine.n, count, generator=gen, peak_wavenumber=p["peak_wavenumber"],
                                 rms_velocity=p["rms_velocity"],
                                 dtype=torch.float64)
-        def advance(u: torch.Tensor) -> torch.Tensor:
+        pressure = torch.zeros_like(u[:, :1])
+
+        def advance(u: torch.Tensor, pressure: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             for _ in range(p["factor"]):  # the fine solver takes `factor` steps per coarse step
-                u, _ = fine(u, reference_solver)
-            return u
+                u, pressure = fine(u, momentum_solver, pressure=pressure, pressure_solver=pressure_solver)
+            return u, pressure
 
         with torch.no_grad():
             for _ in trange(p["warmup_steps"], desc="ns-2d warm-up", leave=False):
-                u = advance(u)
+                u, pressure = advance(u, pressure)
             states = [downsample_velocity(u, p["factor"])]
             for _ in trange(steps, desc="ns-2d reference", leave=False):
-                u = advance(u)
+                u, pressure = advance(u, pressure)
                 states.append(downsample_velocity(u, p["factor"]))
         return torch.stack(states, dim=1).float()
 
-    gen_cfg = {"physics": p, "data": d, "version": 1}
+    gen_cfg = {"physics": p, "data": d, "version": 2}
     train = cached_trajectories("ns2d-train", {**gen_cfg, "split": "train"},
                                 lambda: generate(d["train"], d["train_steps"], d["data_seed"]))
     validation = cached_trajectories("ns2d-val", {**gen_cfg, "split": "val"},
