@@ -394,3 +394,10 @@ def test_stencils_are_differentiable(boundary):
     assert torch.autograd.gradcheck(lambda u: gradient(u, grid), (u,))
     assert torch.autograd.gradcheck(lambda v: divergence(v, grid), (v,))
     assert torch.autograd.gradcheck(lambda u, v: upwind_advection(u, v, grid), (u, v))
+
+
+def test_laplacian_scale_is_folded_into_the_stencil():
+    grid = Grid((5, 4), extent=(1.0, 2.0), boundary=("neumann", "periodic"))
+    u = torch.randn((2, 1, 5, 4), dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    for scale in (-1.0, 0.25, 3.0):
+        assert torch.allclose(laplacian(u, grid, scale=scale), scale * laplacian(u, grid), rtol=1e-14, atol=1e-12)

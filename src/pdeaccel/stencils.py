@@ -61,13 +61,15 @@ def _neighbours(u: torch.Tensor, axis: int, grid: Grid, *, normal: bool = False)
     return padded.narrow(dim, 0, n), padded.narrow(dim, 2, n)
 
 
-def laplacian(u: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Second-order (2d+1)-point Laplacian ``Σ_d (u[i-1] - 2u[i] + u[i+1]) / h_d²``.
+def laplacian(u: torch.Tensor, grid: Grid, *, scale: float = 1.0) -> torch.Tensor:
+    """Second-order (2d+1)-point Laplacian ``scale · Σ_d (u[i-1] - 2u[i] + u[i+1]) / h_d²``.
 
     Ghost values as in :func:`pad_axis`: periodic wrap, zero (dirichlet), mirrored (neumann).
+    ``scale`` is folded into the stencil weights: ``laplacian(u, g, scale=-1.0)`` is ``-Δu``
+    (the Poisson matvec) without the extra pass and allocation of ``-laplacian(u, g)``.
     """
     _check_axis(u, grid)
-    inv_h2 = [1.0 / (h * h) for h in grid.spacing]
+    inv_h2 = [scale / (h * h) for h in grid.spacing]
     # One output tensor updated through shifted views: this is the matvec of every Poisson and
     # heat solve, and each extra full-size temporary costs as much as the arithmetic (CPU memory
     # traffic and page faults). The in-place adds on views of a fresh tensor are autograd-safe.

@@ -7,8 +7,18 @@ from dataclasses import dataclass
 import torch
 
 
+# Above this many unknowns per sample a BLAS dot per sample beats the batched multiply-and-sum
+# (which writes and re-reads a full-size temporary); below it the per-call overhead dominates.
+_DOT_PER_SAMPLE_FROM = 16384
+
+
 def bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """⟨a_i, b_i⟩ for every sample i: shape [batch]."""
+    if a.shape == b.shape and a.is_contiguous() and b.is_contiguous():
+        if a.shape[0] == 1:
+            return torch.dot(a.reshape(-1), b.reshape(-1)).reshape(1)
+        if a[0].numel() >= _DOT_PER_SAMPLE_FROM:
+            return torch.stack([torch.dot(ai.reshape(-1), bi.reshape(-1)) for ai, bi in zip(a, b)])
     return (a * b).flatten(1).sum(1)
 
 
@@ -21,13 +31,14 @@ def bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return s.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-def axpy(a: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, inplace: bool) -> torch.Tensor:
-    """``y + a·x`` with a per-sample ``a`` (shaped by :func:`bcast`); overwrites ``y`` if ``inplace``.
+def axpy(a: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, inplace: bool, value: float = 1.0) -> torch.Tensor:
+    """``y + value·a·x`` with a per-sample ``a`` (shaped by :func:`bcast`); overwrites ``y`` if
+    ``inplace``.
 
     One fused kernel either way. ``inplace`` is for solves nobody differentiates through (the
     implicit mode's forward and adjoint solves): no full-size temporary per update, which on a
     CPU is most of the cost of an iteration."""
-    return y.addcmul_(a, x) if inplace else torch.addcmul(y, a, x)
+    return y.addcmul_(a, x, value=value) if inplace else torch.addcmul(y, a, x, value=value)
 
 
 def xpay(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, *, inplace: bool) -> torch.Tensor:
@@ -35,13 +46,16 @@ def xpay(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, *, inplace: bool) ->
     return torch.addcmul(x, a, y, out=y) if inplace else torch.addcmul(x, a, y)
 
 
-def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num/den, and 0 where den == 0 (breakdown or an already converged sample).
+def safe_div(num: torch.Tensor, den: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    """num/den per sample, and 0 where den == 0 (breakdown) or where ``where`` is false (a
+    stopped sample).
 
     The denominator is replaced *before* dividing, so autograd never sees 0/0 (a NaN gradient
     would otherwise leak through ``torch.where``)."""
-    zero = den == 0
-    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+    ok = den != 0
+    if where is not None:
+        ok = ok & where
+    return torch.where(ok, num / torch.where(ok, den, 1.0), 0.0)
 
 
 @dataclass

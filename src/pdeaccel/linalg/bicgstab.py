@@ -31,21 +31,20 @@ def bicgstab(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tens
         active, iterations, done = budget.advance(res, iterations)
         if done:
             break
-        zero = torch.zeros_like(rho)
         rho_new = bdot(r_hat, r)
         beta = safe_div(rho_new, rho) * safe_div(alpha, omega)
-        p = xpay(r, bcast(beta, p), axpy(-bcast(omega, v), v, p, inplace=inplace), inplace=inplace)
+        p = xpay(r, bcast(beta, p), axpy(bcast(omega, v), v, p, inplace=inplace, value=-1.0), inplace=inplace)
         p_hat = precond(p)
         v = op.matvec(p_hat)
         # a stopped sample keeps x and r (α = ω = 0) and a bounded p (β = 0 next time)
-        alpha = torch.where(active, safe_div(rho_new, bdot(r_hat, v)), zero)
-        s = axpy(-bcast(alpha, v), v, r, inplace=inplace)  # r is not needed after s
+        alpha = safe_div(rho_new, bdot(r_hat, v), active)
+        s = axpy(bcast(alpha, v), v, r, inplace=inplace, value=-1.0)  # r is not needed after s
         s_hat = precond(s)
         t = op.matvec(s_hat)
-        omega = torch.where(active, safe_div(bdot(t, s), bdot(t, t)), zero)
+        omega = safe_div(bdot(t, s), bdot(t, t), active)
         x = axpy(bcast(alpha, x), p_hat, x, inplace=inplace)
         x = axpy(bcast(omega, x), s_hat, x, inplace=inplace)
-        r = axpy(-bcast(omega, t), t, s, inplace=inplace)
+        r = axpy(bcast(omega, t), t, s, inplace=inplace, value=-1.0)
         rho = rho_new
         res = bnorm(r)
     return MethodOutput(x, iterations, res)

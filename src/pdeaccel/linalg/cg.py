@@ -27,18 +27,16 @@ def cg(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, bu
         if done:
             break
         Ap = op.matvec(p)
-        zero = torch.zeros_like(rz)
         # a stopped sample keeps x and r (α = 0) and a bounded search direction (β = 0)
-        alpha = torch.where(active, safe_div(rz, bdot(p, Ap)), zero)
-        a = bcast(alpha, x)
+        a = bcast(safe_div(rz, bdot(p, Ap), active), x)
         x = axpy(a, p, x, inplace=inplace)
-        r = axpy(-a, Ap, r, inplace=inplace)
+        r = axpy(a, Ap, r, inplace=inplace, value=-1.0)
         if inv_diag is None:
             z = r
         else:
             z = torch.mul(inv_diag, r, out=z) if inplace else inv_diag * r
         rz_new = bdot(r, z)
-        beta = torch.where(active, safe_div(rz_new, rz), zero)
+        beta = safe_div(rz_new, rz, active)
         p = xpay(z, bcast(beta, p), p, inplace=inplace)
         rz = rz_new
         # ‖r‖ = √⟨r,r⟩ saves a pass over r when there is no preconditioner

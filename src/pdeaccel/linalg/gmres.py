@@ -30,7 +30,7 @@ def gmres(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
             break
         beta = res
         # a stopped sample gets a zero basis (its residual may be too small to normalise)
-        inv_beta = torch.where(active, safe_div(torch.ones_like(beta), beta), torch.zeros_like(beta))
+        inv_beta = safe_div(torch.ones_like(beta), beta, active)
         basis = [r * bcast(inv_beta, r)]
         # columns of the rotated Hessenberg matrix R (upper triangular), Givens (c, s), the
         # rotated right-hand side g, and which samples still extend their basis at each step
@@ -46,7 +46,7 @@ def gmres(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
             for i in range(j + 1):
                 hij = bdot(w, basis[i])
                 # the first update is out of place: a matvec may return (a view of) its input
-                w = axpy(-bcast(hij, w), basis[i], w, inplace=inplace and i > 0)
+                w = axpy(bcast(hij, w), basis[i], w, inplace=inplace and i > 0, value=-1.0)
                 h.append(hij)
             h_next = bnorm(w)
             basis.append(w * bcast(safe_div(torch.ones_like(h_next), h_next), w))
@@ -55,7 +55,7 @@ def gmres(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
                 h[i] = cs[i] * hi + sn[i] * hi1
                 h[i + 1] = -sn[i] * hi + cs[i] * hi1
             denom = _hypot(h[j], h_next)
-            c = torch.where(denom == 0, torch.ones_like(denom), safe_div(h[j], denom))
+            c = torch.where(denom == 0, 1.0, safe_div(h[j], denom))
             s = safe_div(h_next, denom)
             h[j] = denom
             cs.append(c)
@@ -73,7 +73,7 @@ def gmres(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
             acc = g[i]
             for k in range(i + 1, m):
                 acc = acc - R_cols[k][i] * y[k]
-            y[i] = torch.where(extends[i], safe_div(acc, R_cols[i][i]), torch.zeros_like(acc))
+            y[i] = safe_div(acc, R_cols[i][i], extends[i])
         update = basis[0] * bcast(y[0], x)
         for i in range(1, m):
             update = axpy(bcast(y[i], x), basis[i], update, inplace=inplace)
@@ -87,6 +87,6 @@ def _hypot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """√(a² + b²) with a zero (not NaN) gradient where a = b = 0, i.e. after an exhausted Krylov space."""
     sq = a * a + b * b
     positive = sq > 0
-    root = torch.sqrt(torch.where(positive, sq, torch.ones_like(sq)))
-    return torch.where(positive, root, torch.zeros_like(sq))
+    root = torch.sqrt(torch.where(positive, sq, 1.0))
+    return torch.where(positive, root, 0.0)
 

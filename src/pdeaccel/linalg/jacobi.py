@@ -25,7 +25,7 @@ def jacobi(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor
         active, iterations, done = budget.advance(res, iterations)
         if done:
             break
-        r = torch.where(bcast(active, r), r, torch.zeros_like(r))  # a stopped sample keeps x
+        r = torch.where(bcast(active, r), r, 0.0)  # a stopped sample keeps x
         x = axpy(step, r, x, inplace=inplace)
         r = b - op.matvec(x)  # never written into: a matvec may return (a view of) its input
         res = bnorm(r)

@@ -100,7 +100,7 @@ def solve(
     Example:
         >>> from pdeaccel import Grid, solve, LinearOperator, laplacian
         >>> g = Grid(32, boundary="dirichlet")
-        >>> A = LinearOperator(lambda u: -laplacian(u, g), symmetric=True)
+        >>> A = LinearOperator(lambda u: laplacian(u, g, scale=-1.0), symmetric=True)  # -Δ
         >>> b = torch.ones(4, 1, 32, dtype=torch.float64)
         >>> result = solve(A, b, method="cg", max_iters=100)
         >>> bool(result.converged.all())
