@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -77,13 +78,21 @@ def main(argv: list[str] | None = None) -> int:
             checks.append(f"- {'PASS' if wall >= need else 'MISS'} {name}: wall-clock savings {pct(wall)} ≥ 0.8 × "
                           f"iteration savings ({pct(need)})")
         print(f"{name}: done in {d['benchmark_seconds']:.0f} s", flush=True)
+        write(results_dir, args, names[: len(data)], rows, checks, data, started)
+    return 0
+
+
+def write(results_dir: Path, args, names, rows, checks, data, started) -> None:
+    """(Re)write the tables after every experiment, so a long run leaves usable partial results."""
     header = ["experiment", "K_ε", "K_final", "IC", "PR", "total", "measured iters", "wall (train)",
               "final val conv", "final val PRDP", "paper K_ε", "paper K_final", "paper IC", "paper PR", "paper total"]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
+               f"threads, torch {torch.__version__}; load average when written {os.getloadavg()[0]:.1f} "
+               "(a shared machine: other jobs inflate wall clock, which is why ratios are measured side by side)")
     md = ["# PRDP vs converged training (benchmarks/prdp.py)", "",
           f"Command: `.venv/bin/python benchmarks/prdp.py --seeds {args.seeds} --size {args.size} "
-          f"--experiments {','.join(names)}`; {args.seeds} seeds per experiment, mean (± population std where shown). "
-          f"Machine: {machine}. Total time {time.time() - started:.0f} s.", "",
+          f"--experiments {args.experiments}`; {args.seeds} seeds per experiment, mean (± population std where shown). "
+          f"Machine: {machine}. Time so far {time.time() - started:.0f} s; experiments done: {len(names)} of {len(args.experiments.split(','))}.", "",
           markdown_table(header, rows), "",
           "IC, PR and total use the paper's definitions on the K schedule (C_conv = K_ε·E against Σ K_e); "
           "'measured iters' counts forward + backward iterations the solver actually ran; wall clock is training "
@@ -95,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     (results_dir / f"{args.name}.md").write_text("\n".join(md))
     (results_dir / f"{args.name}.json").write_text(json.dumps({"command": sys.argv, "machine": machine,
                                                                "experiments": data}, indent=2, default=str))
-    print("\n".join(md))
-    return 0
 
 
 if __name__ == "__main__":
