@@ -41,6 +41,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and budgets, for development")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite solvers.md from an existing solvers.json in --out, measuring nothing")
     parser.add_argument("--max-graph-gib", type=float, default=1.5,
                         help="skip an unrolled run whose autograd graph would exceed this (estimated from the smaller K)")
     args = parser.parse_args(argv)
@@ -468,7 +470,9 @@ def to_markdown(report: dict) -> str:
         "scipy's the same matrix assembled with `scipy.sparse` (CSR). rtol = atol = 0 so every solver runs exactly K "
         f"iterations. GMRES runs K/{s['gmres_restart']} cycles of {s['gmres_restart']} Arnoldi steps and its time is "
         "per step. Time per iteration = median wall time of the call / K (forward+backward also divided by the "
-        "forward K; the implicit backward runs K more adjoint iterations).",
+        "forward K; the implicit backward runs K more adjoint iterations). The row `cg (-laplacian)` is the same "
+        "CG with the matvec written the obvious way, `-laplacian(u, grid)`, which costs one more pass and one more "
+        "allocation per iteration.",
         "",
         "Peak memory = the largest number of bytes held by tensors created during the call (forward, or forward "
         "and backward), tracked allocation by allocation with a `TorchDispatchMode` (each new storage) and weakref "
@@ -552,6 +556,11 @@ def to_markdown(report: dict) -> str:
 
 def main() -> int:
     args = ARGS
+    if args.render_only:
+        report = json.loads((args.out / "solvers.json").read_text())
+        (args.out / "solvers.md").write_text(to_markdown(report))
+        print(f"rewrote {args.out / 'solvers.md'}")
+        return 0
     report = benchmark(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "solvers.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
