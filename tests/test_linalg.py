@@ -572,3 +572,19 @@ def test_float32_solves_and_a_tolerance_below_round_off_stops_at_round_off():
     res = solve(op, b64, method="cg", max_iters=5000, rtol=1e-30)
     assert bool((res.iterations < 5000).all()) and not bool(res.converged.any())
     assert_close_to(res.solution, ref, 1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 7), (3, 1, 5, 4), (1, 1, 130, 130), (3, 1, 130, 130)])
+def test_batched_dot_paths_agree_and_differentiate(shape):
+    # small samples use one multiply-and-sum, a single or large sample BLAS dots: same values and gradients
+    from pdeaccel.linalg._batched import bdot
+
+    gen = torch.Generator().manual_seed(23)
+    a = torch.randn(shape, dtype=DT, generator=gen, requires_grad=True)
+    b = torch.randn(shape, dtype=DT, generator=gen)
+    d = bdot(a, b)
+    assert d.shape == (shape[0],)
+    assert torch.allclose(d, (a * b).flatten(1).sum(1), rtol=1e-12)
+    weights = torch.arange(1.0, shape[0] + 1, dtype=DT)
+    (g,) = torch.autograd.grad((d * weights).sum(), a)
+    assert torch.allclose(g, b * weights.reshape(-1, *([1] * (len(shape) - 1))), rtol=1e-14)
