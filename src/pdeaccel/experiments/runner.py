@@ -78,6 +78,7 @@ def train_run(name: str, *, size: str = "cpu", schedule: str = "prdp", overrides
     trainer.fit()
     summary = _run_summary(exp, cfg, schedule, built.k_converged, trainer.rows, sched)
     summary["wall_seconds_total"] = time.perf_counter() - start
+    summary["ledger"] = trainer.ledger.state_dict()
     summary["run_dir"] = str(run_dir)
     write_run_report(run_dir, summary, trainer.rows)
     return summary
@@ -167,24 +168,18 @@ def compare(name: str, *, seeds: int = 3, size: str = "cpu", overrides: Iterable
 
 
 def savings(prdp_run: dict[str, Any], conv_run: dict[str, Any]) -> dict[str, Any]:
-    """The paper's savings accounting from two run summaries (same K_ε, same epochs)."""
-    k_eps, epochs = conv_run["k_converged"], conv_run["epochs"]
-    k_final, sum_k = prdp_run["k_final"], prdp_run["sum_k"]
-    budget = k_eps * epochs
-    measured_prdp = prdp_run["forward_iters"] + prdp_run["backward_iters"]
-    measured_conv = conv_run["forward_iters"] + conv_run["backward_iters"]
+    """The paper's savings accounting (:func:`pdeaccel.prdp.savings_report`) for two run summaries."""
+    r = prdp_mod.savings_report(prdp_run["ledger"], conv_run["ledger"], conv_run["k_converged"],
+                                prdp_run["final_val_metric"], conv_run["final_val_metric"])
     return {
-        "seed": prdp_run["seed"], "k_converged": k_eps, "epochs": epochs, "k_final": k_final,
-        "ic": (k_eps - k_final) / k_eps,
-        "pr": (k_final * epochs - sum_k) / budget,
-        "total": 1.0 - sum_k / budget,
-        "measured_iteration_savings": 1.0 - measured_prdp / max(measured_conv, 1),
-        "wall_train_savings": 1.0 - prdp_run["train_seconds"] / conv_run["train_seconds"],
-        "wall_total_savings": 1.0 - (prdp_run["train_seconds"] + prdp_run["validation_seconds"])
-        / (conv_run["train_seconds"] + conv_run["validation_seconds"]),
-        "prdp_train_seconds": prdp_run["train_seconds"], "conv_train_seconds": conv_run["train_seconds"],
-        "prdp_final": prdp_run["final_val_metric"], "conv_final": conv_run["final_val_metric"],
-        "prdp_iters": measured_prdp, "conv_iters": measured_conv,
+        "seed": prdp_run["seed"], "k_converged": r["k_eps"], "epochs": r["epochs"], "k_final": r["k_final"],
+        "ic": r["ic"], "pr": r["pr"], "total": r["total"],
+        "measured_iteration_savings": r["measured_total"],
+        "wall_train_savings": r["wall_clock_train"], "wall_total_savings": r["wall_clock_with_validation"],
+        "prdp_train_seconds": r["train_seconds_prdp"], "conv_train_seconds": r["train_seconds_converged"],
+        "prdp_final": r["final_metric_prdp"], "conv_final": r["final_metric_converged"],
+        "prdp_iters": r["forward_iters_prdp"] + r["backward_iters_prdp"],
+        "conv_iters": r["forward_iters_converged"] + r["backward_iters_converged"],
         "prdp_refinements": len(prdp_run["refinements"]),
     }
 
