@@ -129,3 +129,13 @@ def test_unwritable_run_directory_fails_clearly(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(io.RunDirectoryError, match="cannot write"):
         io.save_checkpoint(blocker / "sub" / "epoch_00000.ckpt", {"a": 1})
+
+
+def test_training_stops_at_the_target_metric(tmp_path):
+    task = _inverse_task(steps_per_epoch=1)
+    solver = SolverConfig(method="jacobi", grad="implicit")
+    settings = TrainSettings(epochs=200, optimizer="sgd", lr=275.0, progress=False, target_metric=0.05)
+    trainer = Trainer(task, solver, solver.replace(rtol=1e-8), FixedSchedule(600), settings, tmp_path)
+    rows = trainer.fit()
+    assert rows[-1]["val_metric"] <= 0.05 < rows[-2]["val_metric"]
+    assert len(rows) < 200

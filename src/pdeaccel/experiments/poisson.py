@@ -3,7 +3,9 @@
 ``u'' = −f_θ(x)`` on (0, 1) with ``u(0) = u(1) = 0``, 30 interior points, 3-point stencil;
 ``f_θ = θ sin(2πx)`` (or ``θ₁ sin 2πx + θ₂ sin 4πx + θ₃ sin 6πx``). Recover θ (reference 2, start
 5) from the converged ``u_ref`` by plain gradient descent on ``‖u_K(θ) − u_ref‖² / 2N`` (lr 275),
-the solve differentiated implicitly. Validation metric: relative parameter error.
+the solve differentiated implicitly. Validation metric: relative parameter error. As in the
+paper the comparison is at equal accuracy: both runs stop when the relative parameter error
+reaches ``train.target_metric`` (``train.epochs`` is only the upper limit).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from .registry import Built, Experiment, measure_k_converged, register, validate
 _BASE: dict[str, Any] = {
     "seed": 0,
     "physics": {"n": 30, "theta_true": [2.0], "theta_init": [5.0]},
-    "solver": {"method": "jacobi", "grad": "implicit", "rtol_converged": 1e-6},
+    # rtol 1e-5 from a zero guess: K_ε = 557 Jacobi iterations (the paper's K_ε ≈ 600)
+    "solver": {"method": "jacobi", "grad": "implicit", "rtol_converged": 1e-5},
     "prdp": {"k0": 25, "delta_k": 10, "k_max": 600, "tau_step": 0.92, "tau_stop": 0.9,
              "ema_window": 1, "lookback": 2},
-    "train": {"epochs": 60, "batch_size": 1, "lr": 275.0, "lr_decay": 1.0, "optimizer": "sgd",
-              "steps_per_epoch": 1},
+    "train": {"epochs": 400, "batch_size": 1, "lr": 275.0, "lr_decay": 1.0, "optimizer": "sgd",
+              "steps_per_epoch": 1, "target_metric": 1e-3},
 }
 
 
@@ -58,7 +61,9 @@ def build_poisson_inverse(cfg: dict[str, Any]) -> Built:
 def _three() -> dict[str, Any]:
     cfg = copy.deepcopy(_BASE)
     cfg["physics"].update({"theta_true": [2.0, -1.0, 0.5], "theta_init": [5.0, 1.0, -1.0]})
-    cfg["train"]["epochs"] = 120
+    # the sin 6πx response is 9² times weaker than sin 2πx's, so plain gradient descent at the
+    # step size the first mode allows needs many more iterations to reach the target
+    cfg["train"].update({"epochs": 3000, "target_metric": 1e-2})
     return cfg
 
 

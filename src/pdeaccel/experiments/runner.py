@@ -70,7 +70,7 @@ def train_run(name: str, *, size: str = "cpu", schedule: str = "prdp", overrides
                                                                "k_converged": built.k_converged}))
     t = cfg["train"]
     settings = TrainSettings(epochs=t["epochs"], optimizer=t["optimizer"], lr=t["lr"], lr_decay=t["lr_decay"],
-                             progress=progress)
+                             progress=progress, target_metric=t.get("target_metric") or None)
     trainer = Trainer(built.task, built.solver, built.validation_solver, sched, settings, run_dir, seed=cfg["seed"])
     if resume:
         trainer.resume()

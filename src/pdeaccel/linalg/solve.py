@@ -18,6 +18,7 @@ from .operator import LinearOperator, as_operator
 METHODS = ("jacobi", "cg", "bicgstab", "gmres")
 GRAD_MODES = ("implicit", "unrolled")
 PRECONDITIONERS = (None, "jacobi")
+_MIN_CAP = 20_000  # iterations; see _validate
 
 #: ``monitor(direction, method, iterations)`` is called after every forward solve
 #: (``direction="forward"``) and every adjoint solve (``"backward"``) with the per-sample
@@ -76,7 +77,7 @@ def solve(
         method: ``"jacobi"`` (weighted, needs the diagonal), ``"cg"`` (symmetric positive
             definite A), ``"bicgstab"`` or ``"gmres"`` (restarted; the budget counts cycles).
         max_iters: the hard budget K. The method runs exactly K iterations unless every sample
-            reaches the tolerance first; ``None`` means "until the tolerance", capped at 10·n
+            reaches the tolerance first; ``None`` means "until the tolerance", capped at max(10·n, 20000)
             iterations for n unknowns per sample. K may differ from call to call at no cost.
         rtol, atol: a sample stops once ``‖b − A x‖ ≤ max(atol, rtol·‖b‖)``. ``rtol=atol=0``
             runs the whole budget with no convergence checks (no host synchronisation).
@@ -249,7 +250,11 @@ def _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner, ad
         )
     r0 = b - Ax0
     n = b[0].numel()
-    K = 10 * n if max_iters is None else int(max_iters)
+    # "until the tolerance" still needs a cap against stagnation; Krylov methods converge in at most
+    # n steps in exact arithmetic, Jacobi's count grows with the condition number (≈ n² for a 1D
+    # Laplacian), so small problems get a generous floor
+    cap = max(10 * n, _MIN_CAP)
+    K = cap if max_iters is None else int(max_iters)
     if method == "gmres" and max_iters is None:
-        K = max(1, (10 * n) // restart)
+        K = max(1, cap // restart)
     return _Settings(method, K, float(rtol), float(atol), preconditioner, int(restart), float(omega)), x0, r0

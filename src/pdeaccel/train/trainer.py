@@ -50,6 +50,7 @@ class TrainSettings:
     guard_factor: float = 1e3  # a loss this many times the previous epoch's loss counts as divergence
     guard_retries: int = 3
     progress: bool = True
+    target_metric: float | None = None  # stop once the validation metric reaches it (equal-accuracy runs)
 
 
 class DivergenceError(RuntimeError):
@@ -154,13 +155,17 @@ class Trainer:
         total = self.settings.epochs
         bar = tqdm(total=total, initial=self.epoch, desc="epochs", disable=not self.settings.progress,
                    dynamic_ncols=True, leave=False)
-        while self.epoch < total:
+        while self.epoch < total and not self.reached_target():
             self._run_epoch()
             last = self.rows[-1]
             bar.update(1)
             bar.set_postfix(K=last["k"], loss=f"{last['train_loss']:.3g}", val=f"{last['val_metric']:.3g}")
         bar.close()
         return self.rows
+
+    def reached_target(self) -> bool:
+        target = self.settings.target_metric
+        return bool(target is not None and self.rows and self.rows[-1]["val_metric"] <= target)
 
     def _run_epoch(self) -> None:
         snapshot = self._snapshot()
