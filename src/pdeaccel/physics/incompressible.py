@@ -84,8 +84,9 @@ class MACFlowSolver:
        the subdomain-deflated operator (blocks of ``deflation_block^d`` cells, see
        :class:`_Deflation`; ``None`` solves the plain system), starting from the previous
        increment. In fluid cells ``D u`` equals minus the solver's residual, so the divergence
-       after a step is at the solver's tolerance (``rtol·‖D u*‖``, and ``D u*`` is already
-       small because ``u*`` contains ``−∇pⁿ``). A fluid region without outflow has a
+       after a step is at the solver's tolerance (``max(atol, rtol·‖D u*‖)``, and ``D u*`` is
+       already small because ``u*`` contains ``−∇pⁿ``; ``atol`` is raised to
+       ``1e-13·max|u|/h·√cells`` so that a steady state does not chase round-off). A fluid region without outflow has a
        pure-Neumann problem: the mean of the right-hand side is removed per region (the
        environment checks that its prescribed fluxes balance) and the pressure's mean set to 0.
 
@@ -184,7 +185,9 @@ class MACFlowSolver:
         self._lap_offdiag = []
         self._lap_const = []
         self._complete_const = []
-        self._complete_weights = []
+        self._open_weights = []
+        self._ghost_const = []
+        self._ghost_weights = []
         for d in range(nd):
             cls = env.face_class[d]
             U = env.face_velocity[d]
@@ -217,21 +220,24 @@ class MACFlowSolver:
                     ghost_count = ghost_count + ghost_n
                     open_count = open_count + open_n
             interior = (cls == INTERIOR).to(dtype)
-            # a wall face seen from k free neighbours holds the mean of their mirror images 2U − u
+            # for interpolation, a wall face seen from k free neighbours holds the mean of their
+            # mirror images 2U − u (the state itself keeps U there)
             has_ghost = (ghost_count > 0).to(dtype)
-            k_const = U * (fixed - interior) + interior * U * (1.0 + has_ghost)
-            weights = {}
+            ghost_weights, open_weights = {}, {}
             for key, (ghost_n, open_n) in counts.items():
-                w = -ghost_n / ghost_count.clamp(min=1.0) + open_n / open_count.clamp(min=1.0)
-                if bool(w.any()):
-                    weights[key] = w
+                if bool(ghost_n.any()):
+                    ghost_weights[key] = -ghost_n / ghost_count.clamp(min=1.0)
+                if bool(open_n.any()):
+                    open_weights[key] = open_n / open_count.clamp(min=1.0)
+            self._complete_const.append(U * fixed)
+            self._open_weights.append(open_weights)
+            self._ghost_const.append(U * interior * has_ghost)
+            self._ghost_weights.append(ghost_weights)
             self._lap_offdiag.append({k: v[0] / self.h[k[0]] ** 2 for k, v in nbr.items() if bool(v[0].any())})
             self._nbr.append(nbr)
             self._nbr2.append(nbr2)
             self._lap_diag.append(diag)
             self._lap_const.append(const)
-            self._complete_const.append(k_const)
-            self._complete_weights.append(weights)
 
         # implicit diffusion: every component's operator zero-padded to one shape, stacked on batch
         self._stack_shape = tuple(n + (0 if p else 1) for n, p in zip(grid.shape, self.periodic))
@@ -320,7 +326,7 @@ class MACFlowSolver:
                         for f, g, gp in zip(self._free, self._force, mac_gradient(p, grid)))
         explicit = self._diffusion_scheme == "explicit"
         if self.advection == "semi_lagrangian":
-            ua = self._semi_lagrangian(u)
+            ua = self._semi_lagrangian(self._extended(u))
             if explicit:
                 ua = tuple(x + dt * self._nu * lap for x, lap in zip(ua, self.laplacian(ua)))
             ua = tuple(x + dt * f for x, f in zip(ua, forcing))
@@ -388,13 +394,24 @@ class MACFlowSolver:
         return mac_divergence(self._check_velocity(velocity), self._env.grid) * self._env.fluid
 
     def complete(self, velocity: Velocity) -> Velocity:
-        """Impose the boundary data: prescribed faces get their value, faces inside walls the
-        mirror image ``2U − u`` of their free neighbours (used by interpolation), faces inside
-        outflow regions the mean of their free neighbours (zero gradient). Free faces unchanged."""
+        """Impose the boundary data: prescribed faces get their ``env.face_velocity`` value,
+        faces inside outflow regions the mean of their free neighbours (zero gradient); free
+        faces are unchanged."""
         out = []
         for d, u in enumerate(velocity):
             v = self._free[d] * u + self._complete_const[d]
-            for (e, s), w in self._complete_weights[d].items():
+            for (e, s), w in self._open_weights[d].items():
+                v = v + w * self._nb(u, e, s)
+            out.append(v)
+        return tuple(out)
+
+    def _extended(self, velocity: Velocity) -> Velocity:
+        """A complete field whose faces inside walls hold the mirror image ``2U − u`` of their
+        free neighbours, so that interpolating across a wall gives the wall's velocity on it."""
+        out = []
+        for d, u in enumerate(velocity):
+            v = u + self._ghost_const[d]
+            for (e, s), w in self._ghost_weights[d].items():
                 v = v + w * self._nb(u, e, s)
             out.append(v)
         return tuple(out)
@@ -579,10 +596,18 @@ class MACFlowSolver:
         b = -env.fluid * mac_divergence(us, env.grid)
         b = self._remove_closed_mean(b)
         x0 = self._remove_closed_mean(phi0 * env.fluid)
+        # near a steady state ‖b‖ is round-off: never ask for less than round-off of the
+        # divergence scale max|u|/h (summed over the cells), or CG would run its whole budget
+        scale = max(float(u.abs().max()) for u in us) / min(self.h)
+        # (positive even for a flow at rest: a zero threshold would mean "run the whole budget")
+        floor = max(1e-13 * scale * math.sqrt(env.fluid[0].numel()), torch.finfo(b.dtype).tiny)
+        cfg = self.pressure_solver
+        if cfg.atol < floor:
+            cfg = cfg.replace(atol=floor)
         defl = self._deflation
         if defl is None:
             op = LinearOperator(self._pressure_matvec, diagonal=self._pressure_diag, symmetric=True)
-            result = self.pressure_solver.solve(op, b, x0=x0)
+            result = cfg.solve(op, b, x0=x0)
             phi = result.solution
         else:
             A = self._pressure_matvec
@@ -592,7 +617,7 @@ class MACFlowSolver:
                 return y - A(defl.correction(y))
 
             op = LinearOperator(deflated, diagonal=self._pressure_diag, symmetric=True)
-            result = self.pressure_solver.solve(op, b - A(defl.correction(b)), x0=x0)
+            result = cfg.solve(op, b - A(defl.correction(b)), x0=x0)
             xh = result.solution
             phi = defl.correction(b) + xh - defl.correction(A(xh))
         self.last_pressure_solve = result
