@@ -63,7 +63,7 @@ def _three() -> dict[str, Any]:
     cfg["physics"].update({"theta_true": [2.0, -1.0, 0.5], "theta_init": [5.0, 1.0, -1.0]})
     # the sin 6πx response is 9² times weaker than sin 2πx's, so plain gradient descent at the
     # step size the first mode allows needs many more iterations to reach the target
-    cfg["train"].update({"epochs": 3000, "target_metric": 1e-2})
+    cfg["train"].update({"epochs": 400, "steps_per_epoch": 20, "target_metric": 1e-2})
     return cfg
 
 
