@@ -3,8 +3,6 @@ builders' profiles against closed-form sums, rasterised rigid motions, and input
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -401,7 +401,7 @@ class FlowEnvironment:
     def net_prescribed_flux(self) -> torch.Tensor:
         """Net volume flux into the fluid through prescribed faces, per sample (0 when balanced
         or when an outflow lets the difference leave)."""
-        return _boundary_flux(self).sum(dim=1)
+        return _boundary_flux_per_cell(self).sum(dim=1)
 
     # -------------------------------------------------------------------------------- changes
     def replace(self, **changes) -> "FlowEnvironment":
@@ -657,6 +657,8 @@ def pipe(
     ``2Ū(1 − r²/R²)``. ``resolution`` cells span the diameter."""
     if ndim == 2:
         return channel(length, diameter, resolution, inflow_speed=inflow_speed, mu=mu, rho=rho, dt=dt, dtype=dtype)
+    if dt is None:  # half a cell at the peak speed 2Ū
+        dt = 0.25 * diameter / resolution / max(abs(inflow_speed), 1e-12)
     env = channel(length, diameter, resolution, ndim=3, inflow_speed=inflow_speed, profile="uniform",
                   mu=mu, rho=rho, dt=dt, dtype=dtype)
     R = diameter / 2
@@ -669,7 +671,6 @@ def pipe(
     u_in = (2 * inflow_speed * (1 - r2)).clamp(min=0.0)
     faces = [f.clone() for f in env.face_velocity]
     faces[0][0, 0, :2] = u_in[:2]
-    faces[0][0, 0, 2:] = 0.0
     return env.replace(fluid=fluid, outflow=outflow, face_velocity=tuple(faces), background=(fluid, tuple(faces)))
 
 
@@ -882,10 +883,6 @@ def _boundary_flux_per_cell(env: FlowEnvironment) -> torch.Tensor:
         hi = shift(u, dim, 1, True) if periodic else u.narrow(dim, 1, n)
         total = total + (lo - hi) * (vol / h[d])
     return (total * env.fluid).flatten(1)
-
-
-def _boundary_flux(env: FlowEnvironment) -> torch.Tensor:
-    return _boundary_flux_per_cell(env)
 
 
 def _read_mask(mask, threshold: float) -> np.ndarray:
