@@ -6,6 +6,7 @@ Each call writes a run directory another person can reopen: the resolved ``confi
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -62,7 +63,11 @@ def train_run(name: str, *, size: str = "cpu", schedule: str = "prdp", overrides
     _refuse_existing(run_dir, resume)
     prdp_mod.make_schedule(schedule, prdp=prdp_config(cfg), k_converged=1, epochs=cfg["train"]["epochs"])  # spec check
     built = exp.build(cfg)  # validates the whole config first: a bad key never leaves a directory behind
-    sched = prdp_mod.make_schedule(schedule, prdp=prdp_config(cfg), k_converged=built.k_converged,
+    prdp_cfg = prdp_config(cfg)
+    if prdp_cfg.k_max > built.k_converged >= prdp_cfg.k0:
+        # iterations beyond the converged budget buy nothing: K_ε caps the refinement
+        prdp_cfg = dataclasses.replace(prdp_cfg, k_max=built.k_converged)
+    sched = prdp_mod.make_schedule(schedule, prdp=prdp_cfg, k_converged=built.k_converged,
                                    epochs=cfg["train"]["epochs"])
     _prepare_run_dir(run_dir, resume)
     if not resume:
