@@ -637,16 +637,20 @@ class _Deflation:
     ``P A x̂ = P b`` with ``P = I − A Z E⁺ Zᵀ`` (symmetric positive semi-definite), and
     ``x = Z E⁺ Zᵀ b + x̂ − Z E⁺ Zᵀ A x̂``. Its residual is exactly ``b − A x``, while its condition
     number depends on the block size instead of the grid size, so the iteration count stops
-    growing with resolution.
+    growing with resolution. A by-product: ``Zᵀ(b − A x) = 0``, so the divergence summed over
+    every block, hence the net flux through the domain boundary, vanishes to round-off.
     """
 
-    #: the coarse operator is dense: larger blocks are used where the grid would exceed this
+    #: the coarse pseudo-inverse is dense (B·m² entries): blocks grow until m ≤ MAX_COARSE and
+    #: B·m² ≤ MAX_ENTRIES
     MAX_COARSE = 2048
+    MAX_ENTRIES = 2**24
 
     def __init__(self, center: torch.Tensor, offdiag: dict, fluid: torch.Tensor, periodic, block: int) -> None:
         B = fluid.shape[0]
         shape = tuple(fluid.shape[2:])
-        while math.prod(-(-n // block) for n in shape) > self.MAX_COARSE:
+        limit = min(self.MAX_COARSE, int(math.sqrt(self.MAX_ENTRIES / B)))
+        while math.prod(-(-n // block) for n in shape) > limit and block < max(shape):
             block += 1
         self.block = block
         nb = [-(-n // block) for n in shape]
