@@ -123,3 +123,12 @@ def test_cli_train_then_report(capsys, tmp_path):
     (out / "training.png").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "training.png").exists()
+
+
+def test_burst_filtered_wall_clock_uses_the_median_per_budget():
+    from pdeaccel.experiments.runner import robust_train_seconds
+
+    epochs = [{"k": 2, "train_seconds": 1.0}, {"k": 2, "train_seconds": 9.0}, {"k": 2, "train_seconds": 1.2},
+              {"k": 4, "train_seconds": 2.0}]
+    # the 9 s burst is replaced by the K=2 median (1.2 s); the K=4 epoch keeps its own time
+    assert robust_train_seconds({"epochs": epochs}) == pytest.approx(3 * 1.2 + 2.0)
