@@ -132,3 +132,18 @@ def test_burst_filtered_wall_clock_uses_the_median_per_budget():
               {"k": 4, "train_seconds": 2.0}]
     # the 9 s burst is replaced by the K=2 median (1.2 s); the K=4 epoch keeps its own time
     assert robust_train_seconds({"epochs": epochs}) == pytest.approx(3 * 1.2 + 2.0)
+
+
+def test_picard_count_is_refined_beside_k_and_counted(tmp_path):
+    over = TINY["burgers-1d"] + ["picard.refine=true", "picard.converged=3", "train.epochs=3"]
+    prdp = train_run("burgers-1d", schedule="prdp", overrides=over, out=tmp_path / "p", progress=False)
+    conv = train_run("burgers-1d", schedule="converged", overrides=over, out=tmp_path / "c", progress=False)
+    assert prdp["picard_final"] >= 1 and conv["picard_final"] == 3
+    # every training step of the converged run does 3 Picard iterations, i.e. 3 forward solves
+    epochs = conv["ledger"]["epochs"]
+    assert all(e["solves"] == 3 * e["steps"] for e in epochs)
+    first = prdp["ledger"]["epochs"][0]
+    assert first["solves"] == 1 * first["steps"]  # PRDP starts at picard.k0 = 1
+    with pytest.raises(ConfigError, match="picard.converged"):
+        train_run("burgers-1d", overrides=TINY["burgers-1d"] + ["picard.converged=0"], out=tmp_path / "x",
+                  progress=False)

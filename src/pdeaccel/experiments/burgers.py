@@ -30,6 +30,8 @@ _CPU: dict[str, Any] = {
     "solver": {"method": "gmres", "grad": "implicit", "rtol_converged": 1e-5, "restart": 1},
     "prdp": {"k0": 4, "delta_k": 1, "k_max": 100, "tau_step": 0.95, "tau_stop": 0.9,
              "ema_window": 6, "lookback": 3},
+    # refine the Picard count beside K (beyond the paper; off = one Picard step, the paper's setting)
+    "picard": {"refine": False, "k0": 1, "delta_k": 1, "converged": 3},
     "train": {"epochs": 60, "batch_size": 25, "lr": 1e-3, "lr_decay": 0.97, "optimizer": "adam"},
 }
 

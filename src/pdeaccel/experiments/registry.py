@@ -89,6 +89,13 @@ def validate_common(cfg: dict[str, Any]) -> None:
     require(t["optimizer"] in ("adam", "sgd"), "train.optimizer", t["optimizer"], "adam, sgd")
     require(isinstance(cfg["seed"], int), "seed", cfg["seed"], "an integer")
     prdp_config(cfg)  # PRDPConfig validates its own keys
+    if "picard" in cfg:
+        pc = cfg["picard"]
+        require(isinstance(pc["k0"], int) and pc["k0"] >= 1, "picard.k0", pc["k0"], "an integer >= 1")
+        require(isinstance(pc["delta_k"], int) and pc["delta_k"] >= 1, "picard.delta_k", pc["delta_k"],
+                "an integer >= 1")
+        require(isinstance(pc["converged"], int) and pc["converged"] >= pc["k0"], "picard.converged",
+                pc["converged"], f"an integer >= picard.k0 ({pc['k0']})")
 
 
 def prdp_config(cfg: dict[str, Any]) -> PRDPConfig:

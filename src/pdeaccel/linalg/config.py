@@ -30,10 +30,14 @@ class SolverConfig:
     restart: int = 20
     omega: float = 1.0
     monitor: Monitor | None = None
+    #: budget of the nonlinear (Picard) iterations a stepper wraps around its linear solves;
+    #: ``None`` leaves the stepper's own default. Not a linear-solver setting: ``solve`` ignores it.
+    nonlinear_iters: int | None = None
 
     def solve(self, A: LinearOperator | Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
               x0: torch.Tensor | None = None) -> SolveResult:
-        return solve(A, b, x0=x0, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "nonlinear_iters"}
+        return solve(A, b, x0=x0, **settings)
 
     def with_budget(self, max_iters: int | None) -> "SolverConfig":
         return dataclasses.replace(self, max_iters=max_iters)

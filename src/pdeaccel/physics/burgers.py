@@ -104,7 +104,8 @@ class BurgersStepper:
         return LinearOperator(matvec, rmatvec=rmatvec, diagonal=diagonal, symmetric=False)
 
     def __call__(self, u: torch.Tensor, solver: SolverConfig, picard_iterations: int | None = None) -> torch.Tensor:
-        """``u^{n+1}`` from ``u^n`` after ``picard_iterations`` linear solves (default: the stepper's)."""
+        """``u^{n+1}`` from ``u^n`` after ``picard_iterations`` linear solves (default:
+        ``solver.nonlinear_iters`` if set, else the stepper's)."""
         self.grid.check_field(u, "u")
         check_solver(solver)
         if solver.method == "cg":
@@ -112,7 +113,9 @@ class BurgersStepper:
                 "BurgersStepper's system matrix is non-symmetric, so conjugate gradients does not apply; "
                 "use method='bicgstab', 'gmres' or 'jacobi'."
             )
-        iterations = self.picard_iterations if picard_iterations is None else _check_picard(picard_iterations)
+        if picard_iterations is None:
+            picard_iterations = solver.nonlinear_iters or self.picard_iterations
+        iterations = _check_picard(picard_iterations)
         w = u
         for _ in range(iterations):
             w = solver.solve(self.operator(w), u, w).solution

@@ -73,13 +73,15 @@ class Trainer:
 
     def __init__(self, task: Task, solver: SolverConfig, validation_solver: SolverConfig,
                  schedule: Schedule, settings: TrainSettings, run_dir: str | Path | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, nonlinear_schedule: Schedule | None = None) -> None:
         # gradients of tiny residuals reach the subnormal range, where x86 arithmetic is ~100× slower
         torch.set_flush_denormal(True)
         self.task = task
         self.solver = solver
         self.validation_solver = validation_solver
         self.schedule = schedule
+        # optional second budget, refined by the same metric: Picard iterations per step
+        self.nonlinear_schedule = nonlinear_schedule
         self.settings = settings
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.ledger = IterationLedger()
@@ -106,6 +108,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
             "schedule": self.schedule.state_dict(),
+            "nonlinear_schedule": None if self.nonlinear_schedule is None else self.nonlinear_schedule.state_dict(),
             "ledger": self.ledger.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -120,6 +123,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.schedule.load_state_dict(state["schedule"])
+        if self.nonlinear_schedule is not None:
+            self.nonlinear_schedule.load_state_dict(state["nonlinear_schedule"])
         self.ledger.load_state_dict(state["ledger"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -222,7 +227,11 @@ class Trainer:
         self.lr_schedule.step()
         signal = metric if getattr(self.schedule, "metric", "validation") == "validation" else train_loss
         event = self.schedule.update(self.epoch, signal)
-        row = {"epoch": self.epoch, "k": budget, "train_loss": train_loss, "val_metric": metric, "lr": lr,
+        picard = None
+        if self.nonlinear_schedule is not None:
+            picard = self.nonlinear_schedule.budget
+            self.nonlinear_schedule.update(self.epoch, signal)
+        row = {"epoch": self.epoch, "k": budget, "picard": picard, "train_loss": train_loss, "val_metric": metric, "lr": lr,
                "forward_iters": record["forward_iters"], "backward_iters": record["backward_iters"],
                "train_seconds": record["train_seconds"], "validation_seconds": record["validation_seconds"],
                "refined": event is not None}
@@ -231,10 +240,13 @@ class Trainer:
         self._checkpoint()
 
     def _training_solver(self, budget: int | None) -> SolverConfig:
+        solver = self.solver.replace(monitor=self.ledger)
+        if self.nonlinear_schedule is not None:
+            solver = solver.replace(nonlinear_iters=self.nonlinear_schedule.budget)
         if budget is None:
-            return self.solver.replace(max_iters=None, monitor=self.ledger)
+            return solver.replace(max_iters=None)
         # an exact budget: no tolerance checks, so K iterations are run (and counted) every solve
-        return self.solver.replace(max_iters=int(budget), rtol=0.0, atol=0.0, monitor=self.ledger)
+        return solver.replace(max_iters=int(budget), rtol=0.0, atol=0.0)
 
     def _snapshot(self) -> dict[str, Any]:
         return {"task": copy.deepcopy(self.task.state_dict()),
