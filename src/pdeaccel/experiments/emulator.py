@@ -35,7 +35,8 @@ def build_emulator(cfg: dict[str, Any], name: str, grid: Grid, stepper: Stepper,
         return rollout(lambda u: stepper(u, reference_solver), u0, steps, desc=f"{name} reference").float()
 
     gen_cfg = {"name": name, "physics": p, "n_train": d["train"], "n_val": d["validation"],
-               "rollout": d["validation_rollout"], "seed": d["data_seed"], "version": 1}
+               "rollout": d["validation_rollout"], "seed": d["data_seed"], "version": 1,
+               "reference_nonlinear_iters": reference_solver.nonlinear_iters}
     train = cached_trajectories(f"{name}-train", {**gen_cfg, "split": "train"},
                                 lambda: generate(d["train"], 2, d["data_seed"]))
     validation = cached_trajectories(f"{name}-val", {**gen_cfg, "split": "val"},
