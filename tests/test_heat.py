@@ -13,6 +13,7 @@ import torch
 
 from pdeaccel import Grid, SolverConfig
 from pdeaccel.physics import HeatStepper
+from reference_matrices import laplacian_matrix
 
 TIGHT = SolverConfig(method="cg", rtol=1e-13)
 
@@ -37,30 +38,6 @@ def eigenmode(grid: Grid, ks: tuple[int, ...]) -> tuple[torch.Tensor, float]:
         field = np.multiply.outer(field, v)
         lam += l1
     return torch.from_numpy(field)[None, None], lam
-
-
-def laplacian_1d_matrix(kind: str, n: int, h: float) -> sp.csr_matrix:
-    main = np.full(n, -2.0)
-    off = np.ones(n - 1)
-    m = sp.diags([off, main, off], [-1, 0, 1], format="lil")
-    if kind == "periodic":
-        m[0, n - 1] += 1.0
-        m[n - 1, 0] += 1.0
-    if kind == "neumann":
-        m[0, 0] += 1.0
-        m[n - 1, n - 1] += 1.0
-    return (m / h**2).tocsr()
-
-
-def laplacian_matrix(grid: Grid) -> sp.csr_matrix:
-    """Σ_d I ⊗ … ⊗ L_d ⊗ … ⊗ I for C-ordered flattening (first axis slowest)."""
-    total = sp.csr_matrix((grid.numel, grid.numel))
-    for axis, (n, h, kind) in enumerate(zip(grid.shape, grid.spacing, grid.boundary)):
-        term = sp.identity(1, format="csr")
-        for other, m in enumerate(grid.shape):
-            term = sp.kron(term, laplacian_1d_matrix(kind, n, h) if other == axis else sp.identity(m), format="csr")
-        total = total + term
-    return total
 
 
 MODE_CASES = [

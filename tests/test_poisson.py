@@ -13,6 +13,7 @@ import torch
 
 from pdeaccel import Grid, SolverConfig
 from pdeaccel.physics import poisson_operator, sine_series_source, solve_poisson
+from reference_matrices import laplacian_1d_matrix
 
 TIGHT = SolverConfig(method="cg", rtol=1e-12)
 
@@ -74,17 +75,6 @@ def test_second_order_convergence_on_manufactured_solution(boundary, extent, lev
     orders = [math.log2(errors[i] / errors[i + 1]) for i in range(len(errors) - 1)]
     print(f"\npoisson {'-'.join(boundary)}: max errors {['%.3e' % e for e in errors]}, observed orders {['%.3f' % o for o in orders]}")
     assert all(1.85 < o < 2.2 for o in orders), orders
-
-
-def laplacian_1d_matrix(kind: str, n: int, h: float) -> sp.csr_matrix:
-    m = sp.diags([np.ones(n - 1), np.full(n, -2.0), np.ones(n - 1)], [-1, 0, 1], format="lil")
-    if kind == "periodic":
-        m[0, n - 1] += 1.0
-        m[n - 1, 0] += 1.0
-    if kind == "neumann":
-        m[0, 0] += 1.0
-        m[n - 1, n - 1] += 1.0
-    return (m / h**2).tocsr()
 
 
 @pytest.mark.parametrize("method", ["cg", "jacobi", "gmres"])

@@ -8,6 +8,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from reference_matrices import laplacian_matrix
+
 from pdeaccel.grid import Grid
 from pdeaccel.stencils import (
     dirichlet_lift,
@@ -186,33 +188,13 @@ def test_upwind_derivative_hand_example():
 # --------------------------------------------------------------------------------------------
 
 
-def scipy_laplacian(grid):
-    """Assemble the (2d+1)-point Laplacian of ``grid`` with scipy.sparse (C order = ij layout)."""
-    mats = []
-    for n, h, kind in zip(grid.shape, grid.spacing, grid.boundary):
-        T = sp.diags([np.ones(n - 1), -2 * np.ones(n), np.ones(n - 1)], [-1, 0, 1], format="lil")
-        if kind == "periodic":
-            T[0, n - 1] += 1
-            T[n - 1, 0] += 1
-        elif kind == "neumann":
-            T[0, 0] += 1
-            T[n - 1, n - 1] += 1
-        mats.append(sp.csr_matrix(T) / h**2)
-    total = sp.csr_matrix((grid.numel, grid.numel))
-    for d, T in enumerate(mats):
-        left = sp.identity(int(np.prod(grid.shape[:d], dtype=int)))
-        right = sp.identity(int(np.prod(grid.shape[d + 1 :], dtype=int)))
-        total = total + sp.kron(sp.kron(left, T), right)
-    return total.tocsr()
-
-
 @pytest.mark.parametrize("ndim, boundary", BOUNDARY_CASES)
 def test_laplacian_matches_assembled_matrix_and_is_self_adjoint(ndim, boundary):
     grid = Grid((5, 4, 3)[:ndim], extent=EXTENTS[:ndim], boundary=boundary)
     gen = torch.Generator().manual_seed(0)
     u = torch.randn((3, 2) + grid.shape, dtype=torch.float64, generator=gen)
     v = torch.randn((3, 2) + grid.shape, dtype=torch.float64, generator=gen)
-    A = scipy_laplacian(grid)
+    A = laplacian_matrix(grid)
     Lu = laplacian(u, grid)
     expected = (A @ u.reshape(6, -1).numpy().T).T.reshape(u.shape)
     np.testing.assert_allclose(Lu.numpy(), expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
