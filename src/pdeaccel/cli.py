@@ -80,11 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    from .train.trainer import DivergenceError
+
     try:
         return _dispatch(args)
     except (ConfigError, FileExistsError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"pdeaccel {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (DivergenceError, FloatingPointError) as exc:
+        print(f"pdeaccel {args.command}: numerical failure: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"pdeaccel {args.command}: interrupted; completed epochs are checkpointed "
               "(continue with `pdeaccel train NAME --resume RUN_DIR`).", file=sys.stderr)

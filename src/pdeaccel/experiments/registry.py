@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from ..config import ConfigError, require
+from ..config import ConfigError, flatten, require
 from ..linalg import METHODS, GRAD_MODES, SolverConfig
 from ..prdp import PRDPConfig
 
@@ -37,6 +38,9 @@ class Experiment:
     sizes: dict[str, dict[str, Any]]
     build: Callable[[dict[str, Any]], Built]
     paper: dict[str, Any]  # the paper's reported row, for the tables
+    # False for tasks without a linear solver in the training loop (the physics-constrained flow
+    # solver): budget schedules, compare and sweep do not apply to them
+    solver_in_loop: bool = True
 
     def config(self, size: str = "cpu") -> dict[str, Any]:
         if size not in self.sizes:
@@ -56,7 +60,7 @@ def register(exp: Experiment) -> Experiment:
 
 
 def _load_all() -> None:
-    from . import burgers, heat, navier_stokes, poisson  # noqa: F401  (registration side effect)
+    from . import burgers, flow, heat, navier_stokes, poisson  # noqa: F401  (registration side effect)
 
 
 def get_experiment(name: str) -> Experiment:
@@ -72,6 +76,96 @@ def list_experiments() -> list[Experiment]:
     _load_all()
 
     return [EXPERIMENTS[k] for k in sorted(EXPERIMENTS)]
+
+
+# Ranges of the keys experiments share, checked wherever an experiment has the key. Sizes are capped so
+# that a typo such as physics.n=30000 fails at once instead of exhausting memory hours later.
+_POSITIVE = "a finite number > 0"
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "physics.n": (lambda v: 3 <= v <= 4096, "an integer in [3, 4096]"),
+    "physics.ndim": (lambda v: v in (1, 2, 3), "1, 2, 3"),
+    "physics.modes": (lambda v: 1 <= v <= 1024, "an integer in [1, 1024]"),
+    "physics.factor": (lambda v: 1 <= v <= 16, "an integer in [1, 16]"),
+    "physics.picard_iterations": (lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"),
+    "physics.warmup_steps": (lambda v: 0 <= v <= 100_000, "an integer in [0, 100000]"),
+    "physics.scheme": (lambda v: v in ("implicit_euler", "crank_nicolson"), "implicit_euler, crank_nicolson"),
+    "net.name": (lambda v: v in ("mlp", "resnet"), "mlp, resnet"),
+    "solver.restart": (lambda v: 1 <= v <= 10_000, "an integer in [1, 10000]"),
+    "train.target_metric": (lambda v: v >= 0, "a finite number >= 0"),
+    "data.data_seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2^63)"),
+    **{k: (lambda v: v > 0, _POSITIVE) for k in ("physics.nu", "physics.nu_dt", "physics.dt", "physics.length",
+                                                 "physics.rms_velocity", "physics.peak_wavenumber")},
+    **{k: (lambda v: 1 <= v <= 1_000_000, "an integer in [1, 1000000]")
+       for k in ("data.train", "data.validation", "data.validation_rollout", "data.train_steps", "net.width",
+                 "net.depth", "net.hidden", "net.blocks", "train.steps_per_epoch", "train.unroll")},
+}
+_MAX_GRID_POINTS = 2**24
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "a boolean"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, (list, tuple)):
+        return "a list"
+    return "a string"
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, list) and all(_same_type(v, d) for v, d in zip(value, default)) \
+            and len(value) == len(default)
+    return isinstance(value, type(default))
+
+
+def validate_config(exp: Experiment, cfg: dict[str, Any]) -> None:
+    """Check every key of a resolved config against the experiment's defaults; raise ConfigError.
+
+    Unknown keys (with a "did you mean"), missing keys and values of the wrong type (an integer
+    where the default is one, a finite number where it is a float, a list of the default's length)
+    fail, then the shared ranges above; ``validate_common`` and each ``build`` check the rest.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(cfg).__name__}.")
+    if cfg.get("experiment", exp.name) != exp.name:
+        raise ConfigError(f"config key 'experiment' has value {cfg['experiment']!r}; allowed: {exp.name!r}.")
+    defaults = flatten(exp.config(cfg.get("size", "cpu")))
+    given = flatten(cfg)
+    for key in given:
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}.{hint} Run `pdeaccel experiments {exp.name}` to list "
+                              "the keys.")
+    for key, default in defaults.items():
+        if key not in given:
+            raise ConfigError(f"config key {key!r} is missing (default {default!r}).")
+        value = given[key]
+        # null means "off" for an optional float (train.target_metric, prdp.ema_window)
+        if value is None and key in ("train.target_metric", "prdp.ema_window", "prdp.initial_checkpoint"):
+            continue
+        require(_same_type(value, default), key, value, _type_name(default)
+                + (" (finite)" if isinstance(default, float) else "")
+                + (f" of {len(default)} finite numbers" if isinstance(default, (list, tuple)) else ""))
+        if key in _RANGES:
+            check, allowed = _RANGES[key]
+            require(check(value), key, value, allowed)
+    p = cfg.get("physics", {})
+    if "n" in p:
+        points = p["n"] ** p.get("ndim", 1)
+        require(points <= _MAX_GRID_POINTS, "physics.n", p["n"],
+                f"at most {_MAX_GRID_POINTS} grid points in all (physics.n ** physics.ndim)")
 
 
 def validate_common(cfg: dict[str, Any]) -> None:

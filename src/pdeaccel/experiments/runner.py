@@ -17,7 +17,7 @@ from ..config import ConfigError, apply_overrides, to_yaml
 from ..train import io
 from ..train.report import markdown_table, plot_comparison, plot_run, plot_sweep, read_metrics
 from ..train.trainer import Trainer, TrainSettings
-from .registry import Experiment, get_experiment, prdp_config
+from .registry import Experiment, get_experiment, prdp_config, validate_config
 
 
 def default_run_dir(kind: str, name: str) -> Path:
@@ -29,11 +29,17 @@ def resolve_config(name: str, size: str = "cpu", overrides: Iterable[str] = (), 
     cfg = apply_overrides(exp.config(size), list(overrides))
     if seed is not None:
         cfg["seed"] = int(seed)
+    validate_config(exp, cfg)
     return cfg
 
 
+def _holds_files(run_dir: Path) -> bool:
+    """True if ``run_dir`` has anything besides leftovers of an interrupted atomic write."""
+    return run_dir.exists() and any(not io.is_temporary(p) for p in run_dir.iterdir())
+
+
 def _refuse_existing(run_dir: Path, resume: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    if _holds_files(run_dir) and not resume:
         raise FileExistsError(f"run directory {run_dir} already holds files; choose another --out "
                               "or continue it with --resume.")
 
@@ -44,6 +50,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise io.RunDirectoryError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
+    io.remove_temporaries(run_dir)
 
 
 def train_run(name: str, *, size: str = "cpu", schedule: str = "prdp", overrides: Iterable[str] = (),
@@ -54,12 +61,7 @@ def train_run(name: str, *, size: str = "cpu", schedule: str = "prdp", overrides
     cfg = resolve_config(name, size, overrides, seed)
     run_dir = Path(out) if out is not None else default_run_dir(schedule.replace(":", ""), name)
     if resume:
-        if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; not a pdeaccel run directory.")
-        import yaml
-
-        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
-        cfg, schedule = stored["config"], stored["schedule"]
+        cfg, schedule = _stored_config(exp, run_dir)
     _refuse_existing(run_dir, resume)
     prdp_mod.make_schedule(schedule, prdp=prdp_config(cfg), k_converged=1, epochs=cfg["train"]["epochs"])  # spec check
     built = exp.build(cfg)  # validates the whole config first: a bad key never leaves a directory behind
@@ -89,6 +91,25 @@ def train_run(name: str, *, size: str = "cpu", schedule: str = "prdp", overrides
     summary["run_dir"] = str(run_dir)
     write_run_report(run_dir, summary, trainer.rows)
     return summary
+
+
+def _stored_config(exp: Experiment, run_dir: Path) -> tuple[dict[str, Any], str]:
+    """The resolved config and schedule a run directory was started with, checked like a new one."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        if run_dir.is_dir() and not _holds_files(run_dir):
+            raise FileNotFoundError(f"--resume {run_dir}: the run was interrupted before it wrote config.yaml "
+                                    "(nothing was trained); start it again without --resume.")
+        raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; not a pdeaccel run directory.")
+    try:
+        stored = yaml.safe_load(path.read_text())
+        cfg, schedule = stored["config"], stored["schedule"]
+    except (yaml.YAMLError, TypeError, KeyError) as exc:
+        raise ConfigError(f"--resume {run_dir}: config.yaml is not a pdeaccel run config ({exc}).") from None
+    validate_config(exp, cfg)
+    return cfg, schedule
 
 
 def _picard_schedule(cfg: dict[str, Any], schedule: str):

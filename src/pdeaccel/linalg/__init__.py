@@ -1,7 +1,7 @@
 """Matrix-free iterative linear solvers with an iteration budget, differentiable two ways."""
 
 from .operator import LinearOperator, as_operator
-from .solve import GRAD_MODES, METHODS, Monitor, SolveResult, solve
+from .solve import GRAD_MODES, METHODS, Monitor, NonFiniteError, SolveResult, solve
 from .config import SolverConfig
 
-__all__ = ["LinearOperator", "as_operator", "solve", "SolveResult", "SolverConfig", "Monitor", "METHODS", "GRAD_MODES"]
+__all__ = ["LinearOperator", "as_operator", "solve", "SolveResult", "SolverConfig", "Monitor", "NonFiniteError", "METHODS", "GRAD_MODES"]

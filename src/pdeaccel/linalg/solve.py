@@ -26,6 +26,14 @@ _MIN_CAP = 20_000  # iterations; see _validate
 Monitor = Callable[[str, str, torch.Tensor], None]
 
 
+class NonFiniteError(ValueError):
+    """A solve was handed NaN or inf (in b or x0): what produced them diverged.
+
+    A ``ValueError`` so callers that only check arguments still catch it; its own type lets a
+    training loop tell a diverged network output (recoverable: roll back, raise K) from a bad argument.
+    """
+
+
 @dataclass
 class SolveResult:
     """What a solve returns. ``iterations``, ``residual_norm`` and ``converged`` are per sample.
@@ -197,7 +205,7 @@ def _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner, ad
     if not b.is_floating_point():
         raise TypeError(f"b must be a floating-point tensor, got dtype {b.dtype}.")
     if not bool(torch.isfinite(b).all()):
-        raise ValueError("b (the right-hand side) contains NaN or inf values; check what produced it.")
+        raise NonFiniteError("b (the right-hand side) contains NaN or inf values; check what produced it.")
     if method not in METHODS:
         raise ValueError(f"Unknown solver method {method!r}; choose one of {', '.join(METHODS)}.")
     if grad not in GRAD_MODES:
@@ -220,7 +228,7 @@ def _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner, ad
         shape = list(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
         raise ValueError(f"x0 must have the shape of b {list(b.shape)}, got {shape}.")
     elif not bool(torch.isfinite(x0).all()):
-        raise ValueError("x0 (the initial guess) contains NaN or inf values.")
+        raise NonFiniteError("x0 (the initial guess) contains NaN or inf values.")
     if (method == "jacobi" or preconditioner == "jacobi"):
         diag = op.get_diagonal()
         if diag is None:

@@ -1,8 +1,10 @@
 """Files a run writes, written so a crash or a full disk never leaves a corrupted one behind.
 
 Every file goes to a temporary name in the same directory, is flushed and fsync'ed, and is then
-renamed over the target (atomic on POSIX). Checkpoints carry a SHA-256 of their payload, checked
-on load, so a truncated or bit-flipped file is detected and skipped instead of silently used.
+renamed over the target (atomic on POSIX), and the directory is fsync'ed so the rename itself
+survives a power cut. Checkpoints carry a SHA-256 of their payload, checked on load, so a truncated
+or bit-flipped file is detected and skipped instead of silently used. A process killed mid-write
+leaves at most a hidden ``.NAME.*.tmp`` file, which :func:`remove_temporaries` clears on resume.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Mapping
 import torch
 
 CHECKPOINT_MAGIC = b"PDEACCEL-CKPT-1\n"
+TEMP_SUFFIX = ".tmp"
 
 
 class RunDirectoryError(OSError):
@@ -27,10 +30,15 @@ class RunDirectoryError(OSError):
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` holds either its old content or all of ``data``.
+
+    Raises :class:`RunDirectoryError` (naming the file and the OS reason, e.g. "No space left on
+    device") if the directory cannot be created or written; the old file is then untouched.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:
         raise RunDirectoryError(f"cannot write to {path.parent}: {exc.strerror or exc}. "
                                 "Choose another directory with --out.") from exc
@@ -41,6 +49,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     except OSError as exc:
         try:
             os.unlink(tmp)
@@ -48,6 +57,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise RunDirectoryError(f"writing {path} failed ({exc.strerror or exc}); the previous "
                                 "version of the file, if any, is intact.") from exc
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` leftovers of writes that a crash interrupted; return them."""
+    removed = []
+    for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
 
 
 def _umask() -> int:
@@ -93,14 +129,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
 
 
-def latest_valid_checkpoint(directory: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
-    """Newest checkpoint in ``directory`` that passes its checksum; damaged ones are skipped with a warning."""
+def latest_valid_checkpoint(directory: str | os.PathLike,
+                            quarantine: bool = False) -> tuple[Path, dict[str, Any]] | None:
+    """Newest checkpoint in ``directory`` that passes its checksum; damaged ones are skipped with a warning.
+
+    With ``quarantine`` a damaged file is renamed to ``NAME.damaged`` (kept for inspection), so it
+    is neither read again nor counted among the checkpoints :func:`prune_checkpoints` keeps.
+    """
     for path in sorted(Path(directory).glob("epoch_*.ckpt"), reverse=True):
         try:
             return path, load_checkpoint(path)
         except (ValueError, EOFError, RuntimeError, OSError) as exc:
             warnings.warn(f"skipping damaged checkpoint {path}: {exc}", stacklevel=2)
+            if quarantine:
+                path.replace(path.with_name(path.name + ".damaged"))
     return None
+
+
+def non_finite_entries(state: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the floating-point tensors in a nested state that hold NaN or inf."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() and not bool(torch.isfinite(state).all()):
+            return [prefix or "<tensor>"]
+        return []
+    if isinstance(state, Mapping):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    found: list[str] = []
+    for key, value in items:
+        found += non_finite_entries(value, f"{prefix}.{key}" if prefix else str(key))
+    return found
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep: int) -> None:

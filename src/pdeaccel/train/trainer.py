@@ -19,7 +19,7 @@ from typing import Any, Iterable, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from ..linalg import SolverConfig
+from ..linalg import NonFiniteError, SolverConfig
 from ..prdp import IterationLedger, Schedule
 from . import io
 
@@ -134,21 +134,41 @@ class Trainer:
         self.reference_k = state["reference_k"]
 
     def resume(self) -> bool:
-        """Continue from the newest intact checkpoint in the run directory; False if there is none."""
+        """Continue from the newest intact checkpoint in the run directory; False if there is none.
+
+        Leftovers of an interrupted write are removed, damaged checkpoints are set aside (with a
+        warning), and ``metrics.csv``/``events.json`` are rewritten from the checkpoint: after a
+        crash they may be one epoch ahead of it (the checkpoint is written first) or, when the
+        newest checkpoint was damaged, several.
+        """
         if self.run_dir is None:
             return False
-        found = io.latest_valid_checkpoint(self.run_dir / "checkpoints")
+        ckpt_dir = self.run_dir / "checkpoints"
+        io.remove_temporaries(self.run_dir)
+        io.remove_temporaries(ckpt_dir)
+        found = io.latest_valid_checkpoint(ckpt_dir, quarantine=True)
         if found is None:
             return False
         self.load_state_dict(found[1])
+        self._write_logs()
         return True
 
     def _checkpoint(self) -> None:
         if self.run_dir is None:
             return
+        state = self.state_dict()
+        bad = io.non_finite_entries({"task": state["task"], "optimizer": state["optimizer"]})
+        if bad:
+            # the guard should have caught this; a checkpoint with NaN weights would poison every resume
+            raise DivergenceError(f"refusing to checkpoint epoch {self.epoch}: non-finite values in "
+                                  f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; the previous "
+                                  "checkpoint is kept.")
         ckpt_dir = self.run_dir / "checkpoints"
-        io.save_checkpoint(ckpt_dir / f"epoch_{self.epoch:05d}.ckpt", self.state_dict())
+        io.save_checkpoint(ckpt_dir / f"epoch_{self.epoch:05d}.ckpt", state)
         io.prune_checkpoints(ckpt_dir, self.settings.checkpoint_keep)
+        self._write_logs()
+
+    def _write_logs(self) -> None:
         io.write_csv(self.run_dir / "metrics.csv", self.rows)
         io.write_json(self.run_dir / "events.json", {
             "refinements": [e.to_dict() for e in self.schedule.events],
@@ -179,49 +199,34 @@ class Trainer:
         for attempt in range(self.settings.guard_retries + 1):
             budget = self.schedule.budget
             self.ledger.record_budget(budget)
-            solver = self._training_solver(budget)
             if budget != self.reference_k:
                 self.reference_loss = math.inf
-            losses: list[float] = []
-            failure = None
-            with self.ledger.phase("train"):
-                for batch in self.task.train_batches(self.generator):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss = self.task.loss(batch, solver)
-                    value = float(loss.detach())
-                    if not math.isfinite(value) or value > self.settings.guard_factor * self.reference_loss:
-                        failure = value
-                        break
-                    loss.backward()
-                    grads_finite = all(p.grad is None or bool(torch.isfinite(p.grad).all())
-                                       for p in self.task.parameters())
-                    if not grads_finite:
-                        failure = float("nan")
-                        break
-                    self.optimizer.step()
-                    self.ledger.count_step()
-                    losses.append(value)
+            losses, failure = self._train_attempt(self._training_solver(budget))
+            metric = math.nan
+            if failure is None:
+                with self.ledger.phase("validation"):
+                    metric = float(self.task.validate(self.validation_solver.replace(monitor=self.ledger)))
+                if not math.isfinite(metric):
+                    failure = {"where": "validation metric", "step": None, "value": metric}
             if failure is None:
                 break
             self._restore(snapshot)
-            event = self.schedule.raise_budget(self.epoch, f"divergence guard: loss {failure:.3g}")
-            self.guard_events.append({"epoch": self.epoch, "attempt": attempt, "loss": failure,
-                                      "old_k": budget, "new_k": self.schedule.budget,
+            event = self.schedule.raise_budget(self.epoch, f"divergence guard: {failure['where']} "
+                                                           f"{failure['value']:.3g}")
+            self.guard_events.append({"epoch": self.epoch, "attempt": attempt, **failure, "old_k": budget, "new_k": self.schedule.budget,
                                       "raised": event is not None})
-            tqdm.write(f"[guard] epoch {self.epoch}: loss {failure:.3g}; restored the last good state, "
-                       f"K {budget} -> {self.schedule.budget}")
+            step = "" if failure["step"] is None else f" step {failure['step']}"
+            tqdm.write(f"[guard] epoch {self.epoch}{step}: {failure['where']} is {failure['value']:.3g}; "
+                       f"restored the last good state, K {budget} -> {self.schedule.budget}")
         else:
             raise DivergenceError(f"training diverged {self.settings.guard_retries + 1} times in epoch "
-                                  f"{self.epoch} even after raising K; lower the learning rate or raise K0.")
+                                  f"{self.epoch} even after raising K (last: {failure['where']} is "
+                                  f"{failure['value']:.3g}); lower the learning rate or raise K0.")
         train_loss = sum(losses) / max(len(losses), 1)
         # losses at different K are not comparable (an under-converged solve can shrink the loss by
         # orders of magnitude), so the explosion test only compares epochs run at the same budget
         self.reference_loss = train_loss if losses else math.inf
         self.reference_k = budget
-        with self.ledger.phase("validation"):
-            metric = float(self.task.validate(self.validation_solver.replace(monitor=self.ledger)))
-        if not math.isfinite(metric):
-            raise DivergenceError(f"validation metric is {metric} in epoch {self.epoch}")
         record = self.ledger.end_epoch()
         lr = self.optimizer.param_groups[0]["lr"]
         self.lr_schedule.step()
@@ -235,9 +240,49 @@ class Trainer:
                "forward_iters": record["forward_iters"], "backward_iters": record["backward_iters"],
                "train_seconds": record["train_seconds"], "validation_seconds": record["validation_seconds"],
                "refined": event is not None}
+        # task-specific validation diagnostics (e.g. the flow residuals) become extra columns
+        row.update(getattr(self.task, "last_validation", None) or {})
         self.rows.append(row)
         self.epoch += 1
         self._checkpoint()
+
+    def _train_attempt(self, solver: SolverConfig) -> tuple[list[float], dict[str, Any] | None]:
+        """One pass over the minibatches; stops at the first non-finite or exploding value.
+
+        Returns the step losses and ``None``, or the losses so far and where the fault appeared
+        (``{"where", "step", "value"}``), for the divergence guard to roll back.
+        """
+        losses: list[float] = []
+        with self.ledger.phase("train"):
+            for step, batch in enumerate(self.task.train_batches(self.generator)):
+                if isinstance(batch, torch.Tensor) and not bool(torch.isfinite(batch).all()):
+                    # bad data, not divergence: a larger K cannot repair it
+                    raise FloatingPointError(f"epoch {self.epoch}, step {step}: the training batch contains "
+                                             "NaN/inf; the dataset is damaged (delete its cache file to regenerate).")
+                self.optimizer.zero_grad(set_to_none=True)
+                try:
+                    loss = self.task.loss(batch, solver)
+                except NonFiniteError as exc:  # a solve inside the loss was handed a diverged state
+                    return losses, {"where": f"solver input ({exc})", "step": step, "value": math.nan}
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    return losses, {"where": "loss", "step": step, "value": value}
+                if value > self.settings.guard_factor * self.reference_loss:
+                    return losses, {"where": f"loss ({self.settings.guard_factor:g}x the last epoch's)",
+                                    "step": step, "value": value}
+                loss.backward()
+                for i, p in enumerate(self.task.parameters()):
+                    if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                        return losses, {"where": f"gradient of parameter {i} {list(p.shape)}", "step": step,
+                                        "value": math.nan}
+                self.optimizer.step()
+                self.ledger.count_step()
+                losses.append(value)
+        for i, p in enumerate(self.task.parameters()):
+            if not bool(torch.isfinite(p).all()):
+                return losses, {"where": f"parameter {i} {list(p.shape)} after the optimiser step",
+                                "step": None, "value": math.nan}
+        return losses, None
 
     def _training_solver(self, budget: int | None) -> SolverConfig:
         solver = self.solver.replace(monitor=self.ledger)
