@@ -486,8 +486,20 @@ class MACFlowSolver:
             out.append(part[(slice(None), slice(None)) + tuple(slice(0, n) for n in ref.shape[2:])])
         return tuple(out)
 
+    def advection_term(self, velocity: Velocity, scheme: Literal["central", "upwind", "upwind2", "upwind3"] = "central"
+                  ) -> Velocity:
+        """``(u·∇)u_d`` on free faces (0 elsewhere) of a velocity field, boundary values imposed
+        first (:meth:`complete`). ``"central"``: second-order central differences
+        ``(u_{i+1} − u_{i−1})/2h`` with the neighbours' boundary rules of the Laplacian — the
+        advection term of Wandel et al.'s physics-constrained loss; the upwind schemes are the
+        solver's own."""
+        if scheme != "central" and scheme not in _UPWIND_ORDER:
+            raise ValueError(f"scheme must be 'central' or one of {', '.join(_UPWIND_ORDER)}, got {scheme!r}.")
+        u = self.complete(self._check_velocity(velocity))
+        return tuple(-r for r in self._advection_rate(u, 0 if scheme == "central" else _UPWIND_ORDER[scheme]))
+
     def _advection_rate(self, u: Velocity, order: int) -> Velocity:
-        """``−(u·∇)u_d`` on free faces by upwind differences (``u`` complete)."""
+        """``−(u·∇)u_d`` on free faces by upwind differences of ``order`` (0: central; ``u`` complete)."""
         nd = len(u)
         out = []
         for d in range(nd):
@@ -500,7 +512,9 @@ class MACFlowSolver:
                 ap, bp, cp = self._nbr[d][(e, 1)]
                 um = am * self._nb(ud, e, -1) + bm * ud + cm
                 up = ap * self._nb(ud, e, 1) + bp * ud + cp
-                if order == 1:
+                if order == 0:
+                    back = fwd = (up - um) / (2.0 * h)
+                elif order == 1:
                     back, fwd = (ud - um) / h, (up - ud) / h
                 else:
                     # where the wider upwind stencil does not fit (next to a wall) central

@@ -7,6 +7,8 @@
   unrolled over several steps; validated with the converged solver.
 * :class:`InverseTask` — recover parameters θ of a PDE from an observed solution
   (``‖u_K(θ) − u_ref‖²/2N``); validated by the relative parameter error.
+* :class:`FlowPoolTask` — physics-constrained flow solver trained on a pool of environments
+  from the residual of its own predictions (no simulation data, no solver in the loop).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from ..linalg import SolverConfig
+from ..losses import FlowResidual, combined_flow_loss
 
 Stepper = Callable[[torch.Tensor, SolverConfig], torch.Tensor]
 
@@ -179,3 +182,70 @@ class InverseTask:
     @torch.no_grad()
     def validate(self, solver: SolverConfig) -> float:
         return float(torch.linalg.vector_norm(self.theta - self.theta_true) / torch.linalg.vector_norm(self.theta_true))
+
+
+class FlowPoolTask(_NetTask):
+    """Physics-constrained training of a neural flow solver on a pool (no simulation data).
+
+    Each minibatch draws environments from the pool, advances them by one network step, and
+    minimises ``log(β·L_boundary + L_momentum)`` of that step (:mod:`pdeaccel.losses`); the
+    (detached) predictions go back into the pool. The linear-solver settings the trainer passes
+    are unused: the network replaces the solver. Validation: the network's own rollout from rest
+    on held-out environments; the metric is the mean over steps and samples of
+    ``L_momentum + β·L_boundary``; :attr:`last_validation` keeps E|R|, E|u − u_cond| and E|∇·u|.
+
+    Args:
+        model: a :class:`~pdeaccel.neural_flow.NeuralFlowSolver`.
+        pool: the :class:`~pdeaccel.train.pool.FlowPool`.
+        validation_env: batched held-out environments.
+        steps_per_epoch, batch_size: optimiser steps per epoch and environments per step.
+        beta, theta, advection: the loss (see :class:`~pdeaccel.losses.FlowResidual`).
+        validation_steps: length of the validation rollout.
+    """
+
+    def __init__(self, model: nn.Module, pool: Any, validation_env: Any, *, steps_per_epoch: int,
+                 batch_size: int, beta: float = 20.0, theta: float = 0.5, advection: str = "central",
+                 validation_steps: int = 20) -> None:
+        self.net, self.pool, self.validation_env = model, pool, validation_env
+        self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
+        self.beta, self.theta, self.advection = beta, theta, advection
+        self.validation_steps = validation_steps
+        self.last_validation: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "pool": self.pool.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.pool.load_state_dict(state["pool"])
+
+    def train_batches(self, generator: torch.Generator) -> Iterable[torch.Tensor]:
+        for _ in range(self.steps_per_epoch):
+            yield self.pool.draw(self.batch_size, generator)
+
+    def step_terms(self, state: Any, new: Any, env: Any):
+        residual = FlowResidual(env, theta=self.theta, advection=self.advection)
+        return residual.terms(self.net.velocity(state, env), self.net.velocity(new, env), new.pressure)
+
+    def loss(self, batch: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
+        env, state = self.pool.batch(batch)
+        new = self.net(state, env)
+        loss = combined_flow_loss(self.step_terms(state, new, env), self.beta)
+        self.pool.write_back(batch, new.detach())
+        self.pool.advance()
+        return loss
+
+    @torch.no_grad()
+    def validate(self, solver: SolverConfig) -> float:
+        env = self.validation_env
+        state = self.net.initial_state(env)
+        sums = {"metric": 0.0, "momentum_abs": 0.0, "boundary_abs": 0.0, "divergence_abs": 0.0}
+        for _ in range(self.validation_steps):
+            new = self.net(state, env)
+            t = self.step_terms(state, new, env)
+            sums["metric"] += float((t.momentum + self.beta * t.boundary).mean())
+            for key in ("momentum_abs", "boundary_abs", "divergence_abs"):
+                sums[key] += float(getattr(t, key).mean())
+            state = new
+        self.last_validation = {f"val_{k}": v / self.validation_steps for k, v in sums.items() if k != "metric"}
+        return sums["metric"] / self.validation_steps

@@ -1,0 +1,223 @@
+"""Physics-constrained neural flow solvers around obstacles (Wandel et al. 2021; the vanilla
+solver NeuralStagger accelerates), trained on a pool of random environments without data.
+
+Environments: a channel along x with no-slip walls (``physics.height`` cells across, unit cell
+width as in the paper), a prescribed parabolic in- and outflow profile of mean speed
+``U ~ U(inflow_min, inflow_max)`` (Wandel et al.'s in/outflow cells), and one obstacle: a box, a
+cylinder, or a rotating cylinder ("magnus", surface speed up to ``magnus_max·U``), at a random
+place and size. In 3D the channel has a square cross-section, the obstacle is a box, a cylinder
+along z or a sphere, and μ and ρ are sampled per environment (and given to the network).
+Fluid parameters follow the paper: μ = 0.1, ρ = 4, Δt = 4 (grid units).
+
+Held-out environments for the benchmark (:func:`held_out_environment`): ``"cylinder"`` and
+``"box"`` with fixed shapes and positions not drawn in training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from ..config import require
+from ..linalg import SolverConfig
+from ..neural_flow import NeuralFlowSolver
+from ..physics.environments import FlowEnvironment, Obstacle, channel
+from ..train.pool import FlowPool
+from ..train.tasks import FlowPoolTask
+from .registry import Built, Experiment, register
+
+OBSTACLE_KINDS = {2: ("box", "cylinder", "magnus"), 3: ("box", "cylinder", "sphere")}
+
+_CPU_2D: dict[str, Any] = {
+    "seed": 0,
+    "physics": {"ndim": 2, "length": 64, "height": 32, "mu": 0.1, "rho": 4.0, "dt": 4.0,
+                "inflow_min": 0.2, "inflow_max": 1.0, "obstacles": ["box", "cylinder", "magnus"],
+                "magnus_max": 1.0, "mu_range": [0.1, 0.1], "rho_range": [4.0, 4.0]},
+    "pool": {"size": 64, "reset_every": 16, "seed": 1234},
+    "net": {"hidden": 16, "levels": 3, "kernel_size": 3},
+    "loss": {"beta": 20.0, "theta": 0.5, "advection": "central"},
+    "data": {"validation": 4, "validation_steps": 20, "validation_seed": 4321},
+    "train": {"epochs": 40, "steps_per_epoch": 100, "batch_size": 8, "lr": 1e-3, "lr_decay": 0.97,
+              "optimizer": "adam"},
+}
+
+
+def _paper_2d() -> dict[str, Any]:
+    cfg = copy.deepcopy(_CPU_2D)
+    cfg["physics"].update({"length": 300, "height": 100})
+    cfg["pool"].update({"size": 1000, "reset_every": 1})
+    cfg["net"].update({"hidden": 20, "levels": 4})  # ≈1.7M parameters, the paper's U-Net
+    cfg["data"].update({"validation": 8, "validation_steps": 100})
+    cfg["train"].update({"epochs": 200, "steps_per_epoch": 500, "batch_size": 100, "lr": 1e-3, "lr_decay": 0.99})
+    return cfg
+
+
+def _cpu_3d() -> dict[str, Any]:
+    cfg = copy.deepcopy(_CPU_2D)
+    cfg["physics"].update({"ndim": 3, "length": 24, "height": 12, "obstacles": ["box", "cylinder", "sphere"],
+                           "mu_range": [0.05, 0.2], "rho_range": [1.0, 4.0]})
+    cfg["pool"].update({"size": 16})
+    cfg["net"].update({"hidden": 8, "levels": 2})
+    cfg["data"].update({"validation": 2, "validation_steps": 10})
+    cfg["train"].update({"epochs": 10, "steps_per_epoch": 50, "batch_size": 4})
+    return cfg
+
+
+def _paper_3d() -> dict[str, Any]:
+    cfg = _cpu_3d()
+    cfg["physics"].update({"length": 128, "height": 64})  # 128 × 64 × 64, as in the paper
+    cfg["pool"].update({"size": 256, "reset_every": 1})
+    cfg["net"].update({"hidden": 20, "levels": 4})
+    cfg["data"].update({"validation": 4, "validation_steps": 50})
+    cfg["train"].update({"epochs": 100, "steps_per_epoch": 500, "batch_size": 8})
+    return cfg
+
+
+# ------------------------------------------------------------------------------ environments
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return float(lo + (hi - lo) * torch.rand((), generator=gen, dtype=torch.float64))
+
+
+def sample_spec(physics: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+    """A random environment description (JSON-able) from the training distribution."""
+    L, H = float(physics["length"]), float(physics["height"])
+    kinds = physics["obstacles"]
+    kind = kinds[int(torch.randint(len(kinds), (), generator=gen))]
+    spec: dict[str, Any] = {"kind": kind, "inflow": _uniform(gen, physics["inflow_min"], physics["inflow_max"]),
+                            "center": [_uniform(gen, 0.15 * L, 0.45 * L), _uniform(gen, 0.3 * H, 0.7 * H)]}
+    if physics["ndim"] == 3:
+        spec["center"].append(_uniform(gen, 0.3 * H, 0.7 * H))
+        spec["mu"] = _uniform(gen, *physics["mu_range"])
+        spec["rho"] = _uniform(gen, *physics["rho_range"])
+    if kind == "box":
+        spec["size"] = [_uniform(gen, 0.1 * H, 0.35 * H) for _ in range(physics["ndim"])]
+    else:
+        spec["radius"] = _uniform(gen, 0.08 * H, 0.2 * H)
+    if kind == "magnus":
+        # tangential surface speed ω·r up to magnus_max·U, either sense
+        spec["omega"] = _uniform(gen, -1.0, 1.0) * physics["magnus_max"] * spec["inflow"] / spec["radius"]
+    return spec
+
+
+def build_environment(physics: dict[str, Any], spec: dict[str, Any],
+                      dtype: torch.dtype = torch.float32) -> FlowEnvironment:
+    """The :class:`FlowEnvironment` of a spec (batch 1)."""
+    ndim = physics["ndim"]
+    kind = spec["kind"]
+    if kind == "box":
+        obstacle = Obstacle.box(spec["center"], spec["size"])
+    elif kind in ("cylinder", "magnus"):
+        obstacle = Obstacle.cylinder(spec["center"], spec["radius"], angular_velocity=spec.get("omega", 0.0))
+    elif kind == "sphere":
+        obstacle = Obstacle.sphere(spec["center"], spec["radius"])
+    else:
+        raise ValueError(f"unknown obstacle kind {kind!r}; allowed: {', '.join(OBSTACLE_KINDS[ndim])}.")
+    H = float(physics["height"])
+    return channel(float(physics["length"]), H, int(physics["height"]), ndim=ndim, inflow_speed=spec["inflow"],
+                   outflow="prescribed", obstacles=(obstacle,), mu=spec.get("mu", physics["mu"]),
+                   rho=spec.get("rho", physics["rho"]), dt=physics["dt"], dtype=dtype)
+
+
+def held_out_spec(physics: dict[str, Any], kind: str, inflow: float | None = None) -> dict[str, Any]:
+    """The benchmark's held-out domains: a cylinder of diameter 0.3·H at (0.25·L, 0.52·H) (off
+    centre, so shedding starts without a perturbation) and a square box of side 0.25·H there."""
+    L, H = float(physics["length"]), float(physics["height"])
+    u = float(physics["inflow_max"]) if inflow is None else float(inflow)
+    center = [0.25 * L, 0.52 * H] + ([0.5 * H] if physics["ndim"] == 3 else [])
+    if kind == "cylinder":
+        return {"kind": "cylinder", "inflow": u, "center": center, "radius": 0.15 * H}
+    if kind == "box":
+        return {"kind": "box", "inflow": u, "center": center, "size": [0.25 * H] * physics["ndim"]}
+    raise ValueError(f"held-out environments are 'cylinder' and 'box', got {kind!r}.")
+
+
+def held_out_environment(physics: dict[str, Any], kind: str, inflow: float | None = None,
+                         dtype: torch.dtype = torch.float32) -> FlowEnvironment:
+    return build_environment(physics, held_out_spec(physics, kind, inflow), dtype)
+
+
+# ------------------------------------------------------------------------------ build
+def validate_flow(cfg: dict[str, Any]) -> None:
+    p, t = cfg["physics"], cfg["train"]
+    require(p["ndim"] in (2, 3), "physics.ndim", p["ndim"], "2, 3")
+    for key in ("length", "height"):
+        require(isinstance(p[key], int) and p[key] >= 8, f"physics.{key}", p[key], "an integer >= 8 (cells)")
+    for key in ("mu", "rho", "dt"):
+        require(isinstance(p[key], (int, float)) and math.isfinite(p[key]) and p[key] > 0, f"physics.{key}", p[key],
+                "a finite number > 0")
+    require(0 < p["inflow_min"] <= p["inflow_max"] < math.inf, "physics.inflow_min", p["inflow_min"],
+            f"a number in (0, physics.inflow_max={p['inflow_max']}]")
+    kinds = OBSTACLE_KINDS[p["ndim"]]
+    require(isinstance(p["obstacles"], list) and len(p["obstacles"]) > 0 and all(k in kinds for k in p["obstacles"]),
+            "physics.obstacles", p["obstacles"], f"a non-empty list of {', '.join(kinds)}")
+    for key in ("mu_range", "rho_range"):
+        r = p[key]
+        require(isinstance(r, list) and len(r) == 2 and 0 < r[0] <= r[1] < math.inf, f"physics.{key}", r,
+                "[lo, hi] with 0 < lo <= hi")
+    require(isinstance(cfg["pool"]["size"], int) and cfg["pool"]["size"] >= 1, "pool.size", cfg["pool"]["size"],
+            "an integer >= 1")
+    require(isinstance(cfg["pool"]["reset_every"], int) and cfg["pool"]["reset_every"] >= 0, "pool.reset_every",
+            cfg["pool"]["reset_every"], "an integer >= 0 (0: never reset)")
+    n = cfg["net"]
+    require(isinstance(n["levels"], int) and 1 <= n["levels"] <= 6, "net.levels", n["levels"], "an integer in [1, 6]")
+    require(2 ** n["levels"] <= p["height"], "net.levels", n["levels"],
+            f"2**levels <= physics.height ({p['height']}) so the U-Net's coarsest level has a cell")
+    require(isinstance(n["kernel_size"], int) and n["kernel_size"] % 2 == 1, "net.kernel_size", n["kernel_size"],
+            "an odd integer")
+    require(isinstance(n["hidden"], int) and n["hidden"] >= 1, "net.hidden", n["hidden"], "an integer >= 1")
+    lo = cfg["loss"]
+    require(lo["beta"] > 0, "loss.beta", lo["beta"], "a number > 0")
+    require(0 <= lo["theta"] <= 1, "loss.theta", lo["theta"], "a number in [0, 1] (0.5: IMEX)")
+    require(lo["advection"] in ("central", "upwind", "upwind2", "upwind3"), "loss.advection", lo["advection"],
+            "central, upwind, upwind2, upwind3")
+    for key in ("epochs", "steps_per_epoch", "batch_size"):
+        require(isinstance(t[key], int) and t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
+    require(t["lr"] > 0, "train.lr", t["lr"], "a number > 0")
+    require(0 < t["lr_decay"] <= 1, "train.lr_decay", t["lr_decay"], "a number in (0, 1]")
+    require(t["optimizer"] in ("adam", "sgd"), "train.optimizer", t["optimizer"], "adam, sgd")
+    d = cfg["data"]
+    for key in ("validation", "validation_steps"):
+        require(isinstance(d[key], int) and d[key] >= 1, f"data.{key}", d[key], "an integer >= 1")
+
+
+def build_model(cfg: dict[str, Any]) -> NeuralFlowSolver:
+    """The network with input/output scales derived from the physics (speeds ~ inflow_max,
+    potential ~ the channel's volume flux, pressure ~ ρU²)."""
+    p, n = cfg["physics"], cfg["net"]
+    U = float(p["inflow_max"])
+    rho = float(max(p["rho"], p["rho_range"][1]) if p["ndim"] == 3 else p["rho"])
+    H = float(p["height"])
+    return NeuralFlowSolver(p["ndim"], hidden=n["hidden"], levels=n["levels"], kernel_size=n["kernel_size"],
+                            velocity_scale=U, potential_scale=U * H / 4, pressure_scale=rho * U * U,
+                            potential_bound=10 * U * H, pressure_bound=50 * rho * U * U)
+
+
+def build_flow(cfg: dict[str, Any]) -> Built:
+    validate_flow(cfg)
+    p, d = cfg["physics"], cfg["data"]
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg)
+    pool = FlowPool(cfg["pool"]["size"], lambda g: sample_spec(p, g), lambda s: build_environment(p, s),
+                    model.initial_state, cfg["pool"]["reset_every"], seed=cfg["pool"]["seed"])
+    gen = torch.Generator().manual_seed(d["validation_seed"])
+    validation_env = FlowEnvironment.stack([build_environment(p, sample_spec(p, gen)) for _ in range(d["validation"])])
+    lo, t = cfg["loss"], cfg["train"]
+    task = FlowPoolTask(model, pool, validation_env, steps_per_epoch=t["steps_per_epoch"],
+                        batch_size=t["batch_size"], beta=lo["beta"], theta=lo["theta"], advection=lo["advection"],
+                        validation_steps=d["validation_steps"])
+    unused = SolverConfig()  # the network replaces the solver: nothing is solved in training
+    return Built(task, unused, unused, k_converged=0,
+                 info={"grid": list(validation_env.grid.shape), "parameters": sum(q.numel() for q in model.parameters())})
+
+
+_PAPER = {"net": "U-Net", "steps_per_second_gpu": 311}
+
+register(Experiment(
+    "flow-2d", "physics-constrained neural flow solver, 2D channel with obstacles (trained without data)",
+    {"cpu": copy.deepcopy(_CPU_2D), "paper": _paper_2d()}, build_flow, _PAPER, solver_in_loop=False))
+register(Experiment(
+    "flow-3d", "physics-constrained neural flow solver, 3D channel with obstacles, μ and ρ per environment",
+    {"cpu": _cpu_3d(), "paper": _paper_3d()}, build_flow, _PAPER, solver_in_loop=False))

@@ -1,0 +1,188 @@
+"""The physics-constrained neural flow solver (vanilla; Wandel et al., ICLR 2021 and the 3D
+follow-up): a U-Net that advances a vector potential and a pressure by one time step in a
+:class:`~pdeaccel.physics.environments.FlowEnvironment`, trained without simulation data by the
+residuals of :mod:`pdeaccel.losses`.
+
+State: the vector potential ``a`` on MAC grid nodes (2D: one scalar on cell corners; 3D: three
+edge components, packed into one ``[B, 3, *node_shape]`` array whose unused entries are zero) and
+the cell pressure ``p``. The velocity is the discrete curl of ``a``, so ``∇·u = 0`` holds to
+round-off in every cell whatever the network outputs.
+
+Network input (all fields zero-padded to the node shape ``N_d + 1`` per bounded axis): the
+normalised potential, pressure and face velocities, the fluid mask, per axis the prescribed-face
+mask and the prescribed values on it, and in 3D also μ and ρ as constant fields (they vary per
+environment there). Output: increments of ``a`` and ``p``; the new state is bounded,
+``a ← A·tanh((a + Δa − mean)/A)``, so a diverging prediction can never produce unbounded or
+non-finite values in a training pool (gauge: ``a`` and ``p`` are defined up to constants, which
+are removed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .grid import Grid
+from .nets import UNet
+from .physics.environments import FlowEnvironment
+from .stencils import mac_curl, mac_potential_shape
+
+Velocity = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class PotentialState:
+    """``potential`` ``[B, P, *node_shape(grid)]`` (P = 1 in 2D, 3 in 3D) and ``pressure`` ``[B, 1, *cells]``."""
+
+    potential: torch.Tensor
+    pressure: torch.Tensor
+
+    def detach(self) -> "PotentialState":
+        return PotentialState(self.potential.detach(), self.pressure.detach())
+
+
+def node_shape(grid: Grid) -> tuple[int, ...]:
+    """The common array shape of potential, pressure and faces: ``N + 1`` on bounded axes."""
+    return tuple(n + (0 if b == "periodic" else 1) for n, b in zip(grid.shape, grid.boundary))
+
+
+def potential_components(grid: Grid) -> int:
+    return 1 if grid.ndim == 2 else 3
+
+
+def potential_mask(grid: Grid, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """``[1, P, *node_shape]``: 1 where a packed potential entry is a real unknown."""
+    shape = node_shape(grid)
+    P = potential_components(grid)
+    mask = torch.zeros((1, P) + shape, dtype=dtype, device=device)
+    for c in range(P):
+        sub = mac_potential_shape(grid, None if grid.ndim == 2 else c)
+        mask[(0, c) + tuple(slice(0, n) for n in sub)] = 1.0
+    return mask
+
+
+def velocity_from_potential(potential: torch.Tensor, grid: Grid) -> Velocity:
+    """Face velocities ``u = ∇ × a`` of a packed potential (divergence-free by construction)."""
+    if grid.ndim == 2:
+        return mac_curl(_crop(potential[:, :1], mac_potential_shape(grid)), grid)
+    comps = tuple(_crop(potential[:, c:c + 1], mac_potential_shape(grid, c)) for c in range(3))
+    return mac_curl(comps, grid)
+
+
+def pad_to_nodes(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Zero-pad a cell or face array at the high end of every axis to :func:`node_shape`."""
+    target = node_shape(grid)
+    pad: list[int] = []
+    for a in reversed(range(grid.ndim)):
+        pad += [0, target[a] - x.shape[a + 2]]
+    return F.pad(x, pad)
+
+
+def _crop(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return x[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
+
+
+class NeuralFlowSolver(nn.Module):
+    """``(state, env) -> next state``: one time step ``env.dt`` of incompressible flow.
+
+    Args:
+        ndim: 2 or 3.
+        hidden, levels, kernel_size: the U-Net (Wandel et al.: hidden 20, 4 levels, ≈1.7M
+            parameters in 2D).
+        velocity_scale: typical speed (inputs are divided by it).
+        potential_scale, pressure_scale: typical sizes of ``a`` and ``p`` (inputs are divided
+            by them; outputs are increments in these units).
+        potential_bound, pressure_bound: the tanh bounds ``A``, ``P_max`` of the state.
+    """
+
+    def __init__(self, ndim: int, hidden: int = 20, levels: int = 4, kernel_size: int = 3, *,
+                 velocity_scale: float = 1.0, potential_scale: float = 10.0, pressure_scale: float = 1.0,
+                 potential_bound: float = 1000.0, pressure_bound: float = 100.0) -> None:
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"the neural flow solver is 2D or 3D, got ndim={ndim!r}.")
+        for name, value in (("velocity_scale", velocity_scale), ("potential_scale", potential_scale),
+                            ("pressure_scale", pressure_scale), ("potential_bound", potential_bound),
+                            ("pressure_bound", pressure_bound)):
+            if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+        self.ndim = ndim
+        self.P = 1 if ndim == 2 else 3
+        self.in_channels = self.P + 1 + ndim + 1 + 2 * ndim + (2 if ndim == 3 else 0)
+        self.net = UNet(ndim, self.in_channels, self.P + 1, hidden=hidden, levels=levels,
+                        kernel_size=kernel_size, padding_mode="zeros")
+        self.scales = {"velocity": float(velocity_scale), "potential": float(potential_scale),
+                       "pressure": float(pressure_scale)}
+        self.bounds = {"potential": float(potential_bound), "pressure": float(pressure_bound)}
+
+    def config(self) -> dict:
+        return {"ndim": self.ndim, **{f"{k}_scale": v for k, v in self.scales.items()},
+                **{f"{k}_bound": v for k, v in self.bounds.items()}}
+
+    def initial_state(self, env: FlowEnvironment) -> PotentialState:
+        """The fluid at rest: ``a = p = 0``."""
+        B = env.batch_size
+        dtype = next(self.parameters()).dtype
+        shape = node_shape(env.grid)
+        return PotentialState(torch.zeros((B, self.P) + shape, dtype=dtype, device=env.fluid.device),
+                              torch.zeros((B, 1) + env.grid.shape, dtype=dtype, device=env.fluid.device))
+
+    def velocity(self, state: PotentialState, env: FlowEnvironment) -> Velocity:
+        return velocity_from_potential(state.potential, env.grid)
+
+    def encode(self, state: PotentialState, env: FlowEnvironment) -> torch.Tensor:
+        """The network's input channels (see the module docstring)."""
+        grid = env.grid
+        if env.ndim != self.ndim:
+            raise ValueError(f"this solver is {self.ndim}D, the environment is {env.ndim}D.")
+        dtype = state.potential.dtype
+        s = self.scales
+        u = self.velocity(state, env)
+        fields = [state.potential / s["potential"], pad_to_nodes(state.pressure / s["pressure"], grid)]
+        fields += [pad_to_nodes(ud / s["velocity"], grid) for ud in u]
+        fields.append(pad_to_nodes(env.fluid.to(dtype), grid))
+        for m, U in zip(env.face_mask, env.face_velocity):
+            m = m.to(dtype)
+            fields += [pad_to_nodes(m, grid), pad_to_nodes(m * U.to(dtype) / s["velocity"], grid)]
+        if self.ndim == 3:
+            ones = torch.ones_like(fields[1][:, :1])
+            shape = (-1,) + (1,) * (grid.ndim + 1)
+            fields += [ones * env.mu.to(dtype).reshape(shape), ones * env.rho.to(dtype).reshape(shape)]
+        return torch.cat(fields, dim=1)
+
+    def forward(self, state: PotentialState, env: FlowEnvironment) -> PotentialState:
+        grid = env.grid
+        expected = (env.batch_size, self.P) + node_shape(grid)
+        if tuple(state.potential.shape) != expected:
+            raise ValueError(f"state.potential must have shape {list(expected)}, got {list(state.potential.shape)}.")
+        if tuple(state.pressure.shape) != tuple(env.fluid.shape):
+            raise ValueError(f"state.pressure must have shape {list(env.fluid.shape)}, got {list(state.pressure.shape)}.")
+        out = self.net(self.encode(state, env))
+        mask = potential_mask(grid, out.dtype, out.device)
+        A, Pb = self.bounds["potential"], self.bounds["pressure"]
+        a = (state.potential + self.scales["potential"] * out[:, :self.P]) * mask
+        a = a - (a.flatten(2).sum(2) / mask.flatten(2).sum(2)).reshape(a.shape[:2] + (1,) * grid.ndim) * mask
+        a = A * torch.tanh(a / A) * mask
+        fluid = env.fluid.to(out.dtype)
+        cells = tuple(slice(0, n) for n in grid.shape)
+        p = (state.pressure + self.scales["pressure"] * out[(slice(None), slice(self.P, self.P + 1)) + cells]) * fluid
+        count = fluid.flatten(1).sum(1).clamp(min=1.0).reshape((-1,) + (1,) * (grid.ndim + 1))
+        p = (p - p.flatten(1).sum(1).reshape(count.shape) / count) * fluid
+        p = Pb * torch.tanh(p / Pb)
+        return PotentialState(a, p)
+
+    def rollout(self, env: FlowEnvironment, steps: int, state: PotentialState | None = None,
+                callback=None) -> PotentialState:
+        """``steps`` steps without gradients from ``state`` (default: rest); ``callback(i, state)``."""
+        state = self.initial_state(env) if state is None else state
+        with torch.no_grad():
+            for i in range(steps):
+                state = self(state, env)
+                if env.has_moving_obstacles:
+                    env = env.shifted()
+                if callback is not None:
+                    callback(i, state, env)
+        return state
