@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one experiment with a budget schedule")
     p.add_argument("name")
-    p.add_argument("--schedule", default="prdp", help="prdp | converged | fixed:K | linear:K0:K1")
+    p.add_argument("--schedule", default=None,
+                   help="prdp (default) | converged | fixed:K | linear:K0:K1; not for solver-free experiments")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run directory")
     _add_common(p)

@@ -53,24 +53,29 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     io.remove_temporaries(run_dir)
 
 
-def train_run(name: str, *, size: str = "cpu", schedule: str = "prdp", overrides: Iterable[str] = (),
+def train_run(name: str, *, size: str = "cpu", schedule: str | None = None, overrides: Iterable[str] = (),
               out: str | Path | None = None, seed: int | None = None, resume: bool = False,
               progress: bool = True) -> dict[str, Any]:
     """Train experiment ``name`` with a budget schedule; return the run summary (also in report.json)."""
     exp = get_experiment(name)
     cfg = resolve_config(name, size, overrides, seed)
+    schedule = _default_schedule(exp, schedule)
     run_dir = Path(out) if out is not None else default_run_dir(schedule.replace(":", ""), name)
     if resume:
         cfg, schedule = _stored_config(exp, run_dir)
     _refuse_existing(run_dir, resume)
-    prdp_mod.make_schedule(schedule, prdp=prdp_config(cfg), k_converged=1, epochs=cfg["train"]["epochs"])  # spec check
+    if exp.solver_in_loop:
+        prdp_mod.make_schedule(schedule, prdp=prdp_config(cfg), k_converged=1, epochs=cfg["train"]["epochs"])  # spec check
     built = exp.build(cfg)  # validates the whole config first: a bad key never leaves a directory behind
-    prdp_cfg = prdp_config(cfg)
-    if prdp_cfg.k_max > built.k_converged >= prdp_cfg.k0:
-        # iterations beyond the converged budget buy nothing: K_ε caps the refinement
-        prdp_cfg = dataclasses.replace(prdp_cfg, k_max=built.k_converged)
-    sched = prdp_mod.make_schedule(schedule, prdp=prdp_cfg, k_converged=built.k_converged,
-                                   epochs=cfg["train"]["epochs"])
+    if exp.solver_in_loop:
+        prdp_cfg = prdp_config(cfg)
+        if prdp_cfg.k_max > built.k_converged >= prdp_cfg.k0:
+            # iterations beyond the converged budget buy nothing: K_ε caps the refinement
+            prdp_cfg = dataclasses.replace(prdp_cfg, k_max=built.k_converged)
+        sched = prdp_mod.make_schedule(schedule, prdp=prdp_cfg, k_converged=built.k_converged,
+                                       epochs=cfg["train"]["epochs"])
+    else:
+        sched = prdp_mod.ConvergedSchedule(None)  # no solver budget to schedule
     picard_sched = _picard_schedule(cfg, schedule)
     _prepare_run_dir(run_dir, resume)
     if not resume:
@@ -110,6 +115,22 @@ def _stored_config(exp: Experiment, run_dir: Path) -> tuple[dict[str, Any], str]
         raise ConfigError(f"--resume {run_dir}: config.yaml is not a pdeaccel run config ({exc}).") from None
     validate_config(exp, cfg)
     return cfg, schedule
+
+
+def _default_schedule(exp: Experiment, schedule: str | None) -> str:
+    """PRDP unless asked otherwise; ``"none"`` for experiments without a solver in the loop."""
+    if exp.solver_in_loop:
+        return schedule or "prdp"
+    if schedule not in (None, "none"):
+        raise ConfigError(f"experiment {exp.name!r} has no linear solver in its training loop, so --schedule "
+                          f"{schedule!r} does not apply; omit --schedule.")
+    return "none"
+
+
+def _require_solver_in_loop(exp: Experiment, command: str) -> None:
+    if not exp.solver_in_loop:
+        raise ConfigError(f"`pdeaccel {command}` compares solver budgets, but experiment {exp.name!r} has no "
+                          f"linear solver in its training loop; use `pdeaccel train {exp.name}`.")
 
 
 def _picard_schedule(cfg: dict[str, Any], schedule: str):
@@ -185,6 +206,7 @@ def compare(name: str, *, seeds: int = 3, size: str = "cpu", overrides: Iterable
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     exp = get_experiment(name)
+    _require_solver_in_loop(exp, "compare")
     overrides = list(overrides)
     base_cfg = resolve_config(name, size, overrides)
     out_dir = Path(out) if out is not None else default_run_dir("compare", name)
@@ -314,6 +336,7 @@ def sweep(name: str, ks: Sequence[int], *, seeds: int = 1, size: str = "cpu", ov
     """Final validation metric against a fixed K (the paper's incomplete-convergence evidence)."""
     if not ks or any((not isinstance(k, int)) or k < 1 for k in ks):
         raise ConfigError(f"--k needs positive integers, e.g. 1,2,4,8; got {list(ks)}")
+    _require_solver_in_loop(get_experiment(name), "sweep")
     overrides = list(overrides)
     base_cfg = resolve_config(name, size, overrides)
     out_dir = Path(out) if out is not None else default_run_dir("sweep", name)
