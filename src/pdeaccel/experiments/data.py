@@ -2,16 +2,18 @@
 
 A dataset is keyed by the hash of the configuration that generated it. It is written to a
 temporary file and renamed (never half-written under its final name) and verified on load
-(config hash, shape, dtype, finiteness); a mismatch regenerates it rather than load wrong data.
+(config hash, content checksum, expected shape and dtype, finiteness); a mismatch regenerates it
+rather than load wrong data. Files cached before the checksum existed lack it and are regenerated.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import config_hash
+from ..train.io import fsync_directory
 
 DATA_ENV = "PDEACCEL_DATA"
 
@@ -28,49 +31,89 @@ def data_dir() -> Path:
     return Path(os.environ.get(DATA_ENV, "data"))
 
 
+class DatasetError(ValueError):
+    """A cached or generated dataset is not what its configuration says it must be."""
+
+
 def cached_trajectories(name: str, generating_config: Mapping[str, Any],
-                        generate: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Load the trajectories of ``generating_config`` from the cache, or generate and store them."""
+                        generate: Callable[[], torch.Tensor], shape: Sequence[int] | None = None,
+                        dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Load the trajectories of ``generating_config`` from the cache, or generate and store them.
+
+    A cached file is used only if its config hash, its SHA-256 content checksum, and (when given)
+    the expected ``shape`` and ``dtype`` all match and it holds no NaN/inf; otherwise it is
+    regenerated with a warning. Freshly generated data that do not match raise
+    :class:`DatasetError`. A cache that cannot be written (full disk, read-only directory) is a
+    warning: the data are in memory and training goes on.
+    """
     key = config_hash(generating_config)
     path = data_dir() / f"{name}-{key}.h5"
+    expected = (None if shape is None else tuple(int(n) for n in shape), dtype)
     if path.exists():
         try:
-            return _load(path, key)
+            return _load(path, key, *expected)
         except (OSError, ValueError, KeyError) as exc:
             warnings.warn(f"cached dataset {path} is unusable ({exc}); regenerating it", stacklevel=2)
     data = generate()
     if not bool(torch.isfinite(data).all()):
         raise FloatingPointError(f"generated dataset {name} contains NaN/inf; the generating solver diverged")
-    _store(path, key, data)
+    problem = _mismatch(data, *expected)
+    if problem:
+        raise DatasetError(f"generated dataset {name}: {problem}")
+    try:
+        _store(path, key, data)
+    except OSError as exc:
+        warnings.warn(f"could not cache dataset {name} in {path.parent} ({exc.strerror or exc}); it will be "
+                      f"generated again next time (set ${DATA_ENV} to a writable directory)", stacklevel=2)
     return data
+
+
+def _mismatch(data: torch.Tensor, shape: tuple[int, ...] | None, dtype: torch.dtype | None) -> str:
+    if shape is not None and tuple(data.shape) != shape:
+        return f"shape {list(data.shape)}, expected {list(shape)}"
+    if dtype is not None and data.dtype != dtype:
+        return f"dtype {data.dtype}, expected {dtype}"
+    return ""
+
+
+def _checksum(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
 def _store(path: Path, key: str, data: torch.Tensor) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    arr = data.numpy()
     try:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("trajectories", data=data.numpy())
+            f.create_dataset("trajectories", data=arr)
             f.attrs["config_hash"] = key
-            f.attrs["shape"] = list(data.shape)
-            f.attrs["dtype"] = str(data.numpy().dtype)
+            f.attrs["shape"] = list(arr.shape)
+            f.attrs["dtype"] = str(arr.dtype)
+            f.attrs["sha256"] = _checksum(arr)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _load(path: Path, key: str) -> torch.Tensor:
+def _load(path: Path, key: str, shape: tuple[int, ...] | None, dtype: torch.dtype | None) -> torch.Tensor:
     with h5py.File(path, "r") as f:
         if f.attrs["config_hash"] != key:
             raise ValueError("config hash mismatch")
         arr = np.asarray(f["trajectories"])
         if list(arr.shape) != list(f.attrs["shape"]) or str(arr.dtype) != f.attrs["dtype"]:
             raise ValueError("stored shape/dtype do not match the header")
+        if _checksum(arr) != f.attrs["sha256"]:
+            raise ValueError("content checksum mismatch (the file was modified or damaged)")
     data = torch.from_numpy(arr)
+    problem = _mismatch(data, shape, dtype)
+    if problem:
+        raise ValueError(problem)
     if not bool(torch.isfinite(data).all()):
         raise ValueError("contains NaN/inf")
     return data

@@ -37,10 +37,14 @@ def build_emulator(cfg: dict[str, Any], name: str, grid: Grid, stepper: Stepper,
     gen_cfg = {"name": name, "physics": p, "n_train": d["train"], "n_val": d["validation"],
                "rollout": d["validation_rollout"], "seed": d["data_seed"], "version": 1,
                "reference_nonlinear_iters": reference_solver.nonlinear_iters}
+    field = (1,) + grid.shape
     train = cached_trajectories(f"{name}-train", {**gen_cfg, "split": "train"},
-                                lambda: generate(d["train"], 2, d["data_seed"]))
+                                lambda: generate(d["train"], 2, d["data_seed"]),
+                                shape=(d["train"], 3, *field), dtype=torch.float32)
     validation = cached_trajectories(f"{name}-val", {**gen_cfg, "split": "val"},
-                                     lambda: generate(d["validation"], d["validation_rollout"], d["data_seed"] + 1))
+                                     lambda: generate(d["validation"], d["validation_rollout"], d["data_seed"] + 1),
+                                     shape=(d["validation"], d["validation_rollout"] + 1, *field),
+                                     dtype=torch.float32)
 
     torch.manual_seed(cfg["seed"])
     if net_cfg["name"] == "mlp":

@@ -7,6 +7,7 @@ Everything here reads what a run directory holds (``metrics.csv``, ``report.json
 from __future__ import annotations
 
 import csv
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,6 +15,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .io import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    """PNG through an atomic write: a run killed while drawing never leaves half a figure behind."""
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -61,8 +72,7 @@ def plot_run(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) ->
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_comparison(runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], path: str | Path,
@@ -93,8 +103,7 @@ def plot_comparison(runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], p
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_sweep(ks: Sequence[int], finals: Sequence[Sequence[float]], path: str | Path, title: str,
@@ -112,8 +121,7 @@ def plot_sweep(ks: Sequence[int], finals: Sequence[Sequence[float]], path: str |
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,0 +1,209 @@
+"""Fault injection: kill a training process at random moments, resume it, compare with a clean run.
+
+What "resume is exact" means here, and what this module checks (:func:`comparable_run`): after any
+number of SIGKILLs and ``--resume`` restarts, the finished run directory equals an uninterrupted
+run's in everything but wall-clock time —
+
+* the final checkpoint bit for bit: weights, optimiser state, PRDP (and Picard) schedule state and
+  events, learning-rate schedule, minibatch generator and torch RNG, divergence-guard events, the
+  iteration ledger's counts (forward/backward iterations, solves, steps, K per epoch);
+* ``metrics.csv`` cell for cell, ``events.json``, and ``report.json``;
+
+except the fields that time something (``train_seconds``, ``validation_seconds``, ``seconds``,
+``wall_seconds_total``) and the run directory's own path. Work an interrupted process did after
+its last checkpoint is redone and counted once, as in the uninterrupted run.
+
+``python -m pdeaccel.train.faults --slow-writes S -- train NAME ...`` runs the CLI with every
+fsync delayed by S seconds, which widens the window between writing a temporary file and renaming
+it, so that a kill lands inside a checkpoint write often enough to test it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import runpy
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import io
+
+#: fields that measure time (or name the directory) and legitimately differ between runs
+TIMING_KEYS = frozenset({"train_seconds", "validation_seconds", "seconds", "wall_seconds_total", "run_dir"})
+
+
+@dataclass
+class Kill:
+    """One SIGKILL of a training process."""
+
+    mode: str  # "random": after a random delay; "mid-write": while a checkpoint's temporary file existed
+    after_seconds: float  # time from the process start to the kill
+    resumed: bool  # the killed process was itself a --resume
+    finished_before_kill: bool  # the process exited before the kill was sent (nothing to kill)
+    checkpoints_before: int  # epoch of the newest checkpoint file when the process was started (-1: none)
+    interrupted_writes: list[str]  # files whose atomic write the kill interrupted (leftover .tmp files)
+
+
+def comparable_run(run_dir: str | Path) -> dict[str, Any]:
+    """Everything a finished run directory holds that must not depend on interruptions (see module doc)."""
+    run_dir = Path(run_dir)
+    found = io.latest_valid_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise FileNotFoundError(f"{run_dir} has no intact checkpoint")
+    with (run_dir / "metrics.csv").open() as fh:
+        metrics = list(csv.DictReader(fh))
+    return _strip_timing({
+        "checkpoint_name": found[0].name,
+        "checkpoint": found[1],
+        "metrics": metrics,
+        "events": json.loads((run_dir / "events.json").read_text()),
+        "report": json.loads((run_dir / "report.json").read_text()),
+    })
+
+
+def _strip_timing(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, (list, tuple)):
+        return [_strip_timing(v) for v in obj]
+    return obj
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two nested states differ: tensors must match in dtype, shape and every bit."""
+    where = path or "<root>"
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return [f"{where}: tensor vs {type(b if isinstance(a, torch.Tensor) else a).__name__}"]
+        if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
+            return [f"{where}: tensors differ"]
+        return []
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{where}: key {k!r} only on one side" for k in sorted(set(a) ^ set(b), key=str)]
+        for k in a:
+            if k in b:
+                out += differences(a[k], b[k], f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{where}: length {len(a)} vs {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return []
+    return [] if a == b else [f"{where}: {a!r} vs {b!r}"]
+
+
+def _newest_checkpoint_epoch(run_dir: Path) -> int:
+    names = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
+    return int(names[-1].stem.split("_")[1]) if names else -1
+
+
+def _temporaries(run_dir: Path) -> list[str]:
+    """Targets of the atomic writes in progress (or interrupted): ``.NAME.XXXX.tmp`` -> ``NAME``."""
+    dirs = [d for d in (run_dir, run_dir / "checkpoints") if d.is_dir()]
+    return sorted(p.name[1:].rsplit(".", 2)[0] for d in dirs for p in d.iterdir() if io.is_temporary(p))
+
+
+def _checkpoint_write_in_progress(run_dir: Path) -> bool:
+    return any(name.endswith(".ckpt") for name in _temporaries(run_dir))
+
+
+def _command(train_args: Sequence[str], out: Path, slow_writes: float) -> tuple[list[str], bool]:
+    """The next command for a run directory: a fresh start until config.yaml exists, then --resume."""
+    resume = (out / "config.yaml").exists()
+    name = train_args[0]
+    rest = ["--resume", str(out)] if resume else ["--out", str(out), *train_args[1:]]
+    cmd = [sys.executable, "-m", "pdeaccel.train.faults", "--slow-writes", str(slow_writes), "--",
+           "train", name, "--quiet", *rest]
+    return cmd, resume
+
+
+def _environment() -> dict[str, str]:
+    # one thread, like the reference run: the result must not depend on how many threads reduce a sum
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_with_kills(train_args: Sequence[str], out: str | Path, moments: Sequence[tuple[str, float]],
+                   slow_writes: float = 0.0, final_timeout: float = 600.0) -> list[Kill]:
+    """Train ``pdeaccel train *train_args`` into ``out``, SIGKILLing it once per entry of ``moments``.
+
+    Each entry is ``("random", delay)`` — kill ``delay`` seconds after the process starts — or
+    ``("mid-write", timeout)`` — kill as soon as a checkpoint's temporary file appears (a checkpoint
+    write in progress), or after ``timeout`` seconds. Every restart resumes the directory (or starts
+    it afresh while it has no config.yaml). After the last kill the run is resumed to completion;
+    a non-zero exit status of that last run raises ``RuntimeError`` with its stderr.
+    """
+    out = Path(out)
+    kills = []
+    for mode, limit in moments:
+        before = _newest_checkpoint_epoch(out)
+        cmd, resumed = _command(train_args, out, slow_writes)
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = start + limit
+        while time.perf_counter() < deadline and proc.poll() is None:
+            if mode == "mid-write" and _checkpoint_write_in_progress(out):
+                break
+            time.sleep(0.002 if mode == "mid-write" else 0.01)
+        finished = proc.poll() is not None
+        if not finished:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append(Kill(mode, time.perf_counter() - start, resumed, finished, before, _temporaries(out)))
+    cmd, _ = _command(train_args, out, slow_writes)
+    done = subprocess.run(cmd, env=_environment(), capture_output=True, text=True, timeout=final_timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"the final resume failed ({done.returncode}): {done.stderr[-2000:]}")
+    return kills
+
+
+def random_moments(count: int, max_delay: float, rng: random.Random, mid_write_share: float = 0.3,
+                   min_delay: float = 0.0) -> list[tuple[str, float]]:
+    """``count`` kill moments: a share triggered by a write in progress, the rest at uniform random delays."""
+    return [("mid-write", max_delay) if rng.random() < mid_write_share
+            else ("random", rng.uniform(min_delay, max_delay)) for _ in range(count)]
+
+
+def kills_as_dicts(kills: Sequence[Kill]) -> list[dict[str, Any]]:
+    return [asdict(k) for k in kills]
+
+
+def _slow_fsync(seconds: float) -> None:
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        time.sleep(seconds)
+        real(fd)
+
+    os.fsync = fsync
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 3 or argv[0] != "--slow-writes" or "--" not in argv:
+        print("usage: python -m pdeaccel.train.faults --slow-writes SECONDS -- CLI-ARGS...", file=sys.stderr)
+        return 2
+    seconds = float(argv[1])
+    if seconds > 0:
+        _slow_fsync(seconds)
+    # run the real command line as a program (nothing imports the CLI module)
+    sys.argv = ["pdeaccel", *argv[argv.index("--") + 1:]]
+    try:
+        runpy.run_module("pdeaccel.cli", run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
