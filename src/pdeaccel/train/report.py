@@ -62,12 +62,23 @@ def plot_run(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) ->
     """Training loss, validation metric and K against epoch for one run."""
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].semilogy(epochs, [r["train_loss"] for r in rows])
+    losses = [r["train_loss"] for r in rows]
+    # a log-loss (physics-constrained flow training) is negative: plot it on a linear axis
+    (axes[0].semilogy if min(losses) > 0 else axes[0].plot)(epochs, losses)
     axes[0].set(xlabel="epoch", ylabel="training loss", title="training loss")
     axes[1].semilogy(epochs, [r["val_metric"] for r in rows], color="C1")
     axes[1].set(xlabel="epoch", ylabel="validation metric", title="validation")
-    axes[2].step(epochs, [r["k"] if r["k"] is not None else float("nan") for r in rows], where="post", color="C2")
-    axes[2].set(xlabel="epoch", ylabel="K (solver iterations)", title="iteration budget")
+    diagnostics = [k for k in rows[0] if k.startswith("val_") and k != "val_metric"]
+    if all(r["k"] is None for r in rows) and diagnostics:
+        # no solver budget to show: the task's validation diagnostics instead
+        for i, key in enumerate(diagnostics):
+            axes[2].semilogy(epochs, [max(float(r[key]), 1e-300) for r in rows], color=f"C{i + 2}",
+                             label=key.removeprefix("val_"))
+        axes[2].set(xlabel="epoch", title="validation diagnostics")
+        axes[2].legend(fontsize=8)
+    else:
+        axes[2].step(epochs, [r["k"] if r["k"] is not None else float("nan") for r in rows], where="post", color="C2")
+        axes[2].set(xlabel="epoch", ylabel="K (solver iterations)", title="iteration budget")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)

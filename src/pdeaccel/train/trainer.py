@@ -267,7 +267,8 @@ class Trainer:
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     return losses, {"where": "loss", "step": step, "value": value}
-                if value > self.settings.guard_factor * self.reference_loss:
+                # a ratio means "exploding" only for positive losses (a log-loss is negative)
+                if self.reference_loss > 0 and value > self.settings.guard_factor * self.reference_loss:
                     return losses, {"where": f"loss ({self.settings.guard_factor:g}x the last epoch's)",
                                     "step": step, "value": value}
                 loss.backward()

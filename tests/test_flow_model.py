@@ -1,0 +1,253 @@
+"""The physics-constrained flow solver: residual against exact flows we did not produce (the
+discrete plane Poiseuille solution, Taylor–Green decay with its second-order truncation error),
+the curl parameterisation's divergence, bounded network updates, the training pool, and the
+flow experiments through the shared trainer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pdeaccel import Grid
+from pdeaccel.experiments import runner
+from pdeaccel.experiments.flow import build_environment, held_out_spec, sample_spec
+from pdeaccel.losses import FlowResidual, combined_flow_loss
+from pdeaccel.neural_flow import (NeuralFlowSolver, PotentialState, node_shape, potential_mask,
+                                  velocity_from_potential)
+from pdeaccel.physics.environments import FlowEnvironment, channel
+from pdeaccel.stencils import mac_divergence, mac_face_shape
+from pdeaccel.train.pool import FlowPool
+
+torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_curl_of_any_potential_is_divergence_free(ndim):
+    grid = Grid((7, 5) if ndim == 2 else (6, 5, 4), boundary="neumann")
+    P = 1 if ndim == 2 else 3
+    a = torch.randn((3, P) + node_shape(grid), dtype=torch.float64) * potential_mask(grid, torch.float64)
+    u = velocity_from_potential(a, grid)
+    assert [tuple(c.shape[2:]) for c in u] == [mac_face_shape(grid, d) for d in range(ndim)]
+    div = mac_divergence(u, grid)
+    scale = max(float(c.abs().max()) for c in u) / min(grid.spacing)
+    assert float(div.abs().max()) < 1e-14 * scale
+    assert float(u[0].abs().max()) > 0.1  # a real field, not a trivially zero one
+
+
+def discrete_poiseuille_env(mu: float = 0.1, rho: float = 4.0, G: float = 0.02):
+    """Channel 16 × 8 cells with in- and outflow faces carrying the *discrete* steady profile
+    u_j = (G/2μ)·(y_j(H − y_j) + h²/4) (the h²/4 offset makes the mirrored no-slip ghost exact:
+    −u_0 equals the parabola continued to y = −h/2), and its potential and pressure p = −G·x."""
+    env = channel(16.0, 8.0, 8, outflow="prescribed", mu=mu, rho=rho, dt=4.0, dtype=torch.float64)
+    h, H = 1.0, 8.0
+    ny = env.grid.shape[1]
+    y = (torch.arange(ny, dtype=torch.float64) - 1 + 0.5) * h
+    profile = G / (2 * mu) * (y * (H - y) + h * h / 4)
+    profile[0] = profile[-1] = 0.0  # the wall layers
+    faces = [f.clone() for f in env.face_velocity]
+    faces[0][0, 0, :2] = profile
+    faces[0][0, 0, -2:] = profile
+    env = env.replace(face_velocity=tuple(faces), background=None, obstacles=None)
+    nodes = node_shape(env.grid)
+    a = torch.zeros((1, 1) + nodes, dtype=torch.float64)
+    a[0, 0, :, 1:] = h * torch.cumsum(profile, 0)
+    x = env.cell_coordinates()[0]
+    p = (-G * x)[None, None] * env.fluid
+    return env, a, p, profile
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.5, 1.0])
+def test_discrete_poiseuille_has_zero_residual(theta):
+    env, a, p, profile = discrete_poiseuille_env()
+    u = velocity_from_potential(a, env.grid)
+    torch.testing.assert_close(u[0][0, 0, 5], profile)  # the curl reproduces the profile
+    res = FlowResidual(env, theta=theta)
+    terms = res.terms(u, u, p)
+    assert float(terms.momentum_abs) < 1e-13
+    assert float(terms.boundary_abs) < 1e-14
+    assert float(terms.divergence_abs) < 1e-14
+    # the right pressure gradient matters: without it the residual is G on every free x-face
+    R = res.momentum(u, u, torch.zeros_like(p))
+    free = env.face_free[0] > 0
+    torch.testing.assert_close(R[0][free], torch.full_like(R[0][free], 0.02), rtol=1e-10, atol=1e-13)
+
+
+def test_boundary_residual_sits_on_the_perturbed_face_only():
+    env, a, p, _ = discrete_poiseuille_env()
+    u = list(velocity_from_potential(a, env.grid))
+    u[1] = u[1].clone()
+    u[1][0, 0, 7, 0] += 0.3  # a y-face of the bottom wall: prescribed (no penetration)
+    assert bool(env.face_mask[1][0, 0, 7, 0])
+    b = FlowResidual(env).boundary(tuple(u))
+    assert float(b[1][0, 0, 7, 0]) == pytest.approx(0.3)
+    assert int((b[1].abs() > 1e-12).sum()) == 1 and float(b[0].abs().max()) < 1e-14
+
+
+def test_taylor_green_residual_is_second_order():
+    # u = sin x cos y F, v = −cos x sin y F, p = ρ/4 (cos 2x + cos 2y) F², F = exp(−2νt) solve
+    # the Navier–Stokes equations exactly; the IMEX residual (pressure at the half step) of the
+    # exact fields must vanish at second order in h with Δt ∝ h
+    mu, rho = 0.1, 2.0
+    nu = mu / rho
+    maxima = []
+    for n in (16, 32, 64):
+        L = 2 * math.pi
+        h = L / n
+        dt = 0.5 * h
+        grid = Grid((n, n), (L, L), "periodic")
+        faces = tuple(torch.zeros(mac_face_shape(grid, d), dtype=torch.float64) for d in range(2))
+        env = FlowEnvironment(grid, torch.ones(grid.shape, dtype=torch.float64), faces, mu=mu, rho=rho, dt=dt)
+        x = torch.arange(n, dtype=torch.float64) * h
+        xu, yu = torch.meshgrid(x, x + h / 2, indexing="ij")
+        xv, yv = torch.meshgrid(x + h / 2, x, indexing="ij")
+        xc, yc = torch.meshgrid(x + h / 2, x + h / 2, indexing="ij")
+
+        def vel(t):
+            F = math.exp(-2 * nu * t)
+            return ((torch.sin(xu) * torch.cos(yu) * F)[None, None], (-torch.cos(xv) * torch.sin(yv) * F)[None, None])
+
+        t0 = 0.3
+        F2 = math.exp(-4 * nu * (t0 + dt / 2))
+        p = (rho / 4 * (torch.cos(2 * xc) + torch.cos(2 * yc)) * F2)[None, None]
+        terms = FlowResidual(env, theta=0.5).momentum(vel(t0), vel(t0 + dt), p)
+        maxima.append(max(float(r.abs().max()) for r in terms))
+    orders = [math.log2(a / b) for a, b in zip(maxima, maxima[1:])]
+    print(f"Taylor-Green residual max {maxima}, observed orders {orders}")
+    assert all(o > 1.9 for o in orders)
+
+
+def small_model(ndim: int = 2) -> NeuralFlowSolver:
+    return NeuralFlowSolver(ndim, hidden=4, levels=2, potential_scale=2.0, potential_bound=5.0, pressure_bound=3.0)
+
+
+def test_outputs_are_bounded_and_gauge_fixed_whatever_the_network_says():
+    env = channel(16.0, 8.0, 8, outflow="prescribed", mu=0.1, rho=4.0, dt=4.0, dtype=torch.float32)
+    model = small_model()
+    with torch.no_grad():
+        model.net.project.bias.fill_(1e6)  # a wildly diverging network
+    new = model(model.initial_state(env), env)
+    assert torch.isfinite(new.potential).all() and torch.isfinite(new.pressure).all()
+    assert float(new.potential.abs().max()) <= 5.0 and float(new.pressure.abs().max()) <= 3.0
+    # the pressure lives on fluid cells only
+    assert not new.pressure[env.fluid == 0].any()
+    with pytest.raises(ValueError, match="state.potential must have shape"):
+        model(PotentialState(torch.zeros(1, 1, 3, 3), new.pressure), env)
+
+
+def test_3d_step_trains_and_stays_divergence_free():
+    physics = {"ndim": 3, "length": 12, "height": 8, "mu": 0.1, "rho": 4.0, "dt": 4.0, "inflow_min": 0.5,
+               "inflow_max": 1.0, "obstacles": ["sphere"], "magnus_max": 1.0, "mu_range": [0.05, 0.2],
+               "rho_range": [1.0, 4.0]}
+    env = FlowEnvironment.stack([build_environment(physics, sample_spec(physics, torch.Generator().manual_seed(i)))
+                                 for i in range(2)])
+    assert float(env.mu[0]) != float(env.mu[1])  # per-environment viscosity
+    model = small_model(3)
+    state = model.initial_state(env)
+    new = model(state, env)
+    terms = FlowResidual(env).terms(model.velocity(state, env), model.velocity(new, env), new.pressure)
+    loss = combined_flow_loss(terms)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert float(terms.divergence_abs.max()) < 1e-5
+
+
+def tiny_physics() -> dict:
+    return {"ndim": 2, "length": 16, "height": 8, "mu": 0.1, "rho": 4.0, "dt": 4.0, "inflow_min": 0.5,
+            "inflow_max": 1.0, "obstacles": ["box", "cylinder", "magnus"], "magnus_max": 1.0,
+            "mu_range": [0.1, 0.1], "rho_range": [4.0, 4.0]}
+
+
+def test_pool_refuses_non_finite_predictions_and_resets_round_robin():
+    physics = tiny_physics()
+    model = small_model()
+    pool = FlowPool(4, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
+                    model.initial_state, reset_every=3, seed=5)
+    idx = torch.tensor([0, 2])
+    env, state = pool.batch(idx)
+    bad = PotentialState(state.potential + 1.0, state.pressure + 1.0)
+    bad.potential[1, 0, 0, 0] = float("nan")
+    old_spec = dict(pool.specs[2])
+    assert pool.write_back(idx, bad) == 1
+    assert bool((pool.potential[0] == 1.0).all())  # the finite one was written
+    assert pool.specs[2] != old_spec and not pool.potential[2].any()  # the other was reset
+    assert torch.isfinite(pool.potential).all() and pool.rejected == 1
+    for _ in range(6):
+        pool.advance()
+    assert pool.next_reset == 2  # two round-robin resets after 6 steps with reset_every=3
+
+
+def test_pool_state_round_trip_continues_identically():
+    physics = tiny_physics()
+    model = small_model()
+
+    def make():
+        return FlowPool(3, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
+                        model.initial_state, reset_every=2, seed=9)
+
+    a = make()
+    for _ in range(3):
+        a.advance()
+    saved = a.state_dict()
+    b = make()
+    b.load_state_dict(saved)
+    for pool in (a, b):
+        for _ in range(4):
+            pool.advance()
+    assert a.specs == b.specs and a.next_reset == b.next_reset
+    torch.testing.assert_close(a.potential, b.potential)
+    corrupt = dict(saved, potential=saved["potential"].clone().fill_(float("inf")))
+    with pytest.raises(ValueError, match="non-finite"):
+        b.load_state_dict(corrupt)
+
+
+def test_held_out_specs_are_outside_the_training_draws():
+    physics = tiny_physics()
+    gen = torch.Generator().manual_seed(0)
+    drawn = [sample_spec(physics, gen) for _ in range(200)]
+    for kind in ("cylinder", "box"):
+        spec = held_out_spec(physics, kind)
+        assert spec not in drawn
+        build_environment(physics, spec)
+
+
+TINY = ["physics.length=16", "physics.height=8", "pool.size=4", "net.hidden=4", "net.levels=2",
+        "data.validation=2", "data.validation_steps=2", "train.steps_per_epoch=3", "train.batch_size=2"]
+
+
+def test_flow_training_runs_and_resumes_exactly(tmp_path):
+    full = runner.train_run("flow-2d", overrides=TINY + ["train.epochs=3"], out=tmp_path / "full", progress=False)
+    assert full["schedule"] == "none" and full["epochs"] == 3
+    first = runner.train_run("flow-2d", overrides=TINY + ["train.epochs=2"], out=tmp_path / "part", progress=False)
+    import yaml
+
+    cfg_path = tmp_path / "part" / "config.yaml"
+    stored = yaml.safe_load(cfg_path.read_text())
+    stored["config"]["train"]["epochs"] = 3  # continue the same run for one more epoch
+    cfg_path.write_text(yaml.safe_dump(stored))
+    resumed = runner.train_run("flow-2d", out=tmp_path / "part", resume=True, progress=False)
+    assert first["epochs"] == 2 and resumed["epochs"] == 3
+    assert resumed["final_val_metric"] == full["final_val_metric"]
+    header = (tmp_path / "full" / "metrics.csv").read_text().splitlines()[0]
+    assert "val_momentum_abs" in header and "val_boundary_abs" in header
+
+
+def test_flow_experiments_refuse_budget_schedules(tmp_path):
+    from pdeaccel.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no linear solver"):
+        runner.train_run("flow-2d", schedule="prdp", overrides=TINY, out=tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="no linear solver"):
+        runner.compare("flow-2d", seeds=1, overrides=TINY, out=tmp_path / "y", progress=False)
+    with pytest.raises(ConfigError, match="net.levels"):
+        runner.train_run("flow-2d", overrides=TINY + ["net.levels=4"], out=tmp_path / "z", progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_flow_3d_experiment_trains_one_epoch(tmp_path):
+    over = ["physics.length=12", "physics.height=8", "pool.size=2", "net.hidden=4", "net.levels=2",
+            "data.validation=1", "data.validation_steps=1", "train.steps_per_epoch=2", "train.batch_size=2",
+            "train.epochs=1"]
+    s = runner.train_run("flow-3d", overrides=over, out=tmp_path / "r", progress=False)
+    assert math.isfinite(s["final_val_metric"])
