@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,3 +252,34 @@ def test_flow_3d_experiment_trains_one_epoch(tmp_path):
             "train.epochs=1"]
     s = runner.train_run("flow-3d", overrides=over, out=tmp_path / "r", progress=False)
     assert math.isfinite(s["final_val_metric"])
+
+
+def test_shedding_frequency_of_a_known_signal():
+    from pdeaccel.experiments.flow_eval import shedding_frequency
+
+    dt, f0 = 4.0, 0.0173
+    t = np.arange(400) * dt
+    rng = np.random.default_rng(0)
+    signal = 0.3 * np.sin(2 * np.pi * f0 * t + 0.4) + 0.02 * rng.standard_normal(t.size) - 0.1 * np.exp(-t / 50)
+    f, share = shedding_frequency(list(signal), dt, discard=50)
+    assert f == pytest.approx(f0, rel=0.01) and share > 0.8
+    assert math.isnan(shedding_frequency([0.0] * 5, dt)[0])  # too short to tell
+
+
+def test_simulate_a_trained_model_writes_the_run_directory(tmp_path):
+    from pdeaccel.cli import main
+    from pdeaccel.experiments.flow_eval import simulate_trained
+
+    runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "model", progress=False)
+    report = simulate_trained(tmp_path / "model", "box", steps=6, out=tmp_path / "sim", progress=False)
+    assert report["stable"] and report["max_divergence"] < 1e-5
+    for name in ("trajectory.h5", "final.png", "animation.gif", "report.md", "report.json"):
+        assert (tmp_path / "sim" / name).stat().st_size > 0
+    mask = np.ones((12, 8))
+    mask[4:6, 3:5] = 0
+    np.save(tmp_path / "mask.npy", mask)
+    assert main(["simulate", "--model", str(tmp_path / "model"), "--env", str(tmp_path / "mask.npy"),
+                 "--steps", "3", "--no-animation", "--quiet", "--out", str(tmp_path / "sim2")]) == 0
+    assert main(["simulate", "--model", str(tmp_path / "model"), "--env", "triangle",
+                 "--out", str(tmp_path / "sim3")]) == 2
+    assert not (tmp_path / "sim3").exists()

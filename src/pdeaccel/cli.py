@@ -6,6 +6,7 @@
     pdeaccel compare NAME --seeds N       PRDP vs converged over N seeds
     pdeaccel sweep NAME --k 1,2,4,8       final validation error against a fixed K
     pdeaccel simulate NAME [--steps N]    run a named numerical simulation, write HDF5 + figures
+    pdeaccel simulate --model RUN [--env cylinder|box|mask.png]   roll out a trained flow model
     pdeaccel report RUN_DIR               rebuild figures and report.md from a run directory
 """
 
@@ -59,9 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1)
     _add_common(p)
 
-    p = sub.add_parser("simulate", help="run a named numerical simulation")
+    p = sub.add_parser("simulate", help="run a named numerical simulation, or a trained flow model (--model)")
     p.add_argument("name", nargs="?", help="simulation name (omit to list them)")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--model", default=None, metavar="RUN_DIR",
+                   help="roll out the trained flow model of a flow-2d/flow-3d run directory instead")
+    p.add_argument("--env", default="cylinder",
+                   help="with --model: cylinder | box (held-out domains) | a mask file (.png, dark = solid; .npy)")
+    p.add_argument("--inflow", type=float, default=None, help="with --model: mean inflow speed")
     p.add_argument("--out", default=None)
     p.add_argument("--no-animation", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -173,6 +179,17 @@ def _experiments(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace, progress: bool) -> int:
     from .experiments.simulations import SIMULATIONS, simulate
 
+    if args.model is not None:
+        from .experiments.flow_eval import simulate_trained
+
+        if args.name is not None or args.overrides:
+            raise ConfigError("with --model, give the environment with --env (and --steps, --inflow), "
+                              "not a simulation name or key=value overrides.")
+        report = simulate_trained(args.model, args.env, steps=args.steps or 200, inflow=args.inflow, out=args.out,
+                                  animate=not args.no_animation, progress=progress)
+        print((Path(report["run_dir"]) / "report.md").read_text())
+        print(f"run directory: {report['run_dir']}")
+        return 0
     if args.name is None:
         for name, sim in SIMULATIONS.items():
             print(f"{name:20s} {sim.description}")
