@@ -14,7 +14,8 @@ k). Discrete operators, all periodic:
   ``a`` interpolated to that component's faces (the own component as is, the other one as the
   mean of its four neighbouring faces).
 
-Both steppers are implicit Euler in time with the advection linearised at ``u^n``.
+Both steppers are implicit Euler in time with the advection linearised at ``u^n``; the coupled
+one can iterate that linearisation (Picard) towards the fully implicit step.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ class NavierStokes2D:
 
     on the MAC grid described in the module docstring, one implicit Euler step of size ``dt`` per
     call, with the advection linearised at the old velocity ``u^n`` (one Picard step) and
-    discretised by first-order upwinding. Two schemes:
+    discretised by first-order upwinding. The coupled scheme can take more Picard steps
+    (``picard_iterations``, or ``solver.nonlinear_iters``): iterate ``k`` solves the saddle-point
+    system below linearised at ``w^k`` (``w^0 = u^n``) for ``(w^{k+1}, p^{k+1})``, warm-started
+    from ``(w^k, p^k)``; their fixed point is the fully implicit step with ``A(u^{n+1})``, whose
+    distance :meth:`nonlinear_residual` measures. Two schemes:
 
     * ``method="coupled"`` (the PRDP paper's Navier–Stokes setting): velocity and pressure of the
       new step solve one saddle-point system, packed as ``x = (u, v, p)`` in a ``[B, 3, N, N]``
@@ -87,10 +92,12 @@ class NavierStokes2D:
         nu: kinematic viscosity ν ≥ 0.
         dt: time step Δt > 0.
         method: ``"coupled"`` or ``"projection"``.
+        picard_iterations: default number of Picard iterations (coupled solves) per step; the
+            projection scheme takes exactly one.
     """
 
     def __init__(self, n: int, length: float = 1.0, nu: float = 1e-4, dt: float = 0.1,
-                 method: str = "coupled") -> None:
+                 method: str = "coupled", picard_iterations: int = 1) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 3:
             raise ValueError(f"n (cells per axis) must be an integer >= 3, got {n!r}.")
         self.length = _finite_number(length, "length", minimum=0.0, strict=True)
@@ -100,6 +107,7 @@ class NavierStokes2D:
             raise ValueError(f"Unknown Navier–Stokes method {method!r}; choose one of {', '.join(NS_METHODS)}.")
         self.n = n
         self.method = method
+        self.picard_iterations = _check_picard(picard_iterations, method)
         self.grid = Grid((n, n), extent=self.length, boundary="periodic")
         self.h = self.length / n
         #: weight c of the mean-pressure block of the coupled system (see the class docstring)
@@ -196,6 +204,17 @@ class NavierStokes2D:
 
     # ------------------------------------------------------------------ solves
 
+    def nonlinear_residual(self, velocity_next: torch.Tensor, pressure_next: torch.Tensor,
+                           velocity: torch.Tensor) -> torch.Tensor:
+        """``K(w) (w, p) − (u^n, 0)`` with ``K`` the coupled matrix linearised at ``w = velocity_next``:
+        zero exactly when ``(velocity_next, pressure_next)`` is the fully implicit coupled step from
+        ``velocity = u^n``; ``[B, 3, N, N]`` (momentum rows, then continuity)."""
+        self._check_velocity(velocity)
+        self._check_pressure(pressure_next, "pressure_next")
+        x = torch.cat([velocity_next, pressure_next], dim=1)
+        rhs = torch.cat([velocity, torch.zeros_like(pressure_next)], dim=1)
+        return self.coupled_operator(velocity_next).matvec(x) - rhs
+
     def project(self, velocity: torch.Tensor, solver: SolverConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Leray projection onto discretely divergence-free face velocities.
 
@@ -221,7 +240,8 @@ class NavierStokes2D:
         Args:
             velocity: ``u^n``, ``[B, 2, N, N]`` MAC faces.
             solver: the coupled system's solver (default :meth:`default_solver`), or the
-                projection scheme's momentum solver.
+                projection scheme's momentum solver. Its ``nonlinear_iters``, when set, is the
+                coupled scheme's number of Picard iterations (else ``picard_iterations``).
             pressure: ``p^n``, ``[B, 1, N, N]`` (default zero). Coupled: the initial guess of the
                 pressure unknowns. Projection: the pressure of the momentum predictor
                 (incremental pressure correction; zero gives Chorin's scheme).
@@ -250,15 +270,19 @@ class NavierStokes2D:
                     f"the coupled saddle-point system takes no preconditioner (its pressure block has "
                     f"a near-zero diagonal), got preconditioner={solver.preconditioner!r}."
                 )
-            return self._coupled_step(velocity, solver, pressure)
+            picard = _check_picard(solver.nonlinear_iters or self.picard_iterations, self.method)
+            return self._coupled_step(velocity, solver, pressure, picard)
         _check_solver(solver, "solver", _MOMENTUM_SOLVERS)
+        _check_picard(solver.nonlinear_iters or 1, self.method)
         return self._projection_step(velocity, solver, pressure, pressure_solver)
 
-    def _coupled_step(self, velocity, solver, pressure):
+    def _coupled_step(self, velocity, solver, pressure, picard):
         p0 = torch.zeros_like(velocity[:, :1]) if pressure is None else pressure
         rhs = torch.cat([velocity, torch.zeros_like(p0)], dim=1)
-        x0 = torch.cat([velocity, p0], dim=1)
-        x = solver.solve(self.coupled_operator(velocity), rhs, x0).solution
+        x = torch.cat([velocity, p0], dim=1)
+        for _ in range(picard):
+            # re-linearise the advection at the latest velocity iterate; warm start from it
+            x = solver.solve(self.coupled_operator(x[:, :2]), rhs, x).solution
         return x[:, :2], x[:, 2:]
 
     def _projection_step(self, velocity, solver, pressure, pressure_solver):
@@ -450,6 +474,17 @@ def _finite_number(value, name: str, *, minimum: float, strict: bool) -> float:
     if not ok:
         bound = f"> {minimum}" if strict else f">= {minimum}"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}.")
+    return value
+
+
+def _check_picard(value, method: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"picard_iterations (or solver.nonlinear_iters) must be an integer >= 1, got {value!r}.")
+    if method == "projection" and value != 1:
+        # a splitting scheme: iterating only its predictor's linearisation would not converge to
+        # an implicit step of the coupled equations, so it is not offered
+        raise ValueError(f"method='projection' takes exactly one Picard step (the advection linearised at "
+                         f"u^n); got {value}. Use method='coupled' for Picard iterations.")
     return value
 
 
