@@ -221,6 +221,26 @@ def test_too_small_a_budget_is_reported_not_raised(method):
     assert bool(torch.isfinite(res.solution).all())
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_zero_right_hand_side_stops_at_once_under_a_tolerance(method):
+    """With b = 0 the threshold rtol·‖b‖ is 0; the solve must still stop (x = 0 is exact), not run
+    out its budget — an implicit adjoint solve gets such a zero cotangent for an unused output."""
+    grid = Grid((6, 6), boundary="dirichlet")
+    op = CountingOperator(shifted_poisson(grid, 1.0))
+    b = random_field(grid.shape, batch=2, seed=4)
+    b[1] = 0.0
+    solve(op, b[:1], method=method, max_iters=500, rtol=1e-8, restart=5)
+    calls_alone = op.calls
+    op.calls = 0
+    res = solve(op, b, method=method, max_iters=500, rtol=1e-8, restart=5)
+    assert res.iterations[1] == 0 and bool(res.converged.all())
+    assert torch.equal(res.solution[1], torch.zeros_like(b[1]))
+    assert op.calls == calls_alone < 500  # the zero sample costs nothing; sample 0 stops before the budget
+    op.calls = 0
+    zero = solve(op, torch.zeros_like(b), method=method, max_iters=500, rtol=1e-8, restart=5)
+    assert zero.iterations.tolist() == [0, 0] and op.calls == 1  # only the initial residual
+
+
 def test_running_far_past_convergence_stays_finite_and_accurate():
     grid = Grid(12, boundary="dirichlet")
     op = shifted_poisson(grid)

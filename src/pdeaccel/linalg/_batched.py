@@ -66,8 +66,11 @@ class Budget:
     ``threshold`` (0: never), or at the round-off level ``ε·‖r0‖`` of its dtype: below that an
     iteration changes nothing but noise, and differentiating such steps through underflowing
     scalars (unrolled mode) would turn the gradient into NaN. Stopped samples keep their x and
-    r while the rest of the batch goes on. Only a positive tolerance makes the solve check for
-    an early end (one host synchronisation per iteration); otherwise every sample counts K.
+    r while the rest of the batch goes on. Only a positive tolerance (rtol or atol) makes the solve
+    check for an early end (one host synchronisation per iteration); otherwise every sample counts
+    K. The check follows the requested tolerance, not the threshold: with ``b = 0`` the threshold
+    ``rtol·‖b‖`` is 0, and the solve must still stop at the round-off level instead of running out
+    its budget (an implicit adjoint solve gets exactly such a zero cotangent for an unused output).
     """
 
     max_iters: int
@@ -76,9 +79,9 @@ class Budget:
     checks_tolerance: bool
 
     @classmethod
-    def build(cls, max_iters: int, threshold: torch.Tensor, r0: torch.Tensor) -> "Budget":
+    def build(cls, max_iters: int, threshold: torch.Tensor, r0: torch.Tensor, checks_tolerance: bool) -> "Budget":
         floor = torch.finfo(r0.dtype).eps * bnorm(r0.detach())
-        return cls(max_iters, threshold, torch.maximum(threshold, floor), bool((threshold > 0).any()))
+        return cls(max_iters, threshold, torch.maximum(threshold, floor), checks_tolerance)
 
     def advance(self, res: torch.Tensor, iterations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """Before an iteration: which samples take it, the updated counts, whether all have stopped."""

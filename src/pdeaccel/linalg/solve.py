@@ -172,7 +172,7 @@ def _run(op: LinearOperator, b: torch.Tensor, x0: torch.Tensor, r0: torch.Tensor
          *, inplace: bool) -> MethodOutput:
     """Run the method; ``inplace`` (only under no_grad) lets it overwrite its own work vectors."""
     threshold = torch.clamp(s.rtol * bnorm(b.detach()), min=s.atol)
-    budget = Budget.build(s.max_iters, threshold, r0)
+    budget = Budget.build(s.max_iters, threshold, r0, checks_tolerance=s.rtol > 0 or s.atol > 0)
     inv_diag = None
     if s.method == "jacobi" or s.preconditioner == "jacobi":
         inv_diag = 1.0 / op.get_diagonal()
