@@ -283,3 +283,13 @@ def test_simulate_a_trained_model_writes_the_run_directory(tmp_path):
     assert main(["simulate", "--model", str(tmp_path / "model"), "--env", "triangle",
                  "--out", str(tmp_path / "sim3")]) == 2
     assert not (tmp_path / "sim3").exists()
+
+
+def test_loss_optimal_step_keeps_the_steady_poiseuille_flow():
+    from pdeaccel.experiments.flow_eval import loss_optimal_steps, potential_of, velocity_error
+
+    env, a, p, _ = discrete_poiseuille_env()
+    u = velocity_from_potential(a, env.grid)
+    torch.testing.assert_close(potential_of(u, env), a)
+    (u1,) = loss_optimal_steps(env, u, 1, pressure=p, advection="upwind3", max_iter=30, restarts=1)
+    assert velocity_error(u1, u, env) < 1e-6

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..losses import FlowResidual
-from ..neural_flow import NeuralFlowSolver
+from ..neural_flow import NeuralFlowSolver, node_shape, velocity_from_potential
 from ..physics.environments import FlowEnvironment, from_mask
 from ..physics.incompressible import MACFlowSolver
 from ..train import io
@@ -152,6 +152,59 @@ def reference_rollout(env: FlowEnvironment, steps: int, *, save_steps: Iterable[
             out.snapshot_steps.append(k)
     out.wall_seconds = time.perf_counter() - start
     return out
+
+
+def potential_of(velocity: Velocity, env: FlowEnvironment) -> torch.Tensor:
+    """A 2D potential whose curl is ``velocity`` (divergence-free, with zero normal flux through
+    the low-y boundary): ``a = Σ_y u_x·h`` up each grid column."""
+    if env.ndim != 2:
+        raise ValueError("potential_of is implemented for 2D velocities.")
+    a = torch.zeros((velocity[0].shape[0], 1) + node_shape(env.grid), dtype=velocity[0].dtype)
+    a[:, :, :, 1:] = env.spacing[1] * torch.cumsum(velocity[0], dim=3)
+    return a
+
+
+def loss_optimal_steps(env: FlowEnvironment, velocity: Velocity, steps: int, *, pressure: torch.Tensor | None = None,
+                       advection: str = "central",
+                       theta: float = 0.5, beta: float = 20.0, max_iter: int = 400,
+                       restarts: int = 3) -> list[Velocity]:
+    """The time stepper the loss defines, with no network: each new state is the minimiser of
+    ``L_momentum + β·L_boundary`` over (a, p) (L-BFGS, float64, ``restarts`` runs of ``max_iter``
+    iterations), started from the previous one (the first pressure guess: ``pressure`` or 0).
+    What a perfect network would produce; its error against the reference is the loss's own
+    discretisation error."""
+    env = env.to(dtype=torch.float64)
+    residual = FlowResidual(env, theta=theta, advection=advection)
+    a = potential_of(tuple(c.double() for c in velocity), env)
+    p = torch.zeros_like(env.fluid) if pressure is None else pressure.double().clone()
+    out = []
+    for _ in range(steps):
+        u_old = velocity_from_potential(a, env.grid)
+        an, pn = a.clone().requires_grad_(True), p.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([an, pn], max_iter=max_iter, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-12, tolerance_change=1e-15)
+
+        def closure():
+            opt.zero_grad()
+            t = residual.terms(u_old, velocity_from_potential(an, env.grid), pn)
+            loss = (t.momentum + beta * t.boundary).sum()
+            loss.backward()
+            return loss
+
+        for _ in range(restarts):
+            opt.step(closure)
+        a, p = an.detach(), pn.detach()
+        out.append(velocity_from_potential(a, env.grid))
+    return out
+
+
+def outflow_wiggle(velocity: Velocity, env: FlowEnvironment) -> float:
+    """Mean |second difference along x| of the speed in the last quarter of the channel (away
+    from the walls): odd-even oscillations ahead of a prescribed outflow show up here."""
+    s = cell_speed(velocity)
+    nx, ny = s.shape
+    part = s[3 * nx // 4:-2, 3:-3]
+    return float((part[2:] - 2 * part[1:-1] + part[:-2]).abs().mean())
 
 
 def velocity_error(u: Velocity, ref: Velocity, env: FlowEnvironment) -> float:
