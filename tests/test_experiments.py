@@ -147,3 +147,32 @@ def test_picard_count_is_refined_beside_k_and_counted(tmp_path):
     with pytest.raises(ConfigError, match="picard.converged"):
         train_run("burgers-1d", overrides=TINY["burgers-1d"] + ["picard.converged=0"], out=tmp_path / "x",
                   progress=False)
+
+
+def test_divergence_guard_catches_the_real_k1_divergence_of_heat_1d(tmp_path):
+    """heat-1d at K = 1 diverges for real (implicit gradients of a Jacobi step whose Jacobian has
+    negative eigenvalues; benchmarks/prdp_guard.py): the loss grows a few-fold per epoch and
+    exceeds 1000× its best in epoch 11. The guard restores the best state, doubles K and training
+    goes on; with the explosion test off the loss keeps growing."""
+    over = ["train.epochs=13"]
+    guarded = train_run("heat-1d", schedule="fixed:1", overrides=over, out=tmp_path / "on", progress=False)
+    events = json.loads((tmp_path / "on" / "events.json").read_text())
+    [event] = events["divergence_guard"]
+    assert "best epoch" in event["where"] and event["old_k"] == 1 and event["new_k"] == 2 and event["raised"]
+    assert guarded["k_final"] == 2 and guarded["final_val_metric"] < 1.0
+    unguarded = train_run("heat-1d", schedule="fixed:1", overrides=over + ["train.guard_factor=1e300"],
+                          out=tmp_path / "off", progress=False)
+    assert unguarded["k_final"] == 1 and unguarded["final_val_metric"] > 1e4 * guarded["final_val_metric"]
+
+
+def test_ns_picard_count_is_refined_and_validation_uses_the_converged_count(tmp_path):
+    over = TINY["ns-2d"] + ["picard.refine=true", "picard.converged=3"]
+    prdp = train_run("ns-2d", schedule="prdp", overrides=over, out=tmp_path / "p", progress=False)
+    conv = train_run("ns-2d", schedule="converged", overrides=over, out=tmp_path / "c", progress=False)
+    assert prdp["picard_final"] >= 1 and conv["picard_final"] == 3 and conv["sum_picard"] == 3 * conv["epochs"]
+    # 2 trajectories of 4 states give 4 windows of 3 (unroll 2), batch 2: 2 optimiser steps of 2 coarse steps,
+    # each 3 (converged) or 1 (PRDP's first epoch) coupled solves; validation (1 trajectory, 2 steps) runs the
+    # converged 3 Picard solves per step in both runs
+    for run, picard in ((conv, 3), (prdp, 1)):
+        first = run["ledger"]["epochs"][0]
+        assert first["solves"] == 4 * picard and first["val_solves"] == 2 * 3

@@ -32,7 +32,10 @@ _BASE: dict[str, Any] = {
     # one). For even K every eigenvalue is positive.
     "prdp": {"k0": 2, "delta_k": 2, "k_max": 200, "tau_step": 0.98, "tau_stop": 0.9,
              "ema_window": 8, "lookback": 3},
-    "train": {"epochs": 100, "batch_size": 25, "lr": 1e-3, "lr_decay": 0.98, "optimizer": "adam"},
+    # guard_factor: the divergence guard's loss-explosion ratio (inf turns that test off; see
+    # benchmarks/prdp_guard.py for K = 1, where implicit gradients make training diverge)
+    "train": {"epochs": 100, "batch_size": 25, "lr": 1e-3, "lr_decay": 0.98, "optimizer": "adam",
+              "guard_factor": 1000.0},
 }
 
 

@@ -83,7 +83,8 @@ def train_run(name: str, *, size: str = "cpu", schedule: str | None = None, over
                                                                "k_converged": built.k_converged}))
     t = cfg["train"]
     settings = TrainSettings(epochs=t["epochs"], optimizer=t["optimizer"], lr=t["lr"], lr_decay=t["lr_decay"],
-                             progress=progress, target_metric=t.get("target_metric") or None)
+                             progress=progress, target_metric=t.get("target_metric") or None,
+                             guard_factor=t.get("guard_factor", TrainSettings.guard_factor))
     trainer = Trainer(built.task, built.solver, built.validation_solver, sched, settings, run_dir, seed=cfg["seed"],
                       nonlinear_schedule=picard_sched)
     if resume:

@@ -47,7 +47,7 @@ class TrainSettings:
     lr: float = 1e-3
     lr_decay: float = 1.0  # exponential decay factor per epoch
     checkpoint_keep: int = 3
-    guard_factor: float = 1e3  # a loss this many times the previous epoch's loss counts as divergence
+    guard_factor: float = 1e3  # a loss this many times the best epoch loss at the same K counts as divergence
     guard_retries: int = 3
     progress: bool = True
     target_metric: float | None = None  # stop once the validation metric reaches it (equal-accuracy runs)
@@ -99,6 +99,9 @@ class Trainer:
         self.guard_events: list[dict[str, Any]] = []
         self.reference_loss = math.inf
         self.reference_k: int | None = None
+        # what the guard restores: the state after the best epoch at the current K (None: the
+        # coming epoch's start). Not checkpointed; after a resume it is the resumed state.
+        self._good_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -194,6 +197,8 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         snapshot = self._snapshot()
+        if self._good_state is None or self.schedule.budget != self.reference_k:
+            self._good_state = snapshot
         # iterations of an attempt the guard rolls back were still run: they stay in this epoch's count
         self.ledger.start_epoch(self.epoch)
         for attempt in range(self.settings.guard_retries + 1):
@@ -210,7 +215,8 @@ class Trainer:
                     failure = {"where": "validation metric", "step": None, "value": metric}
             if failure is None:
                 break
-            self._restore(snapshot)
+            # a gradual divergence has already spoiled the epoch's start: go back to the best state
+            self._restore(self._good_state)
             event = self.schedule.raise_budget(self.epoch, f"divergence guard: {failure['where']} "
                                                            f"{failure['value']:.3g}")
             self.guard_events.append({"epoch": self.epoch, "attempt": attempt, **failure, "old_k": budget, "new_k": self.schedule.budget,
@@ -224,8 +230,13 @@ class Trainer:
                                   f"{failure['value']:.3g}); lower the learning rate or raise K0.")
         train_loss = sum(losses) / max(len(losses), 1)
         # losses at different K are not comparable (an under-converged solve can shrink the loss by
-        # orders of magnitude), so the explosion test only compares epochs run at the same budget
-        self.reference_loss = train_loss if losses else math.inf
+        # orders of magnitude), so the explosion test only compares epochs run at the same budget.
+        # Against the best of those, not the last: a truncated solve whose implicit gradient has the
+        # wrong sign on some modes makes the loss grow only a few-fold per epoch (heat-1d at K = 1),
+        # which no comparison with the previous epoch would flag.
+        if losses and train_loss < self.reference_loss:
+            self.reference_loss = train_loss
+            self._good_state = None  # the state after this epoch, taken when the next one starts
         self.reference_k = budget
         record = self.ledger.end_epoch()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -269,7 +280,7 @@ class Trainer:
                     return losses, {"where": "loss", "step": step, "value": value}
                 # a ratio means "exploding" only for positive losses (a log-loss is negative)
                 if self.reference_loss > 0 and value > self.settings.guard_factor * self.reference_loss:
-                    return losses, {"where": f"loss ({self.settings.guard_factor:g}x the last epoch's)",
+                    return losses, {"where": f"loss ({self.settings.guard_factor:g}x the best epoch's at this K)",
                                     "step": step, "value": value}
                 loss.backward()
                 for i, p in enumerate(self.task.parameters()):
