@@ -10,12 +10,16 @@ free face is::
 
 (θ = ½ is the IMEX mean of the paper; 1 implicit, 0 explicit). The discrete operators are those
 of the numerical reference solver (:class:`~pdeaccel.physics.incompressible.MACFlowSolver`):
-second-order central advection with the transverse component averaged onto the face, the
+advection by its third-order upwind differences (or the paper's second-order central ones) with
+the transverse component averaged onto the face, the
 (2d+1)-point Laplacian, and the boundary data entering both as Dirichlet values on prescribed
 faces and mirrored ghosts across walls (no-slip at the wall surface). *Design*: the paper uses a
 9-point isotropic Laplacian and the network's own wall values in the stencils; we use the
 reference solver's stencils so that a perfect network and the reference discretise the same
-boundary conditions. The boundary residual is ``u − u_prescribed`` on every prescribed face.
+boundary conditions; and upwind advection, because the exact minimiser of the central-difference
+loss at the paper's Δt = 4 (cell Reynolds number 40) oscillates ahead of a prescribed outflow and is
+17% off the resolved reference after one step (upwind3: 0.6%; ``benchmarks/flow.py``). The
+boundary residual is ``u − u_prescribed`` on every prescribed face.
 
 The combined per-sample loss is ``log(β·L_boundary + L_momentum)`` with the mean squares taken
 over free (momentum) and prescribed (boundary) faces.
@@ -52,11 +56,12 @@ class FlowResidual:
     Args:
         env: the batch of environments (masks, boundary values, μ, ρ, Δt, body force).
         theta: weight of the new velocity in the non-time-derivative terms (½: IMEX mean).
-        advection: ``"central"`` (the paper's) or one of the reference solver's upwind schemes.
+        advection: ``"upwind3"`` (default, the reference solver's scheme), ``"upwind2"``,
+            ``"upwind"``, or ``"central"`` (the paper's).
     """
 
     def __init__(self, env: FlowEnvironment, theta: float = 0.5,
-                 advection: Literal["central", "upwind", "upwind2", "upwind3"] = "central") -> None:
+                 advection: Literal["central", "upwind", "upwind2", "upwind3"] = "upwind3") -> None:
         if not isinstance(env, FlowEnvironment):
             raise TypeError(f"env must be a FlowEnvironment, got {type(env).__name__}.")
         if not (0.0 <= float(theta) <= 1.0):

@@ -204,7 +204,7 @@ class FlowPoolTask(_NetTask):
     """
 
     def __init__(self, model: nn.Module, pool: Any, validation_env: Any, *, steps_per_epoch: int,
-                 batch_size: int, beta: float = 20.0, theta: float = 0.5, advection: str = "central",
+                 batch_size: int, beta: float = 20.0, theta: float = 0.5, advection: str = "upwind3",
                  validation_steps: int = 20) -> None:
         self.net, self.pool, self.validation_env = model, pool, validation_env
         self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
