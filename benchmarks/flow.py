@@ -155,7 +155,8 @@ def fmt(x: float) -> str:
 def markdown(data: dict) -> str:
     lines = ["# Vanilla physics-constrained flow solver on held-out domains (benchmarks/flow.py)", "",
              f"Command: `{data['command']}`. Model: `{data['model']}` ({data['parameters']:,} parameters, "
-             f"trained {data['trained_epochs']} epochs × {data['steps_per_epoch']} steps). Machine: "
+             f"trained {data['trained_epochs']} epochs × {data['steps_per_epoch']} steps, loss advection "
+             f"{data['loss_advection']}). Machine: "
              f"{data['machine']}, {data['threads']} torch thread(s), torch {data['torch']}.", "",
              "## Accuracy over the rollout", "",
              "| domain | Re | steps | stable | E\\|R\\| (all / last 100) | E\\|u − u_cond\\| | max E\\|∇·u\\| | "
@@ -208,17 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = train_run("flow-2d", progress=not args.quiet)["run_dir"]
     if model_dir is None:
         ap.error("give --model RUN_DIR (a trained flow-2d run) or --train")
-    model, cfg = load_flow_model(model_dir)
+    model, cfg, epochs_done = load_flow_model(model_dir)
     error_steps = sorted({s for s in (1, 10, 50, 100, 250, 500, 1000, args.steps) if s <= args.steps})
     domains = [evaluate(model, cfg, kind, args.steps, error_steps, not args.quiet) for kind in ("cylinder", "box")]
     env = held_out_environment(cfg["physics"], "cylinder")
     speeds = [speed(model, env, b, 20, 3) for b in (1, args.large_batch)]
-    import yaml
-
-    trained = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())["config"]["train"]
     data = {"command": "python benchmarks/flow.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "model": str(model_dir), "parameters": sum(p.numel() for p in model.parameters()),
-            "trained_epochs": trained["epochs"], "steps_per_epoch": trained["steps_per_epoch"],
+            "trained_epochs": epochs_done, "steps_per_epoch": cfg["train"]["steps_per_epoch"],
+            "loss_advection": cfg["loss"]["advection"],
             "machine": f"{platform.machine()}, {torch.get_num_threads()} of {__import__('os').cpu_count()} CPUs",
             "threads": args.threads, "torch": torch.__version__, "domains": domains, "speed": speeds}
     if args.scheme_steps:

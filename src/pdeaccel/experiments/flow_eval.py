@@ -37,8 +37,9 @@ from .flow import build_model, held_out_environment, held_out_spec
 Velocity = tuple[torch.Tensor, ...]
 
 
-def load_flow_model(run_dir: str | Path) -> tuple[NeuralFlowSolver, dict[str, Any]]:
-    """The trained model of a flow run directory and its config."""
+def load_flow_model(run_dir: str | Path) -> tuple[NeuralFlowSolver, dict[str, Any], int]:
+    """The trained model of a flow run directory (newest intact checkpoint), its config and the
+    number of epochs that checkpoint completed."""
     import yaml
 
     run_dir = Path(run_dir)
@@ -55,7 +56,7 @@ def load_flow_model(run_dir: str | Path) -> tuple[NeuralFlowSolver, dict[str, An
     model = build_model(cfg)
     model.load_state_dict(found[1]["task"]["net"])
     model.eval()
-    return model, cfg
+    return model, cfg, int(found[1]["epoch"])
 
 
 # ------------------------------------------------------------------------------ rollouts
@@ -275,7 +276,7 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {steps!r}.")
-    model, cfg = load_flow_model(model_dir)
+    model, cfg, _ = load_flow_model(model_dir)
     env, spec = _environment(cfg, env_name, inflow)
     run_dir = Path(out) if out is not None else Path("runs") / "simulate" / "flow" / time.strftime("%Y%m%d-%H%M%S")
     _prepare_run_dir(run_dir)

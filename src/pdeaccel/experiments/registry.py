@@ -114,6 +114,10 @@ def _type_name(default: Any) -> str:
     return "a string"
 
 
+def _is_choice_list(default: Any) -> bool:
+    return isinstance(default, (list, tuple)) and len(default) > 0 and all(isinstance(d, str) for d in default)
+
+
 def _same_type(value: Any, default: Any) -> bool:
     if default is None:
         return True
@@ -124,6 +128,8 @@ def _same_type(value: Any, default: Any) -> bool:
     if isinstance(default, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if isinstance(default, (list, tuple)):
+        if _is_choice_list(default):  # e.g. physics.obstacles: any non-empty selection
+            return isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
         return isinstance(value, list) and all(_same_type(v, d) for v, d in zip(value, default)) \
             and len(value) == len(default)
     return isinstance(value, type(default))
@@ -157,7 +163,8 @@ def validate_config(exp: Experiment, cfg: dict[str, Any]) -> None:
             continue
         require(_same_type(value, default), key, value, _type_name(default)
                 + (" (finite)" if isinstance(default, float) else "")
-                + (f" of {len(default)} finite numbers" if isinstance(default, (list, tuple)) else ""))
+                + (" of strings, not empty" if _is_choice_list(default)
+                   else f" of {len(default)} finite numbers" if isinstance(default, (list, tuple)) else ""))
         if key in _RANGES:
             check, allowed = _RANGES[key]
             require(check(value), key, value, allowed)
