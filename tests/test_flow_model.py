@@ -295,3 +295,18 @@ def test_loss_optimal_step_keeps_the_steady_poiseuille_flow():
     torch.testing.assert_close(potential_of(u, env), a)
     (u1,) = loss_optimal_steps(env, u, 1, pressure=p, advection="upwind3", max_iter=30, restarts=1)
     assert velocity_error(u1, u, env) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["flow-2d", "flow-3d"])
+def test_paper_size_configurations_are_valid(name):
+    from pdeaccel.experiments.flow import build_model, validate_flow
+    from pdeaccel.experiments.registry import get_experiment
+    from pdeaccel.nets import count_parameters
+
+    cfg = get_experiment(name).config("paper")
+    validate_flow(cfg)
+    p = cfg["physics"]
+    assert (p["length"], p["height"]) == ((300, 100) if name == "flow-2d" else (128, 64))
+    n = count_parameters(build_model(cfg))
+    if name == "flow-2d":  # the paper's U-Net: 4 levels, width 20, ≈1.7M parameters
+        assert 1.6e6 < n < 1.8e6
