@@ -393,17 +393,19 @@ def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvir
     # one colour scale for all frames: that of the last snapshot (the developed flow)
     _, limits = _draw(plt.subplots(2, 1)[1], roll.snapshots[-1], solid, h)
     plt.close("all")
-    palette = None
     for u, k in zip(roll.snapshots, roll.snapshot_steps):
         fig, axes = plt.subplots(2, 1, figsize=(6, 4.2), dpi=70)
-        _draw(axes, u, solid, h, limits)
+        ims, _ = _draw(axes, u, solid, h, limits)
+        for im, ax in zip(ims, axes):  # the colour bars also put every colour of the maps in each frame
+            fig.colorbar(im, ax=ax, shrink=0.8)
         fig.suptitle(f"step {k}, t = {k * env.dt:g}", fontsize=10)
         fig.tight_layout()
         fig.canvas.draw()
-        frame = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+        frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
         plt.close(fig)
-        palette = palette or frame.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
-        frames.append(frame.quantize(palette=palette, dither=Image.Dither.NONE))
+    # one palette for all frames, from the developed flow (the first frames are nearly uniform)
+    palette = frames[-1].quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+    frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".gif", dir=path.parent)
     os.close(fd)
     try:
