@@ -129,6 +129,28 @@ def test_gradcheck_one_step_in_state_and_nu(scheme, solver):
     assert torch.autograd.gradcheck(step, (u0, nu), atol=1e-7, rtol=1e-6)
 
 
+def test_one_warm_started_jacobi_sweep_flips_the_sign_of_high_modes():
+    """Why heat-1d cannot train at K = 1 with implicit gradients (benchmarks/prdp_guard.py): the
+    K-sweep Jacobi step x_K(u) from x0 = u multiplies eigenmode k by 1/a + g^K (1 − 1/a) (a the
+    eigenvalue of A = I − νΔt·L, g = 1 − a/(1 + 2r) that of the Jacobi iteration matrix), which
+    is negative for the upper modes at K = 1 while the converged step's factor 1/a is positive."""
+    n, nu_dt = 30, 0.001
+    grid = Grid(n, boundary="dirichlet")
+    stepper = HeatStepper(grid, nu=nu_dt, dt=1.0)
+    r = nu_dt * (n + 1) ** 2
+    for K, negative in ((1, 10), (2, 0)):
+        factors = []
+        for k in range(1, n + 1):
+            mode, lam = eigenmode_1d("dirichlet", n, k, 1.0)
+            a = 1 - nu_dt * lam
+            expected = 1 / a + (1 - a / (1 + 2 * r)) ** K * (1 - 1 / a)
+            u = torch.from_numpy(mode)[None, None]
+            out = stepper(u, SolverConfig(method="jacobi", max_iters=K, rtol=0.0))
+            np.testing.assert_allclose(out[0, 0].numpy(), expected * mode, rtol=0, atol=1e-12)
+            factors.append(expected)
+        assert sum(f < 0 for f in factors) == negative
+
+
 def test_monitor_sees_forward_and_adjoint_solves_and_warm_start():
     grid = Grid(10, boundary="dirichlet")
     calls = []
