@@ -50,7 +50,10 @@ def _parse_value(text: str, default: Any, key: str) -> Any:
         except ValueError:
             raise ConfigError(f"{key}={text!r}: expected a number (default {default}).") from None
     if default is None or isinstance(default, (list, tuple)):
-        value = yaml.safe_load(text)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}={text!r}: not a valid value ({str(exc).splitlines()[0]}).") from None
         if isinstance(default, (list, tuple)) and not isinstance(value, list):
             raise ConfigError(f"{key}={text!r}: expected a list such as [1, 2] (default {list(default)}).")
         return value

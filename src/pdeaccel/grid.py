@@ -18,6 +18,7 @@ velocities; the helpers for that layout live in :mod:`pdeaccel.stencils` (``curl
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -46,18 +47,20 @@ class Grid:
         extent: float | Sequence[float] = 1.0,
         boundary: str | Sequence[str] = "periodic",
     ) -> None:
-        shape_t = (int(shape),) if isinstance(shape, int) else tuple(int(n) for n in shape)
+        shape_t = _int_shape(shape)
         if not 1 <= len(shape_t) <= 3:
             raise ValueError(f"Grid shape must have 1 to 3 axes, got {len(shape_t)} ({shape_t}).")
         if any(n < 1 for n in shape_t):
             raise ValueError(f"Grid shape entries must be positive integers, got {shape_t}.")
         extent_t = _per_axis(extent, len(shape_t), "extent")
+        if any(isinstance(e, (bool, str)) or not isinstance(e, (int, float)) for e in extent_t):
+            raise TypeError(f"Grid extent must be a number or one number per axis, got {extent!r}.")
         extent_t = tuple(float(e) for e in extent_t)
         if any(not (e > 0 and e < float("inf")) for e in extent_t):
             raise ValueError(f"Grid extent must be positive and finite per axis, got {extent_t}.")
-        boundary_t = tuple(str(b) for b in _per_axis(boundary, len(shape_t), "boundary"))
+        boundary_t = _per_axis(boundary, len(shape_t), "boundary")
         for b in boundary_t:
-            if b not in BOUNDARY_KINDS:
+            if not isinstance(b, str) or b not in BOUNDARY_KINDS:
                 raise ValueError(
                     f"Unknown boundary kind {b!r}; allowed kinds are {', '.join(BOUNDARY_KINDS)}."
                 )
@@ -109,8 +112,21 @@ class Grid:
             )
 
 
+def _int_shape(shape) -> tuple[int, ...]:
+    entries = (shape,) if isinstance(shape, (int, str)) or not hasattr(shape, "__iter__") else tuple(shape)
+    out = []
+    for n in entries:
+        try:
+            if isinstance(n, bool):
+                raise TypeError
+            out.append(operator.index(n))  # an integer, not a float that happens to be whole
+        except TypeError:
+            raise TypeError(f"Grid shape must be an integer or a sequence of integers, got {shape!r}.") from None
+    return tuple(out)
+
+
 def _per_axis(value, ndim: int, name: str) -> tuple:
-    if isinstance(value, (str, int, float)):
+    if isinstance(value, (str, int, float)) or not hasattr(value, "__iter__"):
         return (value,) * ndim
     value = tuple(value)
     if len(value) != ndim:

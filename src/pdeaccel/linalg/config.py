@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from .operator import LinearOperator
-from .solve import Monitor, SolveResult, solve
+from .solve import Monitor, SolveResult, check_settings, solve
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,16 @@ class SolverConfig:
     #: budget of the nonlinear (Picard) iterations a stepper wraps around its linear solves;
     #: ``None`` leaves the stepper's own default. Not a linear-solver setting: ``solve`` ignores it.
     nonlinear_iters: int | None = None
+
+    def __post_init__(self) -> None:
+        # fail where the settings are made, not at the first solve deep inside a training step
+        check_settings(self.method, self.max_iters, self.rtol, self.atol, self.grad, self.preconditioner,
+                       self.adjoint_max_iters, self.restart, self.omega)
+        if self.monitor is not None and not callable(self.monitor):
+            raise TypeError(f"monitor must be callable(direction, method, iterations), got {type(self.monitor).__name__}.")
+        n = self.nonlinear_iters
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"nonlinear_iters must be an integer >= 1 or None, got {n!r}.")
 
     def solve(self, A: LinearOperator | Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
               x0: torch.Tensor | None = None) -> SolveResult:

@@ -191,6 +191,32 @@ def _result(out: MethodOutput, b: torch.Tensor, s: _Settings) -> SolveResult:
     return SolveResult(out.x, out.iterations, res, res <= threshold, s.method)
 
 
+def check_settings(method: str, max_iters: int | None, rtol: float, atol: float, grad: str,
+                   preconditioner: str | None, adjoint_max_iters: int | None, restart: int, omega: float) -> None:
+    """Raise ValueError/TypeError naming the first solver setting that is not acceptable."""
+    for name, value, allowed in (("solver method", method, METHODS), ("grad mode", grad, GRAD_MODES),
+                                 ("preconditioner", preconditioner, PRECONDITIONERS)):
+        if not (value is None or isinstance(value, str)):
+            raise TypeError(f"the {name} must be a string, got {type(value).__name__} ({value!r}).")
+        if value not in allowed:
+            raise ValueError(f"Unknown {name} {value!r}; choose one of "
+                             f"{', '.join(repr(a) if a is None else a for a in allowed)}.")
+    for name, value in (("max_iters", max_iters), ("adjoint_max_iters", adjoint_max_iters)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}.")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    if max_iters is None and rtol == 0 and atol == 0:
+        # "until the tolerance" with no tolerance would silently run the whole safety cap (20000+ iterations)
+        raise ValueError("max_iters=None runs until the tolerance, but rtol = atol = 0 sets none; give a budget "
+                         "max_iters=K (exactly K iterations) or a tolerance rtol/atol > 0.")
+    if isinstance(restart, bool) or not (isinstance(restart, int) and restart >= 1):
+        raise ValueError(f"restart (GMRES) must be an integer >= 1, got {restart!r}.")
+    if isinstance(omega, bool) or not (isinstance(omega, (int, float)) and 0 < omega < 2):
+        raise ValueError(f"omega (Jacobi relaxation) must be a number in (0, 2), got {omega!r}.")
+
+
 def _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner, adjoint_max_iters,
               restart, omega):
     if not isinstance(b, torch.Tensor):
@@ -206,22 +232,7 @@ def _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner, ad
         raise TypeError(f"b must be a floating-point tensor, got dtype {b.dtype}.")
     if not bool(torch.isfinite(b).all()):
         raise NonFiniteError("b (the right-hand side) contains NaN or inf values; check what produced it.")
-    if method not in METHODS:
-        raise ValueError(f"Unknown solver method {method!r}; choose one of {', '.join(METHODS)}.")
-    if grad not in GRAD_MODES:
-        raise ValueError(f"Unknown grad mode {grad!r}; choose 'implicit' or 'unrolled'.")
-    if preconditioner not in PRECONDITIONERS:
-        raise ValueError(f"Unknown preconditioner {preconditioner!r}; choose None or 'jacobi'.")
-    for name, value in (("max_iters", max_iters), ("adjoint_max_iters", adjoint_max_iters)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}.")
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-    if not (isinstance(restart, int) and restart >= 1):
-        raise ValueError(f"restart (GMRES) must be an integer >= 1, got {restart!r}.")
-    if not (0 < omega < 2):
-        raise ValueError(f"omega (Jacobi relaxation) must lie in (0, 2), got {omega!r}.")
+    check_settings(method, max_iters, rtol, atol, grad, preconditioner, adjoint_max_iters, restart, omega)
     if x0 is None:
         x0 = torch.zeros_like(b)
     elif not isinstance(x0, torch.Tensor) or x0.shape != b.shape:

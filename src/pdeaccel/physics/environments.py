@@ -555,7 +555,7 @@ def channel(
         raise ValueError(f"profile must be 'parabolic' or 'uniform', got {profile!r}.")
     if outflow not in ("open", "prescribed"):
         raise ValueError(f"outflow must be 'open' or 'prescribed', got {outflow!r}.")
-    if ndim not in (2, 3):
+    if not _is_int(ndim) or ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3, got {ndim!r}.")
     if not isinstance(resolution, int) or resolution < 2:
         raise ValueError(f"resolution (cells across the height) must be an integer >= 2, got {resolution!r}.")
@@ -890,11 +890,14 @@ def _boundary_flux_per_cell(env: FlowEnvironment) -> torch.Tensor:
 def _read_mask(mask, threshold: float) -> np.ndarray:
     if isinstance(mask, (str, Path)):
         path = Path(mask)
-        if not path.exists():
-            raise ValueError(f"mask image {str(path)!r} does not exist.")
+        if not path.is_file():
+            raise ValueError(f"mask image {str(path)!r} does not exist or is not a file.")
         import matplotlib.image as mpimg
 
-        img = np.asarray(mpimg.imread(str(path)), dtype=np.float64)
+        try:
+            img = np.asarray(mpimg.imread(str(path)), dtype=np.float64)
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL reports a damaged PNG as SyntaxError
+            raise ValueError(f"mask image {str(path)!r} cannot be read as an image: {exc}") from None
         if img.max() > 1.0:  # 8-bit images other than PNG come back as 0..255
             img = img / 255.0
         if img.ndim == 3:
@@ -906,6 +909,8 @@ def _read_mask(mask, threshold: float) -> np.ndarray:
         mask = mask.detach().cpu().numpy()
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"mask must be a NumPy array, a torch tensor or an image path, got {type(mask).__name__}.")
+    if not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool) or np.iscomplexobj(mask):
+        raise TypeError(f"mask must hold real numbers (0 solid, 1 fluid), got dtype {mask.dtype}.")
     if mask.ndim != 2:
         raise ValueError(f"mask must be a 2D array indexed [x, y], got shape {mask.shape}.")
     arr = mask.astype(np.float64)
@@ -932,12 +937,16 @@ def _omega_arg(value):
 
 
 def _int_tuple(n, ndim: int, name: str) -> tuple[int, ...]:
-    if ndim not in (2, 3):
+    if not _is_int(ndim) or ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3, got {ndim!r}.")
     t = (n,) * ndim if isinstance(n, int) else tuple(n)
     if len(t) != ndim or not all(isinstance(v, int) and v >= 2 for v in t):
         raise ValueError(f"{name} must be an integer >= 2 (or {ndim} of them), got {n!r}.")
     return t
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _positive(value, name: str) -> None:
