@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import torch
+
 from .. import prdp as prdp_mod
 from ..config import ConfigError, apply_overrides, to_yaml
 from ..train import io
@@ -66,6 +68,9 @@ def train_run(name: str, *, size: str = "cpu", schedule: str | None = None, over
     _refuse_existing(run_dir, resume)
     if exp.solver_in_loop:
         prdp_mod.make_schedule(schedule, prdp=prdp_config(cfg), k_converged=1, epochs=cfg["train"]["epochs"])  # spec check
+    # torch seeds its global generator randomly per process; a resumed run must restore the same
+    # RNG state as an uninterrupted one even where the experiment draws nothing from it
+    torch.manual_seed(cfg["seed"])
     built = exp.build(cfg)  # validates the whole config first: a bad key never leaves a directory behind
     if exp.solver_in_loop:
         prdp_cfg = prdp_config(cfg)
