@@ -136,7 +136,10 @@ def _godunov_face_wind(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return torch.where(left > right, shock, rarefaction)
 
 
+MAX_PICARD = 1000  # the converged count is 3-4; far beyond that a typo would run for hours
+
+
 def _check_picard(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"picard_iterations must be an integer >= 1, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PICARD:
+        raise ValueError(f"picard_iterations must be an integer in [1, {MAX_PICARD}], got {value!r}.")
     return value
