@@ -27,6 +27,7 @@ import torch
 from ..grid import Grid
 from ..linalg import LinearOperator, SolverConfig
 from ..stencils import laplacian, mac_divergence, mac_gradient
+from .burgers import MAX_PICARD
 
 NS_METHODS = ("coupled", "projection")
 
@@ -478,8 +479,10 @@ def _finite_number(value, name: str, *, minimum: float, strict: bool) -> float:
 
 
 def _check_picard(value, method: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"picard_iterations (or solver.nonlinear_iters) must be an integer >= 1, got {value!r}.")
+    # the same cap as Burgers': the converged count is 4, far beyond it a typo would run for hours
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PICARD:
+        raise ValueError(f"picard_iterations (or solver.nonlinear_iters) must be an integer in [1, {MAX_PICARD}], "
+                         f"got {value!r}.")
     if method == "projection" and value != 1:
         # a splitting scheme: iterating only its predictor's linearisation would not converge to
         # an implicit step of the coupled equations, so it is not offered
