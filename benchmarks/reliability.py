@@ -49,6 +49,10 @@ CONFIGS = {
     "burgers-1d prdp + Picard": (["burgers-1d", "--schedule", "prdp", "physics.n=16", "data.train=6", "data.validation=2",
                                   "train.epochs=8", "train.batch_size=3", "net.hidden=4", "net.blocks=1",
                                   "picard.refine=true", "picard.converged=3"]),
+    # the physics-constrained flow pool: its environments, states and resets are checkpointed too
+    "flow-2d pool": (["flow-2d", "physics.length=16", "physics.height=8", "pool.size=4", "net.hidden=4",
+                      "net.levels=2", "data.validation=2", "data.validation_steps=2", "train.steps_per_epoch=3",
+                      "train.batch_size=2", "train.epochs=8"]),
 }
 
 

@@ -46,6 +46,22 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path):
     assert not [p for p in (tmp_path / "killed" / "checkpoints").iterdir() if io.is_temporary(p)]
 
 
+FLOW = ["flow-2d", "physics.length=16", "physics.height=8", "pool.size=4", "net.hidden=4", "net.levels=2",
+        "data.validation=2", "data.validation_steps=2", "train.steps_per_epoch=3", "train.batch_size=2",
+        "train.epochs=6"]
+
+
+def test_sigkilled_flow_pool_training_resumes_to_the_uninterrupted_result(tmp_path):
+    # the pool (environment specs, states, ages, reset pointer, its generator) is task state: a
+    # resumed run must continue the same pool
+    train_run(FLOW[0], overrides=FLOW[1:], out=tmp_path / "reference", progress=False)
+    kills = faults.run_with_kills(FLOW, tmp_path / "killed", [("mid-write", 15.0)], slow_writes=0.03)
+    assert any(w.endswith(".ckpt") for k in kills for w in k.interrupted_writes), kills
+    reference, killed = (faults.comparable_run(tmp_path / d) for d in ("reference", "killed"))
+    assert reference["checkpoint"]["task"]["pool"]["steps"] == 6 * 3  # the pool is in what is compared
+    assert faults.differences(reference, killed) == [], kills
+
+
 def test_comparison_sees_a_one_bit_difference(tmp_path):
     """The resume check above is only as good as ``differences``: it must catch a single flipped bit."""
     w = torch.randn(5)
