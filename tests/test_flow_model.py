@@ -310,3 +310,22 @@ def test_paper_size_configurations_are_valid(name):
     n = count_parameters(build_model(cfg))
     if name == "flow-2d":  # the paper's U-Net: 4 levels, width 20, ≈1.7M parameters
         assert 1.6e6 < n < 1.8e6
+
+
+def test_warm_start_from_another_flow_run(tmp_path):
+    from pdeaccel.config import ConfigError
+    from pdeaccel.experiments.flow import build_flow
+    from pdeaccel.experiments.flow_eval import load_flow_model
+
+    runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "first", progress=False)
+    trained, _, _ = load_flow_model(tmp_path / "first")
+    cfg = runner.resolve_config("flow-2d", overrides=TINY + [f"net.init_from={tmp_path / 'first'}"])
+    started = build_flow(cfg).task.net
+    for a, b in zip(trained.state_dict().values(), started.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="net.init_from"):
+        runner.train_run("flow-2d", overrides=TINY + [f"net.init_from={tmp_path / 'nowhere'}"],
+                         out=tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="does not match"):
+        build_flow(runner.resolve_config("flow-2d", overrides=TINY + ["net.hidden=6", f"net.init_from={tmp_path / 'first'}"]))
+    assert not (tmp_path / "x").exists()

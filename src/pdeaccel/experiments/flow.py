@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import require
+from ..config import ConfigError, require
 from ..linalg import SolverConfig
 from ..neural_flow import NeuralFlowSolver
 from ..physics.environments import FlowEnvironment, Obstacle, channel
+from ..train import io
 from ..train.pool import FlowPool
 from ..train.tasks import FlowPoolTask
 from .registry import Built, Experiment, register
@@ -38,7 +40,8 @@ _CPU_2D: dict[str, Any] = {
                 "inflow_min": 0.2, "inflow_max": 1.0, "obstacles": ["box", "cylinder", "magnus"],
                 "magnus_max": 1.0, "mu_range": [0.1, 0.1], "rho_range": [4.0, 4.0]},
     "pool": {"size": 64, "reset_every": 16, "seed": 1234},
-    "net": {"hidden": 16, "levels": 3, "kernel_size": 3},
+    # init_from: a flow run directory whose newest checkpoint's weights start this run ("" = random init)
+    "net": {"hidden": 16, "levels": 3, "kernel_size": 3, "init_from": ""},
     # upwind3 is our design (the paper's loss is "central"): the exact minimiser of the central-difference
     # loss at Δt = 4 is 17% off the resolved reference after one step and oscillates ahead of the
     # outflow (cell Reynolds number 40); with upwind3 it is 0.6% off (benchmarks/results/flow.md)
@@ -199,11 +202,27 @@ def build_model(cfg: dict[str, Any]) -> NeuralFlowSolver:
                             potential_bound=10 * U * H, pressure_bound=50 * rho * U * U)
 
 
+def _warm_start(model: NeuralFlowSolver, cfg: dict[str, Any]) -> None:
+    """Continue from another flow run's weights (e.g. a longer training at a new learning rate)."""
+    source = Path(cfg["net"]["init_from"])
+    found = io.latest_valid_checkpoint(source / "checkpoints") if source.is_dir() else None
+    if found is None:
+        raise ConfigError(f"net.init_from={str(source)!r}: no intact checkpoint there; give a flow-2d/flow-3d "
+                          "run directory.")
+    try:
+        model.load_state_dict(found[1]["task"]["net"])
+    except (KeyError, RuntimeError) as exc:
+        raise ConfigError(f"net.init_from={str(source)!r}: its network does not match net.hidden/levels/"
+                          f"kernel_size and physics.ndim of this run ({str(exc).splitlines()[0]}).") from None
+
+
 def build_flow(cfg: dict[str, Any]) -> Built:
     validate_flow(cfg)
     p, d = cfg["physics"], cfg["data"]
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg)
+    if cfg["net"]["init_from"]:
+        _warm_start(model, cfg)
     pool = FlowPool(cfg["pool"]["size"], lambda g: sample_spec(p, g), lambda s: build_environment(p, s),
                     model.initial_state, cfg["pool"]["reset_every"], seed=cfg["pool"]["seed"])
     gen = torch.Generator().manual_seed(d["validation_seed"])
