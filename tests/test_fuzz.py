@@ -35,8 +35,9 @@ PACKAGE = str(Path(pdeaccel.__file__).parent)
 # the trainer (and conftest) flush subnormals to zero, which hypothesis must know not to generate them
 floats = functools.partial(st.floats, allow_subnormal=False)
 # benchmarks/reliability.py raises the example count and collects the tallies of `outcome`
-# the deadline is generous because the machine is shared; a hang still exceeds it
-FUZZ = settings(max_examples=int(os.environ.get("PDEACCEL_FUZZ_EXAMPLES", "60")), deadline=10_000,
+# the deadline is generous because the machine is shared (with 10 s, one benchmark run on a fully
+# loaded CPU had a failure that four idle reruns did not reproduce); a hang still exceeds it
+FUZZ = settings(max_examples=int(os.environ.get("PDEACCEL_FUZZ_EXAMPLES", "60")), deadline=60_000,
                 suppress_health_check=[HealthCheck.too_slow])
 TALLY: collections.Counter = collections.Counter()
 
