@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": str(model_dir), "parameters": sum(p.numel() for p in model.parameters()),
             "trained_epochs": epochs_done, "steps_per_epoch": cfg["train"]["steps_per_epoch"],
             "loss_advection": cfg["loss"]["advection"],
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} of {__import__('os').cpu_count()} CPUs",
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} of {os.cpu_count()} CPUs",
             "threads": args.threads, "torch": torch.__version__, "domains": domains, "speed": speeds}
     if args.scheme_steps:
         data["scheme_start"] = 40

@@ -173,16 +173,3 @@ class NeuralFlowSolver(nn.Module):
         p = (p - p.flatten(1).sum(1).reshape(count.shape) / count) * fluid
         p = Pb * torch.tanh(p / Pb)
         return PotentialState(a, p)
-
-    def rollout(self, env: FlowEnvironment, steps: int, state: PotentialState | None = None,
-                callback=None) -> PotentialState:
-        """``steps`` steps without gradients from ``state`` (default: rest); ``callback(i, state)``."""
-        state = self.initial_state(env) if state is None else state
-        with torch.no_grad():
-            for i in range(steps):
-                state = self(state, env)
-                if env.has_moving_obstacles:
-                    env = env.shifted()
-                if callback is not None:
-                    callback(i, state, env)
-        return state

@@ -16,10 +16,9 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -283,7 +282,7 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
     save_every = max(1, steps // 80)
     roll = neural_rollout(model, env, steps, save_steps=range(save_every, steps + 1, save_every), progress=progress)
     freq, share = shedding_frequency(roll.probe, env.dt, discard=len(roll.probe) // 4)
-    size = (2 * spec["radius"] if "radius" in spec else max(spec["size"])) if "kind" in spec and spec["kind"] != "mask" else None
+    size = 2 * spec["radius"] if "radius" in spec else max(spec["size"]) if "size" in spec else None  # none for masks
     files = ["trajectory.h5", "final.png"]
     _write_h5(run_dir / "trajectory.h5", roll, env, cfg, spec)
     solid = (env.fluid[0, 0] == 0).numpy()
@@ -320,26 +319,21 @@ def _write_h5(path: Path, roll: Rollout, env: FlowEnvironment, cfg: dict, spec: 
 
     import h5py
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["config"] = json.dumps(cfg)
-            f.attrs["environment"] = json.dumps(spec)
-            f.create_dataset("fluid", data=env.fluid[0, 0].numpy())
-            f.create_dataset("times", data=np.asarray(roll.times))
-            f.create_dataset("probe", data=np.asarray(roll.probe))
-            f.create_dataset("snapshot_steps", data=np.asarray(roll.snapshot_steps))
-            for d in range(env.ndim):
-                if roll.snapshots:
-                    f.create_dataset(f"velocity_{'xyz'[d]}", data=torch.stack([s[d][0, 0] for s in roll.snapshots]).numpy(),
-                                     compression="gzip")
-            for k, v in roll.diagnostics.items():
-                f.create_dataset(f"diagnostics/{k}", data=np.asarray(v))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = BytesIO()  # written whole, then published atomically: a crash never leaves half a file
+    with h5py.File(buf, "w") as f:
+        f.attrs["config"] = json.dumps(cfg)
+        f.attrs["environment"] = json.dumps(spec)
+        f.create_dataset("fluid", data=env.fluid[0, 0].numpy())
+        f.create_dataset("times", data=np.asarray(roll.times))
+        f.create_dataset("probe", data=np.asarray(roll.probe))
+        f.create_dataset("snapshot_steps", data=np.asarray(roll.snapshot_steps))
+        for d in range(env.ndim):
+            if roll.snapshots:
+                f.create_dataset(f"velocity_{'xyz'[d]}", data=torch.stack([s[d][0, 0] for s in roll.snapshots]).numpy(),
+                                 compression="gzip")
+        for k, v in roll.diagnostics.items():
+            f.create_dataset(f"diagnostics/{k}", data=np.asarray(v))
+    io.atomic_write_bytes(path, buf.getvalue())
 
 
 def _pyplot():
@@ -351,11 +345,15 @@ def _pyplot():
     return plt
 
 
+def _limits(u: Velocity, h: float) -> tuple[float, float]:
+    """Colour-scale limits: the largest speed and the largest |vorticity|."""
+    return float(cell_speed(u).max()), float(vorticity(u, h).abs().max()) if len(u) == 2 else 1.0
+
+
 def _draw(axes, u: Velocity, solid: np.ndarray, h: float, limits=None):
-    speed = cell_speed(u).numpy()
+    speed = np.ma.masked_where(solid, cell_speed(u).numpy())
     vort = vorticity(u, h).numpy() if len(u) == 2 else None
-    speed = np.ma.masked_where(solid, speed)
-    lim = limits or (float(speed.max()), float(np.abs(vort).max()) if vort is not None else 1.0)
+    lim = limits or _limits(u, h)
     ims = [axes[0].imshow(speed.T, origin="lower", cmap="viridis", vmin=0, vmax=lim[0])]
     if vort is not None:
         ims.append(axes[1].imshow(vort.T, origin="lower", cmap="RdBu_r", vmin=-lim[1], vmax=lim[1],
@@ -377,11 +375,10 @@ def _plot_fields(path: Path, u: Velocity, solid: np.ndarray, h: float, title: st
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    io.atomic_write_bytes(path, buf.getvalue())
 
 
 def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvironment, fps: int = 10) -> None:
@@ -390,9 +387,7 @@ def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvir
 
     h = env.spacing[0]
     frames = []
-    # one colour scale for all frames: that of the last snapshot (the developed flow)
-    _, limits = _draw(plt.subplots(2, 1)[1], roll.snapshots[-1], solid, h)
-    plt.close("all")
+    limits = _limits(roll.snapshots[-1], h)  # one colour scale for all frames: the developed flow's
     for u, k in zip(roll.snapshots, roll.snapshot_steps):
         fig, axes = plt.subplots(2, 1, figsize=(6, 4.2), dpi=70)
         ims, _ = _draw(axes, u, solid, h, limits)
@@ -406,11 +401,6 @@ def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvir
     # one palette for all frames, from the developed flow (the first frames are nearly uniform)
     palette = frames[-1].quantize(colors=255, method=Image.Quantize.MEDIANCUT)
     frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".gif", dir=path.parent)
-    os.close(fd)
-    try:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+    io.atomic_write_bytes(path, buf.getvalue())

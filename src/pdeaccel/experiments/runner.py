@@ -66,21 +66,12 @@ def train_run(name: str, *, size: str = "cpu", schedule: str | None = None, over
     if resume:
         cfg, schedule = _stored_config(exp, run_dir)
     _refuse_existing(run_dir, resume)
-    if exp.solver_in_loop:
-        prdp_mod.make_schedule(schedule, prdp=prdp_config(cfg), k_converged=1, epochs=cfg["train"]["epochs"])  # spec check
+    _budget_schedule(exp, cfg, schedule, k_converged=1)  # a bad spec fails before the (costly) build
     # torch seeds its global generator randomly per process; a resumed run must restore the same
     # RNG state as an uninterrupted one even where the experiment draws nothing from it
     torch.manual_seed(cfg["seed"])
     built = exp.build(cfg)  # validates the whole config first: a bad key never leaves a directory behind
-    if exp.solver_in_loop:
-        prdp_cfg = prdp_config(cfg)
-        if prdp_cfg.k_max > built.k_converged >= prdp_cfg.k0:
-            # iterations beyond the converged budget buy nothing: K_ε caps the refinement
-            prdp_cfg = dataclasses.replace(prdp_cfg, k_max=built.k_converged)
-        sched = prdp_mod.make_schedule(schedule, prdp=prdp_cfg, k_converged=built.k_converged,
-                                       epochs=cfg["train"]["epochs"])
-    else:
-        sched = prdp_mod.ConvergedSchedule(None)  # no solver budget to schedule
+    sched = _budget_schedule(exp, cfg, schedule, built.k_converged)
     picard_sched = _picard_schedule(cfg, schedule)
     _prepare_run_dir(run_dir, resume)
     if not resume:
@@ -131,6 +122,17 @@ def _default_schedule(exp: Experiment, schedule: str | None) -> str:
         raise ConfigError(f"experiment {exp.name!r} has no linear solver in its training loop, so --schedule "
                           f"{schedule!r} does not apply; omit --schedule.")
     return "none"
+
+
+def _budget_schedule(exp: Experiment, cfg: dict[str, Any], schedule: str, k_converged: int):
+    """The solver-budget schedule of a run; none (run to tolerance) without a solver in the loop."""
+    if not exp.solver_in_loop:
+        return prdp_mod.ConvergedSchedule(None)
+    prdp_cfg = prdp_config(cfg)
+    if prdp_cfg.k_max > k_converged >= prdp_cfg.k0:
+        # iterations beyond the converged budget buy nothing: K_ε caps the refinement
+        prdp_cfg = dataclasses.replace(prdp_cfg, k_max=k_converged)
+    return prdp_mod.make_schedule(schedule, prdp=prdp_cfg, k_converged=k_converged, epochs=cfg["train"]["epochs"])
 
 
 def _require_solver_in_loop(exp: Experiment, command: str) -> None:

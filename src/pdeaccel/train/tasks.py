@@ -211,6 +211,7 @@ class FlowPoolTask(_NetTask):
         self.beta, self.theta, self.advection = beta, theta, advection
         self.validation_steps = validation_steps
         self.last_validation: dict[str, float] = {}
+        self._validation_residual: FlowResidual | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "pool": self.pool.state_dict()}
@@ -223,14 +224,15 @@ class FlowPoolTask(_NetTask):
         for _ in range(self.steps_per_epoch):
             yield self.pool.draw(self.batch_size, generator)
 
-    def step_terms(self, state: Any, new: Any, env: Any):
-        residual = FlowResidual(env, theta=self.theta, advection=self.advection)
+    def _terms(self, residual: FlowResidual, state: Any, new: Any):
+        env = residual.env
         return residual.terms(self.net.velocity(state, env), self.net.velocity(new, env), new.pressure)
 
     def loss(self, batch: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
         env, state = self.pool.batch(batch)
         new = self.net(state, env)
-        loss = combined_flow_loss(self.step_terms(state, new, env), self.beta)
+        residual = FlowResidual(env, theta=self.theta, advection=self.advection)
+        loss = combined_flow_loss(self._terms(residual, state, new), self.beta)
         self.pool.write_back(batch, new.detach())
         self.pool.advance()
         return loss
@@ -238,11 +240,14 @@ class FlowPoolTask(_NetTask):
     @torch.no_grad()
     def validate(self, solver: SolverConfig) -> float:
         env = self.validation_env
+        # the validation environments never change: their stencils are built once, not per step
+        if self._validation_residual is None:
+            self._validation_residual = FlowResidual(env, theta=self.theta, advection=self.advection)
         state = self.net.initial_state(env)
         sums = {"metric": 0.0, "momentum_abs": 0.0, "boundary_abs": 0.0, "divergence_abs": 0.0}
         for _ in range(self.validation_steps):
             new = self.net(state, env)
-            t = self.step_terms(state, new, env)
+            t = self._terms(self._validation_residual, state, new)
             sums["metric"] += float((t.momentum + self.beta * t.boundary).mean())
             for key in ("momentum_abs", "boundary_abs", "divergence_abs"):
                 sums[key] += float(getattr(t, key).mean())
