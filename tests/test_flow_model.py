@@ -329,3 +329,117 @@ def test_warm_start_from_another_flow_run(tmp_path):
     with pytest.raises(ConfigError, match="does not match"):
         build_flow(runner.resolve_config("flow-2d", overrides=TINY + ["net.hidden=6", f"net.init_from={tmp_path / 'first'}"]))
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_pool_perturbation_is_divergence_free_and_leaves_every_prescribed_face(ndim):
+    from pdeaccel.neural_flow import random_potential_perturbation
+    from pdeaccel.stencils import mac_divergence
+
+    physics = tiny_physics() if ndim == 2 else {**tiny_physics(), "ndim": 3, "length": 12,
+                                                "obstacles": ["sphere"], "mu_range": [0.1, 0.1],
+                                                "rho_range": [4.0, 4.0]}
+    gen = torch.Generator().manual_seed(3)
+    env = build_environment(physics, sample_spec(physics, gen), dtype=torch.float64)
+    delta = random_potential_perturbation(env, 0.4, gen)
+    u = velocity_from_potential(delta, env.grid)
+    assert max(float(c.abs().max()) for c in u) == pytest.approx(0.4)
+    for c, prescribed in zip(u, env.face_mask):  # walls, obstacle, in- and outflow untouched
+        assert float((c * prescribed).abs().max()) == 0.0
+    assert float(mac_divergence(u, env.grid).abs().max()) < 1e-14
+    assert float((u[0] * env.face_free[0]).abs().max()) > 0.1  # it does perturb the fluid
+
+
+def test_pool_perturbs_random_states_and_resumes_them_identically():
+    from pdeaccel.neural_flow import random_potential_perturbation
+
+    physics = tiny_physics()
+    model = small_model()
+
+    def make():
+        return FlowPool(3, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
+                        model.initial_state, reset_every=0, seed=2, perturb_every=2,
+                        perturb=lambda spec, env, g: random_potential_perturbation(env, 0.2 * spec["inflow"], g))
+
+    a = make()
+    for _ in range(3):
+        a.advance()
+    assert a.perturbed == 1 and a.potential.abs().max() > 0
+    b = make()
+    b.load_state_dict(a.state_dict())
+    for pool in (a, b):
+        for _ in range(4):
+            pool.advance()
+    assert a.perturbed == b.perturbed == 3
+    torch.testing.assert_close(a.potential, b.potential)
+    with pytest.raises(ValueError, match="perturb function"):
+        FlowPool(2, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
+                 model.initial_state, reset_every=0, perturb_every=1)
+
+
+def test_moving_obstacles_bounce_inside_their_region_and_move_with_the_pool():
+    from pdeaccel.experiments.flow import _moving_bounds, move_spec
+
+    physics = {**tiny_physics(), "height": 12, "obstacles": ["moving"], "move_max": 0.5}
+    spec = {"kind": "moving", "inflow": 1.0, "center": [6.0, 6.0], "radius": 1.2, "velocity": [0.3, 0.4]}
+    xs, ys, vys = [], [], []
+    for _ in range(40):
+        spec = move_spec(physics, spec)
+        xs.append(spec["center"][0]), ys.append(spec["center"][1]), vys.append(spec["velocity"][1])
+    (lo_x, hi_x), (lo_y, hi_y) = (_moving_bounds(physics, spec["radius"], a) for a in range(2))
+    assert lo_y >= spec["radius"] + 2 and hi_y <= physics["height"] - spec["radius"] - 2  # clear of the walls
+    assert lo_x <= min(xs) and max(xs) <= hi_x and lo_y <= min(ys) and max(ys) <= hi_y
+    assert max(ys) - min(ys) > 0.7 * (hi_y - lo_y) and min(vys) < 0 < max(vys)  # it travels back and forth
+    env = build_environment(physics, spec)
+    obstacle = env.obstacles[0][0]
+    faces = env.face_velocity[1][0, 0][env.face_mask[1][0, 0] > 0]
+    assert obstacle.moves and bool(torch.isclose(faces, torch.tensor(spec["velocity"][1], dtype=faces.dtype)).any())
+    # in the pool, an environment moves one step per prediction written back
+    model = small_model()
+    pool = FlowPool(2, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
+                    model.initial_state, reset_every=0, seed=4, move=lambda s: move_spec(physics, s))
+    before = [list(s["center"]) for s in pool.specs]
+    fluid_before = pool.envs[0].fluid.clone()
+    idx = torch.tensor([0])
+    env, state = pool.batch(idx)
+    pool.write_back(idx, model(state, env))
+    assert pool.specs[0]["center"] != before[0] and pool.specs[1]["center"] == before[1]
+    assert pool.envs[0].obstacles[0][0].center == tuple(pool.specs[0]["center"])
+    for _ in range(5):
+        env, state = pool.batch(idx)
+        pool.write_back(idx, model(state, env))
+    assert not torch.equal(pool.envs[0].fluid, fluid_before)  # the solid cells moved
+
+
+def test_simulate_a_moving_obstacle_redraws_it_and_the_reference_follows(tmp_path):
+    from pdeaccel.experiments.flow_eval import moving_environments, reference_rollout, simulate_trained
+
+    runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "model", progress=False)
+    report = simulate_trained(tmp_path / "model", "moving", steps=8, out=tmp_path / "sim", progress=False)
+    assert report["stable"] and report["environment"]["kind"] == "moving"
+    assert (tmp_path / "sim" / "animation.gif").stat().st_size > 0
+    physics = tiny_physics()
+    spec = held_out_spec(physics, "moving")
+    env_at = moving_environments(physics, spec)
+    env = env_at(0)
+    ref = reference_rollout(env, 4, save_steps=[1, 4], env_at=env_at)
+    assert not np.array_equal(ref.snapshot_solids[0], ref.snapshot_solids[1])  # the obstacle moved
+    torch.testing.assert_close(torch.from_numpy(ref.snapshot_solids[1]), env_at(4).fluid[0, 0] == 0)
+    from pdeaccel.stencils import mac_divergence
+
+    assert float(mac_divergence(ref.snapshots[1], env.grid).abs().max()) < 1e-5  # mass conserved
+
+
+@pytest.mark.parametrize("size", ["flow-2d", "flow-3d"])
+def test_every_moving_obstacle_stays_a_valid_environment_along_its_path(size):
+    from pdeaccel.experiments.flow import move_spec
+    from pdeaccel.experiments.registry import get_experiment as get
+
+    physics = {**get(size).sizes["cpu"]["physics"], "obstacles": ["moving"], "move_max": 1.0}
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(12 if size == "flow-2d" else 6):
+        spec = sample_spec(physics, gen)
+        for _ in range(25):  # a wall-touching body would fail the environment's flux-balance check
+            env = build_environment(physics, spec)
+            assert float(env.net_prescribed_flux().abs().max()) < 1e-4
+            spec = move_spec(physics, spec)

@@ -19,6 +19,7 @@ are removed).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +71,49 @@ def velocity_from_potential(potential: torch.Tensor, grid: Grid) -> Velocity:
         return mac_curl(_crop(potential[:, :1], mac_potential_shape(grid)), grid)
     comps = tuple(_crop(potential[:, c:c + 1], mac_potential_shape(grid, c)) for c in range(3))
     return mac_curl(comps, grid)
+
+
+def fluid_node_mask(env: FlowEnvironment) -> torch.Tensor:
+    """``[B, 1, *node_shape]``: 1 on nodes whose every adjacent cell is fluid. A potential that
+    vanishes off these nodes has a curl that is zero on every face touching a non-fluid cell, so
+    it changes no prescribed (wall, obstacle, in/outflow) face."""
+    grid = env.grid
+    fluid = env.fluid.to(torch.float32)
+    # pad one solid layer on each bounded axis (space outside the grid is a wall), then a node is
+    # fluid when the min over its 2^d neighbouring cells is 1
+    pad: list[int] = []
+    for a in reversed(range(grid.ndim)):
+        pad += [0, 0] if grid.boundary[a] == "periodic" else [1, 1]
+    x = F.pad(fluid, pad, value=0.0)
+    for a in range(grid.ndim):
+        d = a + 2
+        if grid.boundary[a] == "periodic":
+            x = torch.minimum(x, torch.roll(x, 1, dims=d))
+        else:
+            n = x.shape[d]
+            x = torch.minimum(x.narrow(d, 0, n - 1), x.narrow(d, 1, n - 1))
+    return x.to(env.fluid.dtype)
+
+
+def random_potential_perturbation(env: FlowEnvironment, amplitude: float | torch.Tensor, generator: torch.Generator,
+                                  correlation_cells: float = 6.0) -> torch.Tensor:
+    """A smooth random potential whose curl is divergence-free, zero on every prescribed face
+    and has peak speed ``amplitude`` (per sample): random noise on a grid ``correlation_cells``
+    coarser, interpolated to the nodes and masked by :func:`fluid_node_mask`. Added to a
+    training pool's states, it widens the states the network learns from beyond the symmetric
+    flows a rollout from rest produces, without any simulation data."""
+    grid = env.grid
+    shape = node_shape(grid)
+    B, P = env.batch_size, potential_components(grid)
+    coarse = tuple(max(2, math.ceil(n / correlation_cells) + 1) for n in shape)
+    noise = torch.randn((B, P) + coarse, generator=generator, dtype=torch.float64)
+    mode = "bilinear" if grid.ndim == 2 else "trilinear"
+    smooth = F.interpolate(noise, size=shape, mode=mode, align_corners=True).to(env.fluid.dtype)
+    delta = smooth * fluid_node_mask(env) * potential_mask(grid, env.fluid.dtype, env.fluid.device)
+    speed = torch.stack([c.abs().flatten(1).amax(1) for c in velocity_from_potential(delta, grid)]).amax(0)
+    amp = torch.as_tensor(amplitude, dtype=delta.dtype).reshape(-1)
+    scale = amp / speed.clamp(min=torch.finfo(delta.dtype).tiny)
+    return delta * scale.reshape((-1,) + (1,) * (grid.ndim + 1))
 
 
 def pad_to_nodes(x: torch.Tensor, grid: Grid) -> torch.Tensor:

@@ -25,21 +25,26 @@ import torch
 
 from ..config import ConfigError, require
 from ..linalg import SolverConfig
-from ..neural_flow import NeuralFlowSolver
+from ..neural_flow import NeuralFlowSolver, random_potential_perturbation
 from ..physics.environments import FlowEnvironment, Obstacle, channel
 from ..train import io
 from ..train.pool import FlowPool
 from ..train.tasks import FlowPoolTask
 from .registry import Built, Experiment, register
 
-OBSTACLE_KINDS = {2: ("box", "cylinder", "magnus"), 3: ("box", "cylinder", "sphere")}
+OBSTACLE_KINDS = {2: ("box", "cylinder", "magnus", "moving"), 3: ("box", "cylinder", "sphere", "moving")}
+# where a moving obstacle's centre may go (fractions of length, height, depth; and at least its
+# radius plus two cells from every wall); it bounces off the edges
+MOVING_REGION = ((0.1, 0.7), (0.25, 0.75), (0.25, 0.75))
 
 _CPU_2D: dict[str, Any] = {
     "seed": 0,
     "physics": {"ndim": 2, "length": 64, "height": 32, "mu": 0.1, "rho": 4.0, "dt": 4.0,
-                "inflow_min": 0.2, "inflow_max": 1.0, "obstacles": ["box", "cylinder", "magnus"],
-                "magnus_max": 1.0, "mu_range": [0.1, 0.1], "rho_range": [4.0, 4.0]},
-    "pool": {"size": 64, "reset_every": 16, "seed": 1234},
+                "inflow_min": 0.2, "inflow_max": 1.0, "obstacles": ["box", "cylinder", "magnus", "moving"],
+                "magnus_max": 1.0, "move_max": 0.3, "mu_range": [0.1, 0.1], "rho_range": [4.0, 4.0]},
+    # perturb: peak speed (× the environment's inflow) of the random divergence-free perturbation
+    # added to one random pool state every perturb_every steps (0: never); see train/pool.py
+    "pool": {"size": 64, "reset_every": 16, "seed": 1234, "perturb": 0.0, "perturb_every": 0},
     # init_from: a flow run directory whose newest checkpoint's weights start this run ("" = random init)
     "net": {"hidden": 16, "levels": 3, "kernel_size": 3, "init_from": ""},
     # upwind3 is our design (the paper's loss is "central"): the exact minimiser of the central-difference
@@ -64,7 +69,7 @@ def _paper_2d() -> dict[str, Any]:
 
 def _cpu_3d() -> dict[str, Any]:
     cfg = copy.deepcopy(_CPU_2D)
-    cfg["physics"].update({"ndim": 3, "length": 24, "height": 12, "obstacles": ["box", "cylinder", "sphere"],
+    cfg["physics"].update({"ndim": 3, "length": 24, "height": 12, "obstacles": ["box", "cylinder", "sphere", "moving"],
                            "mu_range": [0.05, 0.2], "rho_range": [1.0, 4.0]})
     cfg["pool"].update({"size": 16})
     cfg["net"].update({"hidden": 8, "levels": 2})
@@ -106,7 +111,41 @@ def sample_spec(physics: dict[str, Any], gen: torch.Generator) -> dict[str, Any]
     if kind == "magnus":
         # tangential surface speed ω·r up to magnus_max·U, either sense
         spec["omega"] = _uniform(gen, -1.0, 1.0) * physics["magnus_max"] * spec["inflow"] / spec["radius"]
+    if kind == "moving":
+        # a cylinder (3D: a sphere) translating at up to move_max·U in a random direction
+        direction = torch.randn(physics["ndim"], generator=gen, dtype=torch.float64)
+        speed = _uniform(gen, 0.0, physics["move_max"]) * spec["inflow"]
+        spec["velocity"] = [float(x) for x in speed * direction / direction.norm().clamp(min=1e-12)]
+        spec["center"] = [min(max(c, lo), hi) for c, (lo, hi) in
+                          zip(spec["center"], (_moving_bounds(physics, spec["radius"], a) for a in range(physics["ndim"])))]
     return spec
+
+
+def _moving_bounds(physics: dict[str, Any], radius: float, axis: int) -> tuple[float, float]:
+    """Where a moving obstacle's centre may be along ``axis``: inside :data:`MOVING_REGION` and
+    with two cells of fluid between it and every wall (a rigid body whose cells touch a wall has
+    part of its surface covered, and its prescribed faces would no longer balance)."""
+    extent = (physics["length"], physics["height"], physics["height"])[axis]
+    lo, hi = (f * extent for f in MOVING_REGION[axis])
+    lo, hi = max(lo, radius + 2.0), min(hi, extent - radius - 2.0)
+    return (lo, hi) if lo <= hi else (0.5 * extent, 0.5 * extent)
+
+
+def move_spec(physics: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec one time step later: a moving obstacle's centre advances by ``velocity·dt`` and
+    bounces (the velocity component reverses) off the edges of :data:`MOVING_REGION`. Specs
+    without a velocity are returned unchanged (the same object)."""
+    if "velocity" not in spec:
+        return spec
+    center, velocity = list(spec["center"]), list(spec["velocity"])
+    for a in range(len(center)):
+        lo, hi = _moving_bounds(physics, spec["radius"], a)
+        c = center[a] + velocity[a] * physics["dt"]
+        if c < lo or c > hi:
+            c = 2 * (lo if c < lo else hi) - c
+            velocity[a] = -velocity[a]
+        center[a] = min(max(c, lo), hi)
+    return {**spec, "center": center, "velocity": velocity}
 
 
 def build_environment(physics: dict[str, Any], spec: dict[str, Any],
@@ -120,6 +159,9 @@ def build_environment(physics: dict[str, Any], spec: dict[str, Any],
         obstacle = Obstacle.cylinder(spec["center"], spec["radius"], angular_velocity=spec.get("omega", 0.0))
     elif kind == "sphere":
         obstacle = Obstacle.sphere(spec["center"], spec["radius"])
+    elif kind == "moving":
+        make = Obstacle.cylinder if ndim == 2 else Obstacle.sphere
+        obstacle = make(spec["center"], spec["radius"], velocity=spec["velocity"])
     else:
         raise ValueError(f"unknown obstacle kind {kind!r}; allowed: {', '.join(OBSTACLE_KINDS[ndim])}.")
     H = float(physics["height"])
@@ -128,9 +170,14 @@ def build_environment(physics: dict[str, Any], spec: dict[str, Any],
                    rho=spec.get("rho", physics["rho"]), dt=physics["dt"], dtype=dtype)
 
 
+HELD_OUT = ("cylinder", "box", "moving")
+
+
 def held_out_spec(physics: dict[str, Any], kind: str, inflow: float | None = None) -> dict[str, Any]:
     """The benchmark's held-out domains: a cylinder of diameter 0.3·H at (0.25·L, 0.52·H) (off
-    centre, so shedding starts without a perturbation) and a square box of side 0.25·H there."""
+    centre, so shedding starts without a perturbation), a square box of side 0.25·H there, and
+    ("moving") a cylinder of diameter 0.24·H at (0.3·L, 0.5·H) moving across the channel at 0.3·U,
+    bouncing between 0.25·H and 0.75·H."""
     L, H = float(physics["length"]), float(physics["height"])
     u = float(physics["inflow_max"]) if inflow is None else float(inflow)
     center = [0.25 * L, 0.52 * H] + ([0.5 * H] if physics["ndim"] == 3 else [])
@@ -138,7 +185,11 @@ def held_out_spec(physics: dict[str, Any], kind: str, inflow: float | None = Non
         return {"kind": "cylinder", "inflow": u, "center": center, "radius": 0.15 * H}
     if kind == "box":
         return {"kind": "box", "inflow": u, "center": center, "size": [0.25 * H] * physics["ndim"]}
-    raise ValueError(f"held-out environments are 'cylinder' and 'box', got {kind!r}.")
+    if kind == "moving":
+        velocity = [0.0, 0.3 * u] + ([0.0] if physics["ndim"] == 3 else [])
+        return {"kind": "moving", "inflow": u, "center": [0.3 * L, 0.5 * H] + center[2:], "radius": 0.12 * H,
+                "velocity": velocity}
+    raise ValueError(f"held-out environments are {', '.join(HELD_OUT)}; got {kind!r}.")
 
 
 def held_out_environment(physics: dict[str, Any], kind: str, inflow: float | None = None,
@@ -158,6 +209,8 @@ def validate_flow(cfg: dict[str, Any]) -> None:
     require(0 < p["inflow_min"] <= p["inflow_max"] < math.inf, "physics.inflow_min", p["inflow_min"],
             f"a number in (0, physics.inflow_max={p['inflow_max']}]")
     kinds = OBSTACLE_KINDS[p["ndim"]]
+    require(isinstance(p["move_max"], (int, float)) and 0 <= p["move_max"] <= 2, "physics.move_max", p["move_max"],
+            "a number in [0, 2] (a moving obstacle's top speed / inflow)")
     require(isinstance(p["obstacles"], list) and len(p["obstacles"]) > 0 and all(k in kinds for k in p["obstacles"]),
             "physics.obstacles", p["obstacles"], f"a non-empty list of {', '.join(kinds)}")
     for key in ("mu_range", "rho_range"):
@@ -168,6 +221,10 @@ def validate_flow(cfg: dict[str, Any]) -> None:
             "an integer >= 1")
     require(isinstance(cfg["pool"]["reset_every"], int) and cfg["pool"]["reset_every"] >= 0, "pool.reset_every",
             cfg["pool"]["reset_every"], "an integer >= 0 (0: never reset)")
+    require(isinstance(cfg["pool"]["perturb"], (int, float)) and 0 <= cfg["pool"]["perturb"] <= 10, "pool.perturb",
+            cfg["pool"]["perturb"], "a number in [0, 10] (peak perturbation speed / inflow; 0: off)")
+    require(isinstance(cfg["pool"]["perturb_every"], int) and cfg["pool"]["perturb_every"] >= 0, "pool.perturb_every",
+            cfg["pool"]["perturb_every"], "an integer >= 0 (0: never perturb)")
     n = cfg["net"]
     require(isinstance(n["levels"], int) and 1 <= n["levels"] <= 6, "net.levels", n["levels"], "an integer in [1, 6]")
     require(2 ** n["levels"] <= p["height"], "net.levels", n["levels"],
@@ -223,8 +280,11 @@ def build_flow(cfg: dict[str, Any]) -> Built:
     model = build_model(cfg)
     if cfg["net"]["init_from"]:
         _warm_start(model, cfg)
-    pool = FlowPool(cfg["pool"]["size"], lambda g: sample_spec(p, g), lambda s: build_environment(p, s),
-                    model.initial_state, cfg["pool"]["reset_every"], seed=cfg["pool"]["seed"])
+    pc = cfg["pool"]
+    pool = FlowPool(pc["size"], lambda g: sample_spec(p, g), lambda s: build_environment(p, s),
+                    model.initial_state, pc["reset_every"], seed=pc["seed"], move=lambda s: move_spec(p, s),
+                    perturb=lambda spec, env, g: random_potential_perturbation(env, pc["perturb"] * spec["inflow"], g),
+                    perturb_every=pc["perturb_every"] if pc["perturb"] > 0 else 0)
     gen = torch.Generator().manual_seed(d["validation_seed"])
     validation_env = FlowEnvironment.stack([build_environment(p, sample_spec(p, gen)) for _ in range(d["validation"])])
     lo, t = cfg["loss"], cfg["train"]

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from ..neural_flow import NeuralFlowSolver, node_shape, velocity_from_potential
 from ..physics.environments import FlowEnvironment, from_mask
 from ..physics.incompressible import MACFlowSolver
 from ..train import io
-from .flow import build_model, held_out_environment, held_out_spec
+from .flow import HELD_OUT, build_environment, build_model, held_out_environment, held_out_spec, move_spec
 
 Velocity = tuple[torch.Tensor, ...]
 
@@ -68,6 +68,7 @@ class Rollout:
     diagnostics: dict[str, list[float]] = field(default_factory=dict)
     snapshots: list[Velocity] = field(default_factory=list)
     snapshot_steps: list[int] = field(default_factory=list)
+    snapshot_solids: list[np.ndarray] = field(default_factory=list)  # the solid cells at each snapshot
     wall_seconds: float = 0.0
     stable: bool = True
     first_unstable_step: int | None = None
@@ -93,9 +94,11 @@ def _probe_value(v: torch.Tensor, window: torch.Tensor) -> float:
 
 
 def neural_rollout(model: NeuralFlowSolver, env: FlowEnvironment, steps: int, *, save_steps: Iterable[int] = (),
-                   diagnostics: bool = True, progress: bool = False) -> Rollout:
+                   diagnostics: bool = True, progress: bool = False,
+                   env_at: Callable[[int], FlowEnvironment] | None = None) -> Rollout:
     """``steps`` network steps from rest; residual diagnostics per step (``diagnostics``); the
-    velocity is kept at ``save_steps``."""
+    velocity is kept at ``save_steps``. With moving obstacles ``env_at(k)`` is the environment of
+    step ``k → k+1`` (``env_at(0)`` is ``env``); its solid mask is kept with every snapshot."""
     save_steps = set(save_steps)
     out = Rollout()
     window = probe_window(env)
@@ -105,6 +108,9 @@ def neural_rollout(model: NeuralFlowSolver, env: FlowEnvironment, steps: int, *,
     start = time.perf_counter()
     with torch.no_grad():
         for k in tqdm(range(1, steps + 1), desc="neural rollout", disable=not progress, leave=False):
+            if env_at is not None and k > 1:
+                env = env_at(k - 1)
+                residual = FlowResidual(env) if diagnostics else None
             state = model(state, env)
             u = model.velocity(state, env)
             if not all(bool(torch.isfinite(c).all()) for c in u):
@@ -120,6 +126,7 @@ def neural_rollout(model: NeuralFlowSolver, env: FlowEnvironment, steps: int, *,
             if k in save_steps:
                 out.snapshots.append(tuple(c.clone() for c in u))
                 out.snapshot_steps.append(k)
+                out.snapshot_solids.append((env.fluid[0, 0] == 0).numpy())
             u_old = u
     out.wall_seconds = time.perf_counter() - start
     return out
@@ -133,8 +140,10 @@ def reference_substeps(env: FlowEnvironment, courant: float = 0.5) -> int:
 
 
 def reference_rollout(env: FlowEnvironment, steps: int, *, save_steps: Iterable[int] = (), substeps: int | None = None,
-                      progress: bool = False) -> Rollout:
-    """The numerical reference on the same environment (float64), sampled every network step."""
+                      progress: bool = False, env_at: Callable[[int], FlowEnvironment] | None = None) -> Rollout:
+    """The numerical reference on the same environment (float64), sampled every network step.
+    With ``env_at`` (moving obstacles) the solver is given ``env_at(k)`` after network step ``k``
+    (between two, it moves the obstacles itself at their constant velocity)."""
     save_steps = set(save_steps)
     env64 = env.to(dtype=torch.float64)
     sub = substeps or reference_substeps(env64)
@@ -145,11 +154,14 @@ def reference_rollout(env: FlowEnvironment, steps: int, *, save_steps: Iterable[
     start = time.perf_counter()
     for k in tqdm(range(1, steps + 1), desc="reference rollout", disable=not progress, leave=False):
         state = solver.run(state, sub)
+        if env_at is not None:
+            solver.env = env_at(k).to(dtype=torch.float64).replace(dt=env.dt / sub)
         out.times.append(k * env.dt)
         out.probe.append(_probe_value(state.velocity[1], window))
         if k in save_steps:
             out.snapshots.append(tuple(c.clone() for c in state.velocity))
             out.snapshot_steps.append(k)
+            out.snapshot_solids.append((solver.env.fluid[0, 0] == 0).numpy())
     out.wall_seconds = time.perf_counter() - start
     return out
 
@@ -235,9 +247,24 @@ def shedding_frequency(signal: list[float], dt: float, discard: int = 0) -> tupl
 
 
 # ------------------------------------------------------------------------------ simulate
+def moving_environments(physics: dict[str, Any], spec: dict[str, Any]) -> Callable[[int], FlowEnvironment] | None:
+    """``k -> environment after k steps`` of a spec with a moving obstacle (None if nothing moves):
+    the spec is advanced with :func:`~pdeaccel.experiments.flow.move_spec`, as in training."""
+    if "velocity" not in spec:
+        return None
+    specs = [spec]
+
+    def env_at(k: int) -> FlowEnvironment:
+        while len(specs) <= k:
+            specs.append(move_spec(physics, specs[-1]))
+        return build_environment(physics, specs[k])
+
+    return env_at
+
+
 def _environment(cfg: dict[str, Any], env_name: str, inflow: float | None) -> tuple[FlowEnvironment, dict]:
     p = cfg["physics"]
-    if env_name in ("cylinder", "box"):
+    if env_name in HELD_OUT:
         return held_out_environment(p, env_name, inflow), held_out_spec(p, env_name, inflow)
     path = Path(env_name)
     if path.suffix.lower() in (".png", ".npy"):
@@ -250,7 +277,7 @@ def _environment(cfg: dict[str, Any], env_name: str, inflow: float | None) -> tu
                         inflow_speed=inflow if inflow is not None else float(p["inflow_max"]),
                         mu=p["mu"], rho=p["rho"], dt=p["dt"], dtype=torch.float32)
         return env, {"kind": "mask", "file": str(path)}
-    raise ValueError(f"--env must be 'cylinder', 'box' or a mask file (.png image, dark = solid; or .npy "
+    raise ValueError(f"--env must be 'cylinder', 'box', 'moving' or a mask file (.png image, dark = solid; or .npy "
                      f"array [x, y], 1 = fluid); got {env_name!r}.")
 
 
@@ -280,12 +307,15 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
     run_dir = Path(out) if out is not None else Path("runs") / "simulate" / "flow" / time.strftime("%Y%m%d-%H%M%S")
     _prepare_run_dir(run_dir)
     save_every = max(1, steps // 80)
-    roll = neural_rollout(model, env, steps, save_steps=range(save_every, steps + 1, save_every), progress=progress)
+    roll = neural_rollout(model, env, steps, save_steps=range(save_every, steps + 1, save_every), progress=progress,
+                          env_at=moving_environments(cfg["physics"], spec))
     freq, share = shedding_frequency(roll.probe, env.dt, discard=len(roll.probe) // 4)
     size = 2 * spec["radius"] if "radius" in spec else max(spec["size"]) if "size" in spec else None  # none for masks
     files = ["trajectory.h5", "final.png"]
     _write_h5(run_dir / "trajectory.h5", roll, env, cfg, spec)
     solid = (env.fluid[0, 0] == 0).numpy()
+    if roll.snapshot_solids:
+        solid = roll.snapshot_solids[-1]  # where a moving obstacle ended up
     if model.ndim == 2 and roll.snapshots:
         _plot_fields(run_dir / "final.png", roll.snapshots[-1], solid, env.spacing[0],
                      f"step {roll.snapshot_steps[-1]}, t = {roll.snapshot_steps[-1] * env.dt:g}")
@@ -388,9 +418,10 @@ def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvir
     h = env.spacing[0]
     frames = []
     limits = _limits(roll.snapshots[-1], h)  # one colour scale for all frames: the developed flow's
-    for u, k in zip(roll.snapshots, roll.snapshot_steps):
+    solids = roll.snapshot_solids or [solid] * len(roll.snapshots)
+    for u, k, solid_k in zip(roll.snapshots, roll.snapshot_steps, solids):
         fig, axes = plt.subplots(2, 1, figsize=(6, 4.2), dpi=70)
-        ims, _ = _draw(axes, u, solid, h, limits)
+        ims, _ = _draw(axes, u, solid_k, h, limits)
         for im, ax in zip(ims, axes):  # the colour bars also put every colour of the maps in each frame
             fig.colorbar(im, ax=ax, shrink=0.8)
         fig.suptitle(f"step {k}, t = {k * env.dt:g}", fontsize=10)

@@ -4,7 +4,12 @@ A pool holds ``size`` environments and the current state of each. Every optimise
 batch, the network advances it by one step, and the prediction is written back, so the pool holds
 states from every stage of many long rollouts without any simulation data. Every
 ``reset_every`` steps the next environment (round-robin) is replaced by a freshly sampled one at
-rest. A prediction that is not finite is never written back: that environment is reset
+rest. Environments with moving obstacles move one step with each prediction written back
+(``move``), so the obstacle position and the state stay in step. Optionally (``perturb_every``) a random environment's state gets a random
+divergence-free perturbation that leaves its boundary faces unchanged, so the pool also holds
+the asymmetric states an unstable flow (a shedding wake) passes through; without it every
+state is a network rollout from a symmetric rest, and a network that damps the instability
+never meets one. A prediction that is not finite is never written back: that environment is reset
 instead, and the event is counted, so a diverged state cannot poison the pool.
 
 Environments are rebuilt from their *specs* (small JSON-able dicts that an experiment samples and
@@ -33,18 +38,32 @@ class FlowPool:
         build_env: ``spec -> FlowEnvironment`` (batch 1, deterministic).
         initial_state: ``env -> PotentialState`` (the fluid at rest).
         reset_every: optimiser steps between two round-robin resets (0: never).
-        seed: seeds the pool's own generator (environment sampling).
+        seed: seeds the pool's own generator (environment sampling, perturbations).
+        perturb: ``(spec, env, generator) -> potential increment`` (``[1, P, *nodes]``).
+        perturb_every: optimiser steps between two perturbations of a random environment
+            (0: never).
+        move: ``spec -> spec`` one time step later (moving obstacles); called for every
+            environment whose prediction is written back, which is rebuilt when its spec changed.
     """
 
     def __init__(self, size: int, sample_spec: Callable[[torch.Generator], Spec],
                  build_env: Callable[[Spec], FlowEnvironment],
                  initial_state: Callable[[FlowEnvironment], PotentialState],
-                 reset_every: int, seed: int = 0) -> None:
+                 reset_every: int, seed: int = 0,
+                 perturb: Callable[[Spec, FlowEnvironment, torch.Generator], torch.Tensor] | None = None,
+                 perturb_every: int = 0, move: Callable[[Spec], Spec] | None = None) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"pool size must be a positive integer, got {size!r}.")
         if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 0:
             raise ValueError(f"reset_every must be a non-negative integer, got {reset_every!r}.")
+        if isinstance(perturb_every, bool) or not isinstance(perturb_every, int) or perturb_every < 0:
+            raise ValueError(f"perturb_every must be a non-negative integer, got {perturb_every!r}.")
+        if perturb_every and perturb is None:
+            raise ValueError("perturb_every > 0 needs a perturb function.")
         self.size = size
+        self.perturb_fn = perturb
+        self.perturb_every = perturb_every
+        self.move = move
         self.sample_spec = sample_spec
         self.build_env = build_env
         self.initial_state = initial_state
@@ -59,6 +78,7 @@ class FlowPool:
         self.steps = 0
         self.next_reset = 0
         self.rejected = 0  # non-finite predictions refused (their environments were reset)
+        self.perturbed = 0
 
     # ------------------------------------------------------------------ use
     def draw(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -77,6 +97,12 @@ class FlowPool:
         self.potential[good] = pot[finite].to(self.potential.dtype)
         self.pressure[good] = pres[finite].to(self.pressure.dtype)
         self.age[good] += 1
+        if self.move is not None:
+            for i in (int(j) for j in good):
+                moved = self.move(self.specs[i])
+                if moved is not self.specs[i] and moved != self.specs[i]:
+                    self.specs[i] = moved
+                    self.envs[i] = self.build_env(moved)
         bad = [int(i) for i in idx[~finite]]
         for i in bad:
             self.reset(i)
@@ -89,6 +115,14 @@ class FlowPool:
         if self.reset_every and self.steps % self.reset_every == 0:
             self.reset(self.next_reset)
             self.next_reset = (self.next_reset + 1) % self.size
+        if self.perturb_every and self.steps % self.perturb_every == 0:
+            self.perturb(int(torch.randint(self.size, (), generator=self.generator)))
+
+    def perturb(self, i: int) -> None:
+        """Add a random divergence-free perturbation to environment ``i``'s state."""
+        delta = self.perturb_fn(self.specs[i], self.envs[i], self.generator)
+        self.potential[i] = self.potential[i] + delta[0].to(self.potential.dtype)
+        self.perturbed += 1
 
     def reset(self, i: int) -> None:
         """Replace environment ``i`` by a new random one, at rest."""
@@ -103,7 +137,7 @@ class FlowPool:
     def state_dict(self) -> dict[str, Any]:
         return {"specs": copy.deepcopy(self.specs), "potential": self.potential.clone(),
                 "pressure": self.pressure.clone(), "age": self.age.clone(), "steps": self.steps,
-                "next_reset": self.next_reset, "rejected": self.rejected,
+                "next_reset": self.next_reset, "rejected": self.rejected, "perturbed": self.perturbed,
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -124,4 +158,5 @@ class FlowPool:
         self.steps = int(state["steps"])
         self.next_reset = int(state["next_reset"])
         self.rejected = int(state["rejected"])
+        self.perturbed = int(state.get("perturbed", 0))  # absent in checkpoints from before perturbations
         self.generator.set_state(state["generator"])
