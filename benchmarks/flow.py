@@ -1,13 +1,15 @@
 """The trained vanilla physics-constrained flow solver on held-out obstacle domains, against the
 numerical reference solver on the same grid, side by side in one run.
 
-For the held-out cylinder and box (:func:`pdeaccel.experiments.flow.held_out_spec`; shapes and
+For the held-out cylinder, box and moving cylinder (:func:`pdeaccel.experiments.flow.held_out_spec`; shapes and
 positions not drawn in training): momentum residual E|R|, boundary error E|u − u_cond| and
 divergence E|∇·u| over a rollout of ``--steps`` network steps from rest; the relative L2
 velocity error against :class:`~pdeaccel.physics.incompressible.MACFlowSolver` (upwind3,
 float64, sub-stepped to Courant 0.5) at several times; whether the rollout stays finite and
 bounded; the vortex-shedding frequency of both (probe: mean vertical velocity behind the
 obstacle) and its Strouhal number; and steps per second of both at batch 1 and at a large batch.
+In 2D also: whether a developed shedding wake (a reference state) survives the network's steps
+and the loss's exact minimiser's, and the loss's one-step discretisation error.
 
     .venv/bin/python benchmarks/flow.py --model runs/flow-2d/<run>        # a trained flow-2d run
     .venv/bin/python benchmarks/flow.py --train                          # train flow-2d (cpu) first
@@ -31,9 +33,11 @@ import numpy as np
 import torch
 
 from pdeaccel.experiments.flow import held_out_environment, held_out_spec
-from pdeaccel.experiments.flow_eval import (cell_speed, load_flow_model, loss_optimal_steps, neural_rollout,
-                                            outflow_wiggle, reference_rollout, reference_substeps,
-                                            shedding_frequency, velocity_error)
+from pdeaccel.experiments.flow_eval import (cell_speed, load_flow_model, loss_optimal_steps, moving_environments,
+                                            neural_rollout, outflow_wiggle, potential_of, probe_window,
+                                            reference_rollout, reference_substeps, shedding_frequency,
+                                            velocity_error)
+from pdeaccel.neural_flow import PotentialState
 from pdeaccel.physics.environments import FlowEnvironment
 from pdeaccel.physics.incompressible import MACFlowSolver
 
@@ -77,8 +81,9 @@ def evaluate(model, cfg: dict, kind: str, steps: int, error_steps: list[int], pr
     physics = cfg["physics"]
     spec = held_out_spec(physics, kind)
     env = held_out_environment(physics, kind)
-    neural = neural_rollout(model, env, steps, save_steps=error_steps, progress=progress)
-    ref = reference_rollout(env, steps, save_steps=error_steps, progress=progress)
+    env_at = moving_environments(physics, spec)
+    neural = neural_rollout(model, env, steps, save_steps=error_steps, progress=progress, env_at=env_at)
+    ref = reference_rollout(env, steps, save_steps=error_steps, progress=progress, env_at=env_at)
     errors = {k: velocity_error(u, r, env) for k, u, r in zip(neural.snapshot_steps, neural.snapshots, ref.snapshots)}
     discard = steps // 5
     f_net, share_net = shedding_frequency(neural.probe, env.dt, discard)
@@ -100,11 +105,48 @@ def evaluate(model, cfg: dict, kind: str, steps: int, error_steps: list[int], pr
         "peak_share_net": share_net, "peak_share_reference": share_ref,
         "strouhal_net": f_net * size / U, "strouhal_reference": f_ref * size / U,
         "probe_net": neural.probe, "probe_reference": ref.probe,
-        "final_speed_net": cell_speed(neural.snapshots[-1]).tolist(),
-        "final_speed_reference": cell_speed(ref.snapshots[-1]).tolist(),
-        "fluid": env.fluid[0, 0].tolist(),
+        "final_speed_net": _plane(cell_speed(neural.snapshots[-1])).tolist(),
+        "final_speed_reference": _plane(cell_speed(ref.snapshots[-1])).tolist(),
+        "fluid": _plane(torch.from_numpy(1.0 - ref.snapshot_solids[-1].astype(np.float64))).tolist(),
         "rollout_seconds_net": neural.wall_seconds, "rollout_seconds_reference": ref.wall_seconds,
     }
+
+
+def _plane(field: torch.Tensor) -> torch.Tensor:
+    """A 2D field, or a 3D field's mid-depth slice (for the figure)."""
+    return field if field.ndim == 2 else field[..., field.shape[-1] // 2]
+
+
+def sustain_check(model, cfg: dict, start: int, steps: int, with_loss_minimiser: bool) -> dict:
+    """Does a developed shedding wake survive? From the reference state at step ``start`` on the
+    held-out cylinder, ``steps`` further steps of the reference, of the network, and of the
+    loss's exact minimiser (no network); the probe's standard deviation over each quarter of the
+    steps, relative to the reference's."""
+    env = held_out_environment(cfg["physics"], "cylinder")
+    ref = reference_rollout(env, start + steps, save_steps=[start])
+    u0 = ref.snapshots[0]
+    env64 = env.to(dtype=torch.float64)
+    window = probe_window(env64)
+
+    def probe(u) -> float:
+        return float((u[1][0, 0] * window).sum() / window.sum())
+
+    state = PotentialState(potential_of(u0, env64).to(env.fluid.dtype), torch.zeros_like(env.fluid))
+    net = []
+    with torch.no_grad():
+        for _ in range(steps):
+            state = model(state, env)
+            net.append(probe(model.velocity(state, env)))
+    series = {"reference": ref.probe[start:], "neural": net}
+    if with_loss_minimiser:
+        us = loss_optimal_steps(env64, u0, steps, advection=cfg["loss"]["advection"], theta=cfg["loss"]["theta"],
+                                beta=cfg["loss"]["beta"], max_iter=200, restarts=2)
+        series["loss minimiser (no network)"] = [probe(u) for u in us]
+    q = max(1, steps // 4)
+    ref_std = [float(np.std(series["reference"][i:i + q])) for i in range(0, steps, q)]
+    rows = {name: [float(np.std(v[i:i + q])) / max(r, 1e-12) for i, r in zip(range(0, steps, q), ref_std)]
+            for name, v in series.items()}
+    return {"start": start, "steps": steps, "quarter": q, "relative_std": rows, "series": series}
 
 
 def scheme_check(cfg: dict, start: int, steps: int) -> list[dict]:
@@ -183,6 +225,15 @@ def markdown(data: dict) -> str:
         lines.append(f"| {s['batch']} | {fmt(s['net_seconds_per_step'])} | {fmt(s['reference_seconds_per_step'])} "
                      f"({s['reference_substeps']}) | {fmt(s['net_steps_per_second'])} | "
                      f"{fmt(s['reference_steps_per_second'])} | {s['speedup']:.1f}× |")
+    if data.get("sustain"):
+        su = data["sustain"]
+        q = su["quarter"]
+        heads = " | ".join(f"steps {i + 1}–{i + q}" for i in range(0, su["steps"], q))
+        lines += ["", f"## Does a developed wake survive? (from the reference state at step {su['start']} on the "
+                      "held-out cylinder: the probe's standard deviation relative to the reference's)", "",
+                  f"| stepper | {heads} |", "|---|" + "---|" * len(su["relative_std"]["reference"])]
+        for name, vals in su["relative_std"].items():
+            lines.append(f"| {name} | " + " | ".join(fmt(v) for v in vals) + " |")
     if data.get("scheme_check"):
         sc = data["scheme_check"]
         lines += ["", f"## The loss's own discretisation (no network; exact minimiser of the loss, from the reference "
@@ -207,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="flow")
     ap.add_argument("--scheme-steps", type=int, default=5,
                     help="steps of the loss's exact minimiser compared with the reference (0: skip)")
+    ap.add_argument("--domains", default="cylinder,box,moving", help="held-out domains, comma-separated")
+    ap.add_argument("--sustain-steps", type=int, default=40,
+                    help="steps from a developed reference wake for the network and the loss minimiser (0: skip)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -219,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --model RUN_DIR (a trained flow-2d run) or --train")
     model, cfg, epochs_done = load_flow_model(model_dir)
     error_steps = sorted({s for s in (1, 10, 50, 100, 250, 500, 1000, args.steps) if s <= args.steps})
-    domains = [evaluate(model, cfg, kind, args.steps, error_steps, not args.quiet) for kind in ("cylinder", "box")]
+    domains = [evaluate(model, cfg, kind, args.steps, error_steps, not args.quiet) for kind in args.domains.split(",")]
     env = held_out_environment(cfg["physics"], "cylinder")
     speeds = [speed(model, env, b, 20, 3) for b in (1, args.large_batch)]
     data = {"command": "python benchmarks/flow.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -228,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             "loss_advection": cfg["loss"]["advection"],
             "machine": f"{platform.machine()}, {torch.get_num_threads()} of {os.cpu_count()} CPUs",
             "threads": args.threads, "torch": torch.__version__, "domains": domains, "speed": speeds}
-    if args.scheme_steps:
+    two_d = cfg["physics"]["ndim"] == 2  # the potential of a reference state (potential_of) is 2D only
+    if args.sustain_steps and two_d:
+        data["sustain"] = sustain_check(model, cfg, 300, args.sustain_steps, with_loss_minimiser=True)
+    if args.scheme_steps and two_d:
         data["scheme_start"] = 40
         data["scheme_check"] = scheme_check(cfg, 40, args.scheme_steps)
     RESULTS.mkdir(exist_ok=True)

@@ -6,7 +6,7 @@
     pdeaccel compare NAME --seeds N       PRDP vs converged over N seeds
     pdeaccel sweep NAME --k 1,2,4,8       final validation error against a fixed K
     pdeaccel simulate NAME [--steps N]    run a named numerical simulation, write HDF5 + figures
-    pdeaccel simulate --model RUN [--env cylinder|box|mask.png]   roll out a trained flow model
+    pdeaccel simulate --model RUN [--env cylinder|box|moving|mask.png]   roll out a trained flow model
     pdeaccel report RUN_DIR               rebuild figures and report.md from a run directory
 """
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, metavar="RUN_DIR",
                    help="roll out the trained flow model of a flow-2d/flow-3d run directory instead")
     p.add_argument("--env", default="cylinder",
-                   help="with --model: cylinder | box (held-out domains) | a mask file (.png, dark = solid; .npy)")
+                   help="with --model: cylinder | box | moving (held-out domains) | a mask file (.png, dark = solid; .npy)")
     p.add_argument("--inflow", type=float, default=None, help="with --model: mean inflow speed")
     p.add_argument("--out", default=None)
     p.add_argument("--no-animation", action="store_true")
