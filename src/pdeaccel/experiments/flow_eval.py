@@ -298,14 +298,12 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
                      inflow: float | None = None, out: str | Path | None = None, animate: bool = True,
                      progress: bool = True) -> dict[str, Any]:
     """Roll a trained flow model out on an environment and write a run directory."""
-    from .simulations import _prepare_run_dir  # the simulations' refusal to overwrite, shared
-
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {steps!r}.")
     model, cfg, _ = load_flow_model(model_dir)
     env, spec = _environment(cfg, env_name, inflow)
     run_dir = Path(out) if out is not None else Path("runs") / "simulate" / "flow" / time.strftime("%Y%m%d-%H%M%S")
-    _prepare_run_dir(run_dir)
+    io.prepare_fresh_run_dir(run_dir)
     save_every = max(1, steps // 80)
     roll = neural_rollout(model, env, steps, save_steps=range(save_every, steps + 1, save_every), progress=progress,
                           env_at=moving_environments(cfg["physics"], spec))

@@ -20,11 +20,10 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -456,7 +455,7 @@ def simulate(name: str, *, steps: int | None = None, overrides: Iterable[str] = 
     setup = sim.build(cfg, log)
 
     run_dir = Path(out) if out is not None else default_run_dir(name)
-    _prepare_run_dir(run_dir)
+    io.prepare_fresh_run_dir(run_dir)
 
     state = setup.state
     saved, saved_times, saved_steps = [state.clone()], [0.0], [0]
@@ -508,65 +507,35 @@ def simulate(name: str, *, steps: int | None = None, overrides: Iterable[str] = 
     return report
 
 
-def _prepare_run_dir(run_dir: Path) -> None:
-    if run_dir.exists():
-        if not run_dir.is_dir():
-            raise FileExistsError(f"--out {run_dir} exists and is not a directory; choose another --out.")
-        if any(run_dir.iterdir()):
-            raise FileExistsError(f"run directory {run_dir} already holds files; refusing to overwrite them. "
-                                  "Choose another --out (or leave it out for a new timestamped directory).")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise io.RunDirectoryError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
-
-
 # ---------------------------------------------------------------------------------- writers
 
 
 def _write_trajectory(path: Path, name: str, cfg: dict[str, Any], setup: _Setup, states: torch.Tensor,
                       views: torch.Tensor, times: list[float], steps: list[int],
                       series: dict[str, list[float]], series_times: list[float]) -> None:
-    """HDF5 written to a temporary name in the run directory and renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("states", data=states.numpy(), compression="gzip", compression_opts=4)
-            f["states"].attrs["layout"] = "[time, batch, channel, *space]"
-            f["states"].attrs["channels"] = setup.channels
-            f.create_dataset("times", data=np.asarray(times, dtype=np.float64))
-            f.create_dataset("steps", data=np.asarray(steps, dtype=np.int64))
-            if setup.view_name not in setup.channels:
-                f.create_dataset(setup.view_name, data=views.numpy(), compression="gzip", compression_opts=4)
-            diag = f.create_group("diagnostics")
-            diag.create_dataset("times", data=np.asarray(series_times, dtype=np.float64))
-            for key, values in series.items():
-                diag.create_dataset(key, data=np.asarray(values, dtype=np.float64))
-            f.attrs["simulation"] = name
-            f.attrs["config_yaml"] = to_yaml(cfg)
-            f.attrs["config_json"] = json.dumps(cfg)
-            grid = f.create_group("grid")
-            for key, value in setup.grid_attrs.items():
-                grid.attrs[key] = value
-            for axis, coords in enumerate(setup.coordinates):
-                grid.create_dataset(f"{setup.view_name}_axis{axis}", data=coords)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Give a finished temporary file the usual permissions (mkstemp makes it private) and rename
-    it over ``path`` (atomic on POSIX)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
+    """HDF5 built in memory, then published atomically: a crash never leaves half a file."""
+    buf = BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.create_dataset("states", data=states.numpy(), compression="gzip", compression_opts=4)
+        f["states"].attrs["layout"] = "[time, batch, channel, *space]"
+        f["states"].attrs["channels"] = setup.channels
+        f.create_dataset("times", data=np.asarray(times, dtype=np.float64))
+        f.create_dataset("steps", data=np.asarray(steps, dtype=np.int64))
+        if setup.view_name not in setup.channels:
+            f.create_dataset(setup.view_name, data=views.numpy(), compression="gzip", compression_opts=4)
+        diag = f.create_group("diagnostics")
+        diag.create_dataset("times", data=np.asarray(series_times, dtype=np.float64))
+        for key, values in series.items():
+            diag.create_dataset(key, data=np.asarray(values, dtype=np.float64))
+        f.attrs["simulation"] = name
+        f.attrs["config_yaml"] = to_yaml(cfg)
+        f.attrs["config_json"] = json.dumps(cfg)
+        grid = f.create_group("grid")
+        for key, value in setup.grid_attrs.items():
+            grid.attrs[key] = value
+        for axis, coords in enumerate(setup.coordinates):
+            grid.create_dataset(f"{setup.view_name}_axis{axis}", data=coords)
+    io.atomic_write_bytes(path, buf.getvalue())
 
 def _pyplot():
     import matplotlib
@@ -704,14 +673,9 @@ def _animate(path: Path, name: str, setup: _Setup, views: torch.Tensor, times: l
         palette = palette or frame.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
         images.append(frame.quantize(palette=palette, dither=Image.Dither.NONE))
     plt.close(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".gif", dir=path.parent)
-    os.close(fd)
-    try:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    io.atomic_write_bytes(path, buf.getvalue())
 
 
 def _markdown(report: dict[str, Any], setup: _Setup, animated: bool) -> str:

@@ -184,3 +184,19 @@ def write_csv(path: str | os.PathLike, rows: list[Mapping[str, Any]]) -> None:
     for row in rows:
         writer.writerow(row)
     atomic_write_text(path, buf.getvalue())
+
+
+def prepare_fresh_run_dir(run_dir: Path) -> None:
+    """Create an output directory for a one-shot command (a simulation), refusing one that
+    already holds files: nothing written before is ever overwritten."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise FileExistsError(f"--out {run_dir} exists and is not a directory; choose another --out.")
+        if any(run_dir.iterdir()):
+            raise FileExistsError(f"run directory {run_dir} already holds files; refusing to overwrite them. "
+                                  "Choose another --out (or leave it out for a new timestamped directory).")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
