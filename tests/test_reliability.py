@@ -20,6 +20,7 @@ from pdeaccel.linalg import SolverConfig, solve
 from pdeaccel.prdp import FixedSchedule
 from pdeaccel.train import faults, io
 from pdeaccel.train.trainer import DivergenceError, Trainer, TrainSettings
+from toy_tasks import OneParameterTask
 
 HEAT = ["heat-1d", "data.train=10", "data.validation=2", "train.epochs=8", "train.batch_size=5"]
 
@@ -265,23 +266,13 @@ def test_cli_reports_a_full_disk_and_an_unwritable_directory(tmp_path, monkeypat
 
 
 # ------------------------------------------------------------------------------ numerical faults
-class _ToyTask:
+class _ToyTask(OneParameterTask):
     """w → loss; a fault is injected by the hooks so each detection point can be exercised."""
 
     def __init__(self, fault=None):
-        self.w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+        super().__init__(torch.ones(3, dtype=torch.float64))
         self.fault = fault
         self.calls = 0
-
-    def parameters(self):
-        return [self.w]
-
-    def state_dict(self):
-        return {"w": self.w.detach().clone()}
-
-    def load_state_dict(self, s):
-        with torch.no_grad():
-            self.w.copy_(s["w"])
 
     def train_batches(self, generator):
         batch = torch.ones(2, 3, dtype=torch.float64)

@@ -14,6 +14,7 @@ from pdeaccel.prdp import FixedSchedule, PRDPConfig, PRDPSchedule
 from pdeaccel.train import io
 from pdeaccel.train.tasks import InverseTask
 from pdeaccel.train.trainer import Trainer, TrainSettings
+from toy_tasks import OneParameterTask
 
 
 def _inverse_task(steps_per_epoch: int = 2) -> InverseTask:
@@ -83,22 +84,12 @@ def test_corrupted_checkpoint_is_skipped(tmp_path):
     assert fresh.epoch == 2  # fell back to the previous intact checkpoint
 
 
-class _ExplodingTask:
+class _ExplodingTask(OneParameterTask):
     """Loss becomes NaN at small K in epoch 1: the guard must restore and raise K."""
 
     def __init__(self):
-        self.w = torch.nn.Parameter(torch.ones(1))
+        super().__init__(torch.ones(1))
         self.epoch_calls = 0
-
-    def parameters(self):
-        return [self.w]
-
-    def state_dict(self):
-        return {"w": self.w.detach().clone()}
-
-    def load_state_dict(self, s):
-        with torch.no_grad():
-            self.w.copy_(s["w"])
 
     def train_batches(self, generator):
         return [None]
