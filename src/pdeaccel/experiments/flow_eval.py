@@ -385,7 +385,8 @@ def _draw(axes, u: Velocity, solid: np.ndarray, h: float, limits=None):
     ims = [axes[0].imshow(speed.T, origin="lower", cmap="viridis", vmin=0, vmax=lim[0])]
     if vort is not None:
         ims.append(axes[1].imshow(vort.T, origin="lower", cmap="RdBu_r", vmin=-lim[1], vmax=lim[1],
-                                  extent=(0.5, solid.shape[0] - 0.5, 0.5, solid.shape[1] - 0.5)))
+                                  # interior corners sit half a cell past the cell centres 0..N-2
+                                  extent=(0.0, solid.shape[0] - 1.0, 0.0, solid.shape[1] - 1.0)))
     for ax in axes:
         ax.contour(solid.T.astype(float), levels=[0.5], colors="k", linewidths=0.8)  # the obstacle and walls
         ax.set_xticks([]), ax.set_yticks([])
