@@ -254,7 +254,7 @@ def markdown(data: dict) -> str:
             errs = ", ".join(f"{k}: {fmt(v)}" for k, v in row["errors"].items()) or "–"
             lines.append(f"| {row['advection']} | {errs} | {fmt(row['wiggle'])} |")
     lines += ["", "The paper reports ≈311 time steps per second for the vanilla 2D solver on a GPU (300×100); "
-              "the numbers above are CPU numbers at our cpu size.", "", "![flow](flow.png)", ""]
+              "the numbers above are CPU numbers at our cpu size.", "", f"![flow]({data['name']}.png)", ""]
     lines += data.get("notes", [])
     return "\n".join(lines)
 
@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             "trained_epochs": epochs_done, "steps_per_epoch": cfg["train"]["steps_per_epoch"],
             "loss_advection": cfg["loss"]["advection"],
             "machine": f"{platform.machine()}, {torch.get_num_threads()} of {os.cpu_count()} CPUs",
-            "threads": args.threads, "torch": torch.__version__, "domains": domains, "speed": speeds}
+            "threads": args.threads, "torch": torch.__version__, "domains": domains, "speed": speeds,
+            "name": args.name}
     two_d = cfg["physics"]["ndim"] == 2  # the potential of a reference state (potential_of) is 2D only
     if args.sustain_steps and two_d:
         data["sustain"] = sustain_check(model, cfg, 300, args.sustain_steps, with_loss_minimiser=True)
