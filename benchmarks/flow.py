@@ -218,14 +218,17 @@ def markdown(data: dict) -> str:
              f"{data['machine']}, {data['threads']} torch thread(s), torch {data['torch']}.", "",
              "## Accuracy over the rollout", "",
              "| domain | Re | steps | stable | E\\|R\\| (all / last 100) | E\\|u − u_cond\\| | max E\\|∇·u\\| | "
-             "rel. L2 error vs reference at steps | St neural / reference (peak share) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "rel. L2 error vs reference at steps | St neural / reference (peak share) | wake amplitude neural / reference |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["domains"]:
         errs = ", ".join(f"{k}: {fmt(v)}" for k, v in r["error_vs_reference"].items())
+        # the probe's standard deviation after the start-up (a clean spectral peak alone does not
+        # tell a shedding wake from a barely oscillating one)
+        amp = [float(np.std(r[key][r["steps"] // 5:])) for key in ("probe_net", "probe_reference")]
         lines.append(f"| {r['kind']} | {r['reynolds']:.0f} | {r['steps']} | {'yes' if r['stable'] else 'NO'} | "
                      f"{fmt(r['momentum_residual'])} / {fmt(r['momentum_residual_last100'])} | {fmt(r['boundary_error'])} | "
                      f"{fmt(r['divergence'])} | {errs} | {fmt(r['strouhal_net'])} / {fmt(r['strouhal_reference'])} "
-                     f"({r['peak_share_net']:.2f} / {r['peak_share_reference']:.2f}) |")
+                     f"({r['peak_share_net']:.2f} / {r['peak_share_reference']:.2f}) | {amp[0]:.3g} / {amp[1]:.3g} |")
     lines += ["", "## Speed, side by side (seconds per simulated Δt; median of repeats)", "",
               "| batch | neural s/step | reference s/Δt (sub-steps) | neural steps/s | reference steps/s | speed-up |",
               "|---|---|---|---|---|---|"]
@@ -259,6 +262,13 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render(name: str) -> None:
+    """Rewrite results/NAME.md from results/NAME.json (after a change to the table layout)."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    data.setdefault("name", name)
+    (RESULTS / f"{name}.md").write_text(markdown(data))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a trained flow-2d run directory")
@@ -273,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sustain-steps", type=int, default=40,
                     help="steps from a developed reference wake for the network and the loss minimiser (0: skip)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--render", metavar="NAME", help="only rewrite results/NAME.md from results/NAME.json")
     args = ap.parse_args(argv)
+    if args.render:
+        render(args.render)
+        return 0
     torch.set_num_threads(args.threads)
     model_dir = args.model
     if args.train:
