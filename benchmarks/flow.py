@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--domains", default="cylinder,box,moving", help="held-out domains, comma-separated")
     ap.add_argument("--sustain-steps", type=int, default=40,
                     help="steps from a developed reference wake for the network and the loss minimiser (0: skip)")
+    ap.add_argument("--sustain-start", type=int, default=300, help="reference step the wake check starts from")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--render", metavar="NAME", help="only rewrite results/NAME.md from results/NAME.json")
     args = ap.parse_args(argv)
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             "name": args.name}
     two_d = cfg["physics"]["ndim"] == 2  # the potential of a reference state (potential_of) is 2D only
     if args.sustain_steps and two_d:
-        data["sustain"] = sustain_check(model, cfg, 300, args.sustain_steps, with_loss_minimiser=True)
+        data["sustain"] = sustain_check(model, cfg, args.sustain_start, args.sustain_steps, with_loss_minimiser=True)
     if args.scheme_steps and two_d:
         data["scheme_start"] = 40
         data["scheme_check"] = scheme_check(cfg, 40, args.scheme_steps)

@@ -443,3 +443,26 @@ def test_every_moving_obstacle_stays_a_valid_environment_along_its_path(size):
             env = build_environment(physics, spec)
             assert float(env.net_prescribed_flux().abs().max()) < 1e-4
             spec = move_spec(physics, spec)
+
+
+def test_flow_benchmark_script_writes_markdown_and_json(tmp_path, monkeypatch):
+    """benchmarks/flow.py end to end at toy size (its numbers are not judged here, only that every
+    table it promises is written, as markdown and the same numbers as JSON)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow.py"
+    spec = importlib.util.spec_from_file_location("flow_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "model", progress=False)
+    assert bench.main(["--model", str(tmp_path / "model"), "--steps", "6", "--large-batch", "2",
+                       "--sustain-start", "4", "--sustain-steps", "2", "--scheme-steps", "0", "--quiet"]) == 0
+    md = (tmp_path / "results" / "flow.md").read_text()
+    data = json.loads((tmp_path / "results" / "flow.json").read_text())
+    assert [d["kind"] for d in data["domains"]] == ["cylinder", "box", "moving"]
+    assert "Does a developed wake survive?" in md and "wake amplitude" in md and "![flow](flow.png)" in md
+    assert (tmp_path / "results" / "flow.png").stat().st_size > 0
+    assert set(data["sustain"]["relative_std"]) == {"reference", "neural", "loss minimiser (no network)"}
