@@ -5,12 +5,13 @@ batch, the network advances it by one step, and the prediction is written back, 
 states from every stage of many long rollouts without any simulation data. Every
 ``reset_every`` steps the next environment (round-robin) is replaced by a freshly sampled one at
 rest. Environments with moving obstacles move one step with each prediction written back
-(``move``), so the obstacle position and the state stay in step. Optionally (``perturb_every``) a random environment's state gets a random
-divergence-free perturbation that leaves its boundary faces unchanged, so the pool also holds
-the asymmetric states an unstable flow (a shedding wake) passes through; without it every
-state is a network rollout from a symmetric rest, and a network that damps the instability
-never meets one. A prediction that is not finite is never written back: that environment is reset
-instead, and the event is counted, so a diverged state cannot poison the pool.
+(``move``), so the obstacle position and the state stay in step. Optionally
+(``perturb_every``) a random environment's state gets a random divergence-free perturbation
+that leaves its boundary faces unchanged, so the pool also holds asymmetric states; without it
+every state is a network rollout from rest, and a network that damps an instability (a shedding
+wake) never meets a developed one. A prediction that is not finite is never written back: that
+environment is reset instead, and the event is counted, so a diverged state cannot poison the
+pool.
 
 Environments are rebuilt from their *specs* (small JSON-able dicts that an experiment samples and
 turns into a :class:`~pdeaccel.physics.environments.FlowEnvironment`), so the pool's state —
