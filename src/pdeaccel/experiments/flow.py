@@ -4,14 +4,16 @@ solver NeuralStagger accelerates), trained on a pool of random environments with
 Environments: a channel along x with no-slip walls (``physics.height`` cells across, unit cell
 width as in the paper), a prescribed parabolic in- and outflow profile of mean speed
 ``U ~ U(inflow_min, inflow_max)`` (Wandel et al.'s in/outflow cells), and one obstacle: a box, a
-cylinder, or a rotating cylinder ("magnus", surface speed up to ``magnus_max·U``), at a random
-place and size. In 3D the channel has a square cross-section, the obstacle is a box, a cylinder
-along z or a sphere, and μ and ρ are sampled per environment (and given to the network).
+cylinder, a rotating cylinder ("magnus", surface speed up to ``magnus_max·U``) or a moving
+cylinder ("moving": translating at up to ``move_max·U``, bouncing inside the channel; see
+:func:`move_spec`), at a random place and size. In 3D the channel has a square cross-section,
+the obstacle is a box, a cylinder along z, a sphere or a moving sphere, and μ and ρ are sampled
+per environment (and given to the network).
 Fluid parameters follow the paper: μ = 0.1, ρ = 4, Δt = 4 (grid units). The loss's advection term is
 third-order upwind by default (``loss.advection=central`` is the paper's; see the config comment).
 
-Held-out environments for the benchmark (:func:`held_out_environment`): ``"cylinder"`` and
-``"box"`` with fixed shapes and positions not drawn in training.
+Held-out environments for the benchmark (:func:`held_out_environment`): ``"cylinder"``,
+``"box"`` and ``"moving"`` with fixed shapes, positions and motion not drawn in training.
 """
 
 from __future__ import annotations
