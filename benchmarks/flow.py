@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -78,14 +79,19 @@ def speed(model, env: FlowEnvironment, batch: int, steps: int, repeats: int) -> 
             "reference_steps_per_second": batch / t_ref, "speedup": t_ref / t_net}
 
 
-def evaluate(model, cfg: dict, kind: str, steps: int, error_steps: list[int], progress: bool) -> dict:
+def evaluate(model, cfg: dict, kind: str, steps: int, error_steps: list[int], progress: bool,
+             keep_reference: Iterable[int] = ()) -> dict:
+    """One held-out domain. ``keep_reference``: further steps whose reference velocity is kept in
+    ``"_reference_states"`` (not written to JSON) for the checks that start from a reference state."""
     physics = cfg["physics"]
     spec = held_out_spec(physics, kind)
     env = held_out_environment(physics, kind)
     env_at = moving_environments(physics, spec)
     neural = neural_rollout(model, env, steps, save_steps=error_steps, progress=progress, env_at=env_at)
-    ref = reference_rollout(env, steps, save_steps=error_steps, progress=progress, env_at=env_at)
-    errors = {k: velocity_error(u, r, env) for k, u, r in zip(neural.snapshot_steps, neural.snapshots, ref.snapshots)}
+    ref = reference_rollout(env, steps, save_steps=set(error_steps) | set(keep_reference), progress=progress,
+                            env_at=env_at)
+    reference_states = dict(zip(ref.snapshot_steps, ref.snapshots))
+    errors = {k: velocity_error(u, reference_states[k], env) for k, u in zip(neural.snapshot_steps, neural.snapshots)}
     discard = steps // 5
     f_net, share_net = shedding_frequency(neural.probe, env.dt, discard)
     f_ref, share_ref = shedding_frequency(ref.probe, env.dt, discard)
@@ -107,9 +113,10 @@ def evaluate(model, cfg: dict, kind: str, steps: int, error_steps: list[int], pr
         "strouhal_net": f_net * size / U, "strouhal_reference": f_ref * size / U,
         "probe_net": neural.probe, "probe_reference": ref.probe,
         "final_speed_net": _plane(cell_speed(neural.snapshots[-1])).tolist(),
-        "final_speed_reference": _plane(cell_speed(ref.snapshots[-1])).tolist(),
+        "final_speed_reference": _plane(cell_speed(reference_states[steps])).tolist(),
         "fluid": _plane(torch.from_numpy(1.0 - ref.snapshot_solids[-1].astype(np.float64))).tolist(),
         "rollout_seconds_net": neural.wall_seconds, "rollout_seconds_reference": ref.wall_seconds,
+        "_reference_states": reference_states,
     }
 
 
@@ -118,14 +125,14 @@ def _plane(field: torch.Tensor) -> torch.Tensor:
     return field if field.ndim == 2 else field[..., field.shape[-1] // 2]
 
 
-def sustain_check(model, cfg: dict, start: int, steps: int, with_loss_minimiser: bool) -> dict:
+def sustain_check(model, cfg: dict, cylinder: dict, start: int, steps: int) -> dict:
     """Does a developed shedding wake survive? From the reference state at step ``start`` on the
-    held-out cylinder, ``steps`` further steps of the reference, of the network, and of the
-    loss's exact minimiser (no network); the probe's standard deviation over each quarter of the
-    steps, relative to the reference's."""
+    held-out cylinder (``cylinder``: its :func:`evaluate` result, which kept that state), ``steps``
+    further steps of the reference, of the network, and of the loss's exact minimiser (no
+    network); the probe's standard deviation over each quarter of the steps, relative to the
+    reference's."""
     env = held_out_environment(cfg["physics"], "cylinder")
-    ref = reference_rollout(env, start + steps, save_steps=[start, start + 1])
-    u0 = ref.snapshots[0]
+    u0, u1 = cylinder["_reference_states"][start], cylinder["_reference_states"][start + 1]
     env64 = env.to(dtype=torch.float64)
     window = probe_window(env64)
 
@@ -140,15 +147,14 @@ def sustain_check(model, cfg: dict, start: int, steps: int, with_loss_minimiser:
             if k == 0:  # the network's one step on a state its training pool never held
                 terms = FlowResidual(env).terms(model.velocity(state, env), model.velocity(new, env), new.pressure)
                 one_step = {"error": velocity_error(tuple(c.double() for c in model.velocity(new, env)),
-                                                    ref.snapshots[1], env64),
+                                                    u1, env64),
                             "momentum_residual": float(terms.momentum_abs.mean())}
             state = new
             net.append(probe(model.velocity(state, env)))
-    series = {"reference": ref.probe[start:], "neural": net}
-    if with_loss_minimiser:
-        us = loss_optimal_steps(env64, u0, steps, advection=cfg["loss"]["advection"], theta=cfg["loss"]["theta"],
-                                beta=cfg["loss"]["beta"], max_iter=200, restarts=2)
-        series["loss minimiser (no network)"] = [probe(u) for u in us]
+    series = {"reference": cylinder["probe_reference"][start:start + steps], "neural": net}
+    us = loss_optimal_steps(env64, u0, steps, advection=cfg["loss"]["advection"], theta=cfg["loss"]["theta"],
+                            beta=cfg["loss"]["beta"], max_iter=200, restarts=2)
+    series["loss minimiser (no network)"] = [probe(u) for u in us]
     q = max(1, steps // 4)
     ref_std = [float(np.std(series["reference"][i:i + q])) for i in range(0, steps, q)]
     rows = {name: [float(np.std(v[i:i + q])) / max(r, 1e-12) for i, r in zip(range(0, steps, q), ref_std)]
@@ -157,21 +163,22 @@ def sustain_check(model, cfg: dict, start: int, steps: int, with_loss_minimiser:
             "net_one_step": one_step}
 
 
-def scheme_check(cfg: dict, start: int, steps: int) -> list[dict]:
+def scheme_check(cfg: dict, cylinder: dict, start: int, steps: int) -> list[dict]:
     """The loss's own time stepper (exact minimiser, no network) from a developed reference state
-    on the held-out cylinder, for the paper's central advection and for upwind3."""
+    on the held-out cylinder (kept by its :func:`evaluate`), for the paper's central advection
+    and for upwind3."""
     env = held_out_environment(cfg["physics"], "cylinder")
-    ref = reference_rollout(env, start + steps, save_steps=range(start, start + steps + 1))
+    ref = [cylinder["_reference_states"][k] for k in range(start, start + steps + 1)]
     env64 = env.to(dtype=torch.float64)
-    rows = [{"advection": "reference (MAC solver)", "errors": {}, "wiggle": outflow_wiggle(ref.snapshots[-1], env64)}]
+    rows = [{"advection": "reference (MAC solver)", "errors": {}, "wiggle": outflow_wiggle(ref[-1], env64)}]
     for advection in ("central", "upwind3"):
-        states = loss_optimal_steps(env64, ref.snapshots[0], steps, advection=advection, theta=cfg["loss"]["theta"],
+        states = loss_optimal_steps(env64, ref[0], steps, advection=advection, theta=cfg["loss"]["theta"],
                                     beta=cfg["loss"]["beta"])
         rows.append({"advection": advection,
-                     "errors": {k + 1: velocity_error(u, r, env64) for k, (u, r) in enumerate(zip(states, ref.snapshots[1:]))},
+                     "errors": {k + 1: velocity_error(u, r, env64) for k, (u, r) in enumerate(zip(states, ref[1:]))},
                      "wiggle": outflow_wiggle(states[-1], env64)})
     # the impulsive start: one step from rest (the reference starts from the projected rest state)
-    first = reference_rollout(env, 1, save_steps=[1]).snapshots[0]
+    first = cylinder["_reference_states"][1]
     rest = tuple(torch.zeros_like(f) for f in env64.face_velocity)
     for advection in ("central", "upwind3"):
         (u1,) = loss_optimal_steps(env64, rest, 1, advection=advection, theta=cfg["loss"]["theta"], beta=cfg["loss"]["beta"])
@@ -299,7 +306,27 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --model RUN_DIR (a trained flow-2d run) or --train")
     model, cfg, epochs_done = load_flow_model(model_dir)
     error_steps = sorted({s for s in (1, 10, 50, 100, 250, 500, 1000, args.steps) if s <= args.steps})
-    domains = [evaluate(model, cfg, kind, args.steps, error_steps, not args.quiet) for kind in args.domains.split(",")]
+    kinds = args.domains.split(",")
+    two_d = cfg["physics"]["ndim"] == 2  # the potential of a reference state (potential_of) is 2D only
+    sustain = args.sustain_steps > 0 and two_d
+    scheme = args.scheme_steps > 0 and two_d
+    scheme_start = 40
+    # the wake and scheme checks start from states of the cylinder's reference rollout: kept there
+    # rather than computed by a second reference run
+    keep: set[int] = set()  # reference steps whose states the checks need
+    longest = 0  # the reference rollout length they need
+    if sustain:
+        keep |= {args.sustain_start, args.sustain_start + 1}
+        longest = args.sustain_start + args.sustain_steps
+    if scheme:
+        keep |= {1, *range(scheme_start, scheme_start + args.scheme_steps + 1)}
+        longest = max(longest, scheme_start + args.scheme_steps)
+    if keep and ("cylinder" not in kinds or longest > args.steps):
+        ap.error("the wake and scheme checks start from the held-out cylinder's reference rollout: include "
+                 f"'cylinder' in --domains and use --steps >= {longest} (or --sustain-steps 0 --scheme-steps 0)")
+    domains = [evaluate(model, cfg, kind, args.steps, error_steps, not args.quiet,
+                        keep_reference=keep if kind == "cylinder" else ()) for kind in kinds]
+    cylinder = next((r for r in domains if r["kind"] == "cylinder"), None)
     env = held_out_environment(cfg["physics"], "cylinder")
     speeds = [speed(model, env, b, 20, 3) for b in (1, args.large_batch)]
     data = {"command": "python benchmarks/flow.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -309,12 +336,13 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()}, {torch.get_num_threads()} of {os.cpu_count()} CPUs",
             "threads": args.threads, "torch": torch.__version__, "domains": domains, "speed": speeds,
             "name": args.name}
-    two_d = cfg["physics"]["ndim"] == 2  # the potential of a reference state (potential_of) is 2D only
-    if args.sustain_steps and two_d:
-        data["sustain"] = sustain_check(model, cfg, args.sustain_start, args.sustain_steps, with_loss_minimiser=True)
-    if args.scheme_steps and two_d:
-        data["scheme_start"] = 40
-        data["scheme_check"] = scheme_check(cfg, 40, args.scheme_steps)
+    if sustain:
+        data["sustain"] = sustain_check(model, cfg, cylinder, args.sustain_start, args.sustain_steps)
+    if scheme:
+        data["scheme_start"] = scheme_start
+        data["scheme_check"] = scheme_check(cfg, cylinder, scheme_start, args.scheme_steps)
+    for r in domains:
+        r.pop("_reference_states")
     RESULTS.mkdir(exist_ok=True)
     plot(domains, RESULTS / f"{args.name}.png")
     slim = {**data, "domains": [{k: v for k, v in r.items() if not k.startswith(("final_speed", "fluid"))}

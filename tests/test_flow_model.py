@@ -459,7 +459,7 @@ def test_flow_benchmark_script_writes_markdown_and_json(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "model", progress=False)
     assert bench.main(["--model", str(tmp_path / "model"), "--steps", "6", "--large-batch", "2",
-                       "--sustain-start", "4", "--sustain-steps", "2", "--scheme-steps", "0", "--quiet"]) == 0
+                       "--sustain-start", "2", "--sustain-steps", "2", "--scheme-steps", "0", "--quiet"]) == 0
     md = (tmp_path / "results" / "flow.md").read_text()
     data = json.loads((tmp_path / "results" / "flow.json").read_text())
     assert [d["kind"] for d in data["domains"]] == ["cylinder", "box", "moving"]
