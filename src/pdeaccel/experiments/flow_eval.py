@@ -253,11 +253,14 @@ def moving_environments(physics: dict[str, Any], spec: dict[str, Any]) -> Callab
     if "velocity" not in spec:
         return None
     specs = [spec]
+    envs: dict[int, FlowEnvironment] = {}  # built once: the neural and the reference rollout ask for the same steps
 
     def env_at(k: int) -> FlowEnvironment:
         while len(specs) <= k:
             specs.append(move_spec(physics, specs[-1]))
-        return build_environment(physics, specs[k])
+        if k not in envs:
+            envs[k] = build_environment(physics, specs[k])
+        return envs[k]
 
     return env_at
 
