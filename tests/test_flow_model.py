@@ -223,13 +223,12 @@ def test_flow_training_runs_and_resumes_exactly(tmp_path):
     full = runner.train_run("flow-2d", overrides=TINY + ["train.epochs=3"], out=tmp_path / "full", progress=False)
     assert full["schedule"] == "none" and full["epochs"] == 3
     first = runner.train_run("flow-2d", overrides=TINY + ["train.epochs=2"], out=tmp_path / "part", progress=False)
+    # continue the same run for one more epoch: the override extends it (and is recorded)
+    resumed = runner.train_run("flow-2d", overrides=["train.epochs=3"], out=tmp_path / "part", resume=True,
+                               progress=False)
     import yaml
 
-    cfg_path = tmp_path / "part" / "config.yaml"
-    stored = yaml.safe_load(cfg_path.read_text())
-    stored["config"]["train"]["epochs"] = 3  # continue the same run for one more epoch
-    cfg_path.write_text(yaml.safe_dump(stored))
-    resumed = runner.train_run("flow-2d", out=tmp_path / "part", resume=True, progress=False)
+    assert yaml.safe_load((tmp_path / "part" / "config.yaml").read_text())["config"]["train"]["epochs"] == 3
     assert first["epochs"] == 2 and resumed["epochs"] == 3
     assert resumed["final_val_metric"] == full["final_val_metric"]
     header = (tmp_path / "full" / "metrics.csv").read_text().splitlines()[0]

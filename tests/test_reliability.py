@@ -361,6 +361,49 @@ def test_resume_rejects_a_tampered_config(tmp_path):
         train_run("poisson-inverse", out=out, resume=True, progress=False)
 
 
+def test_resume_extends_a_run_with_train_epochs_and_records_it(tmp_path, capsys):
+    out = tmp_path / "r"
+    over = HEAT[1:-2] + ["train.batch_size=5"]  # heat-1d, tiny data, epochs set below
+    assert main(["train", "heat-1d", "--quiet", "--out", str(out), *over, "train.epochs=2"]) == 0
+    assert main(["train", "heat-1d", "--quiet", "--resume", str(out), "train.epochs=4"]) == 0
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["config"]["train"]["epochs"] == 4
+    assert [r["epoch"] for r in io_rows(out)] == [0, 1, 2, 3]
+    # the extended run equals one planned for 4 epochs from the start, except the recorded plan
+    full = train_run("heat-1d", overrides=over + ["train.epochs=4"], out=tmp_path / "full", progress=False)
+    assert faults.differences(faults.comparable_run(tmp_path / "full"), faults.comparable_run(out)) == []
+    assert full["epochs"] == 4
+    # a plain --resume now follows the recorded plan (nothing left to do), and cannot go below it
+    assert main(["train", "heat-1d", "--quiet", "--resume", str(out)]) == 0
+    assert len(io_rows(out)) == 4
+    capsys.readouterr()
+    assert main(["train", "heat-1d", "--quiet", "--resume", str(out), "train.epochs=3"]) == 2
+    assert "already completed 4 epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train.lr=0.5"], "--resume cannot change train.lr"),
+    (["data.train=12"], "--resume cannot change data.train"),
+    (["train.epochs=3", "prdp.tau_step=0.5"], "--resume cannot change prdp.tau_step"),
+    (["--schedule", "converged"], "--schedule converged does not match"),
+    (["--seed", "7"], "--seed 7 does not match"),
+    (["--size", "paper"], "--size paper does not match"),
+    (["size=paper"], "--size"),
+])
+def test_resume_refuses_what_it_cannot_change_naming_the_key(args, fragment, tmp_path, capsys):
+    out = tmp_path / "r"
+    train_run("heat-1d", overrides=HEAT[1:-2] + ["train.batch_size=5", "train.epochs=1"], out=out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "heat-1d", "--quiet", "--resume", str(out), *args]) == 2
+    assert fragment in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing trained or written
+    # what the run already has may be repeated
+    assert main(["train", "heat-1d", "--quiet", "--resume", str(out), "--size", "cpu", "--schedule", "prdp",
+                 "--seed", "0", "train.epochs=1", "train.lr=0.001"]) == 0
+
+
 def test_resume_of_a_run_killed_before_it_started_says_so(tmp_path):
     out = tmp_path / "r"
     out.mkdir()

@@ -20,7 +20,8 @@ from .config import ConfigError, flatten, to_yaml
 
 
 def _add_common(p: argparse.ArgumentParser, out_default: str = "runs/<experiment>/<timestamp>") -> None:
-    p.add_argument("--size", default="cpu", help="experiment size: cpu (minutes on a laptop) or paper (GPU)")
+    # default None (= cpu) so that a --size typed with --resume can be checked against the run's
+    p.add_argument("--size", default=None, help="experiment size: cpu (default; minutes on a laptop) or paper (GPU)")
     p.add_argument("--out", default=None, help=f"run directory (default {out_default})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -113,8 +114,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _experiments(args)
     if args.command == "train":
         if args.resume:
-            summary = runner.train_run(args.name, schedule=args.schedule, out=args.resume, resume=True,
-                                       progress=progress)
+            if args.out is not None and Path(args.out) != Path(args.resume):
+                raise ConfigError(f"--out {args.out} and --resume {args.resume} disagree; a resumed run stays "
+                                  "in its directory (give --resume RUN_DIR only).")
+            # what was typed is checked against the run: only train.epochs/train.target_metric may change
+            summary = runner.train_run(args.name, size=args.size, schedule=args.schedule, overrides=args.overrides,
+                                       seed=args.seed, out=args.resume, resume=True, progress=progress)
         else:
             summary = runner.train_run(args.name, size=args.size, schedule=args.schedule,
                                        overrides=args.overrides, out=args.out, seed=args.seed, progress=progress)
@@ -125,7 +130,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"run directory: {summary['run_dir']}")
         return 0
     if args.command == "compare":
-        data = runner.compare(args.name, seeds=args.seeds, size=args.size, overrides=args.overrides,
+        data = runner.compare(args.name, seeds=args.seeds, size=args.size or "cpu", overrides=args.overrides,
                               out=args.out, progress=progress)
         print((Path(data["run_dir"]) / "report.md").read_text())
         return 0
@@ -134,7 +139,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             ks = [int(k) for k in args.k.split(",") if k.strip()]
         except ValueError:
             raise ConfigError(f"--k must be comma-separated integers such as 1,2,4,8; got {args.k!r}") from None
-        data = runner.sweep(args.name, ks, seeds=args.seeds, size=args.size, overrides=args.overrides,
+        data = runner.sweep(args.name, ks, seeds=args.seeds, size=args.size or "cpu", overrides=args.overrides,
                             out=args.out, progress=progress)
         print((Path(data["run_dir"]) / "report.md").read_text())
         return 0
@@ -153,9 +158,9 @@ def _demo(args: argparse.Namespace, progress: bool) -> int:
     from .experiments import runner
 
     out = args.out or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"pdeaccel demo: PRDP against converged training on {args.experiment} ({args.size} size, "
+    print(f"pdeaccel demo: PRDP against converged training on {args.experiment} ({args.size or 'cpu'} size, "
           f"{args.seeds} seed(s)). Run directory: {out}\n", flush=True)
-    data = runner.compare(args.experiment, seeds=args.seeds, size=args.size, overrides=args.overrides,
+    data = runner.compare(args.experiment, seeds=args.seeds, size=args.size or "cpu", overrides=args.overrides,
                           out=out, progress=progress)
     print((Path(data["run_dir"]) / "report.md").read_text())
     print(f"Figures: {Path(data['run_dir']) / 'comparison.png'} and each run's training.png")

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .. import prdp as prdp_mod
-from ..config import ConfigError, apply_overrides, to_yaml
+from ..config import ConfigError, apply_overrides, flatten, to_yaml
 from ..train import io
 from ..train.report import markdown_table, plot_comparison, plot_run, plot_sweep, read_metrics
 from ..train.trainer import Trainer, TrainSettings
@@ -55,16 +55,34 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     io.remove_temporaries(run_dir)
 
 
-def train_run(name: str, *, size: str = "cpu", schedule: str | None = None, overrides: Iterable[str] = (),
+# Config keys a resumed run may change (``--resume RUN key=value``): they decide how far the run
+# goes, not what the saved state means. Everything else (learning rate, data, net, solver, PRDP,
+# seed, size, schedule) is baked into the checkpoint or the data and is refused, naming the key.
+RESUME_CHANGEABLE_KEYS = frozenset({"train.epochs", "train.target_metric"})
+
+
+def train_run(name: str, *, size: str | None = None, schedule: str | None = None, overrides: Iterable[str] = (),
               out: str | Path | None = None, seed: int | None = None, resume: bool = False,
               progress: bool = True) -> dict[str, Any]:
-    """Train experiment ``name`` with a budget schedule; return the run summary (also in report.json)."""
+    """Train experiment ``name`` with a budget schedule; return the run summary (also in report.json).
+
+    With ``resume``, ``out`` is the run directory to continue: its stored config and schedule are
+    used; ``overrides`` may change only :data:`RESUME_CHANGEABLE_KEYS` (the new values are written
+    to its ``config.yaml``), and ``size``/``schedule``/``seed`` must be left out or equal the
+    stored ones.
+    """
     exp = get_experiment(name)
-    cfg = resolve_config(name, size, overrides, seed)
-    schedule = _default_schedule(exp, schedule)
-    run_dir = Path(out) if out is not None else default_run_dir(schedule.replace(":", ""), name)
     if resume:
-        cfg, schedule = _stored_config(exp, run_dir)
+        if out is None:
+            raise ConfigError("--resume needs the run directory to continue.")
+        run_dir = Path(out)
+        cfg, schedule, changed = _resumed_config(exp, run_dir, size=size, schedule=schedule, seed=seed,
+                                                 overrides=overrides)
+    else:
+        cfg = resolve_config(name, size or "cpu", overrides, seed)
+        schedule = _default_schedule(exp, schedule)
+        run_dir = Path(out) if out is not None else default_run_dir(schedule.replace(":", ""), name)
+        changed = []
     _refuse_existing(run_dir, resume)
     _budget_schedule(exp, cfg, schedule, k_converged=1)  # a bad spec fails before the (costly) build
     # torch seeds its global generator randomly per process; a resumed run must restore the same
@@ -75,8 +93,7 @@ def train_run(name: str, *, size: str = "cpu", schedule: str | None = None, over
     picard_sched = _picard_schedule(cfg, schedule)
     _prepare_run_dir(run_dir, resume)
     if not resume:
-        io.atomic_write_text(run_dir / "config.yaml", to_yaml({"config": cfg, "schedule": schedule,
-                                                               "k_converged": built.k_converged}))
+        _write_run_config(run_dir, cfg, schedule, built.k_converged)
     t = cfg["train"]
     settings = TrainSettings(epochs=t["epochs"], optimizer=t["optimizer"], lr=t["lr"], lr_decay=t["lr_decay"],
                              progress=progress, target_metric=t.get("target_metric") or None,
@@ -85,6 +102,12 @@ def train_run(name: str, *, size: str = "cpu", schedule: str | None = None, over
                       nonlinear_schedule=picard_sched)
     if resume:
         trainer.resume()
+        if trainer.epoch > cfg["train"]["epochs"]:
+            raise ConfigError(f"train.epochs={cfg['train']['epochs']}: the run in {run_dir} has already "
+                              f"completed {trainer.epoch} epochs; give train.epochs >= {trainer.epoch}.")
+        if changed:
+            # the run now follows the new plan: a later plain --resume must continue it, not the old one
+            _write_run_config(run_dir, cfg, schedule, built.k_converged)
     start = time.perf_counter()
     trainer.fit()
     summary = _run_summary(exp, cfg, schedule, built.k_converged, trainer.rows, sched)
@@ -93,6 +116,53 @@ def train_run(name: str, *, size: str = "cpu", schedule: str | None = None, over
     summary["run_dir"] = str(run_dir)
     write_run_report(run_dir, summary, trainer.rows)
     return summary
+
+
+def _write_run_config(run_dir: Path, cfg: dict[str, Any], schedule: str, k_converged: int) -> None:
+    io.atomic_write_text(run_dir / "config.yaml", to_yaml({"config": cfg, "schedule": schedule,
+                                                           "k_converged": k_converged}))
+
+
+def _resumed_config(exp: Experiment, run_dir: Path, *, size: str | None, schedule: str | None, seed: int | None,
+                    overrides: Iterable[str]) -> tuple[dict[str, Any], str, list[str]]:
+    """The config a resumed run continues with, and the keys the overrides changed.
+
+    ``--size``, ``--schedule`` and ``--seed`` must be omitted or equal what the run was started with;
+    ``key=value`` overrides may change only :data:`RESUME_CHANGEABLE_KEYS`. Anything else fails
+    with a :class:`ConfigError` naming the key, before anything is built or written.
+    """
+    cfg, stored_schedule = _stored_config(exp, run_dir)
+    for flag, given, stored in (("--size", size, cfg["size"]), ("--seed", seed, cfg["seed"]),
+                                ("--schedule", schedule, stored_schedule)):
+        if given is not None and given != stored:
+            raise ConfigError(f"{flag} {given} does not match the run being resumed ({run_dir} was started with "
+                              f"{flag} {stored}); a resumed run keeps it. Leave {flag} out, or start a new run "
+                              "with another --out.")
+    overrides = list(overrides)
+    _refuse_reserved_overrides(overrides)
+    new_cfg = apply_overrides(cfg, overrides)
+    old, new = flatten(cfg), flatten(new_cfg)
+    changed = [k for k in new if new[k] != old.get(k)]
+    refused = [k for k in changed if k not in RESUME_CHANGEABLE_KEYS]
+    if refused:
+        raise ConfigError(f"--resume cannot change {', '.join(refused)} (the run was started with "
+                          + ", ".join(f"{k}={old.get(k)!r}" for k in refused)
+                          + "): the saved state depends on it. Only "
+                          + ", ".join(sorted(RESUME_CHANGEABLE_KEYS)) + " may change when resuming; "
+                          "start a new run with another --out for the rest.")
+    validate_config(exp, new_cfg)
+    return new_cfg, stored_schedule, changed
+
+
+def _refuse_reserved_overrides(overrides: Sequence[str]) -> None:
+    """``size`` and ``experiment`` are config entries but not settings: refuse them as overrides."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key == "size":
+            raise ConfigError(f"{item!r}: the size is chosen with --size (e.g. --size paper), which selects the "
+                              "whole set of that size's defaults; size= would only relabel the config.")
+        if key == "experiment":
+            raise ConfigError(f"{item!r}: the experiment is the command's NAME argument, not a config override.")
 
 
 def _stored_config(exp: Experiment, run_dir: Path) -> tuple[dict[str, Any], str]:
