@@ -166,7 +166,7 @@ def test_pool_refuses_non_finite_predictions_and_resets_round_robin():
     physics = tiny_physics()
     model = small_model()
     pool = FlowPool(4, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
-                    model.initial_state, reset_every=3, seed=5)
+                    model, reset_every=3, seed=5)
     idx = torch.tensor([0, 2])
     env, state = pool.batch(idx)
     bad = PotentialState(state.potential + 1.0, state.pressure + 1.0)
@@ -187,7 +187,7 @@ def test_pool_state_round_trip_continues_identically():
 
     def make():
         return FlowPool(3, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
-                        model.initial_state, reset_every=2, seed=9)
+                        model, reset_every=2, seed=9)
 
     a = make()
     for _ in range(3):
@@ -357,7 +357,7 @@ def test_pool_perturbs_random_states_and_resumes_them_identically():
 
     def make():
         return FlowPool(3, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
-                        model.initial_state, reset_every=0, seed=2, perturb_every=2,
+                        model, reset_every=0, seed=2, perturb_every=2,
                         perturb=lambda spec, env, g: random_potential_perturbation(env, 0.2 * spec["inflow"], g))
 
     a = make()
@@ -373,7 +373,7 @@ def test_pool_perturbs_random_states_and_resumes_them_identically():
     torch.testing.assert_close(a.potential, b.potential)
     with pytest.raises(ValueError, match="perturb function"):
         FlowPool(2, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
-                 model.initial_state, reset_every=0, perturb_every=1)
+                 model, reset_every=0, perturb_every=1)
 
 
 def test_moving_obstacles_bounce_inside_their_region_and_move_with_the_pool():
@@ -396,7 +396,7 @@ def test_moving_obstacles_bounce_inside_their_region_and_move_with_the_pool():
     # in the pool, an environment moves one step per prediction written back
     model = small_model()
     pool = FlowPool(2, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
-                    model.initial_state, reset_every=0, seed=4, move=lambda s: move_spec(physics, s))
+                    model, reset_every=0, seed=4, move=lambda s: move_spec(physics, s))
     before = [list(s["center"]) for s in pool.specs]
     fluid_before = pool.envs[0].fluid.clone()
     idx = torch.tensor([0])

@@ -129,6 +129,90 @@ def _crop(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return x[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
 
 
+@dataclass
+class FieldView:
+    """What one network step reads of an environment, on the grid it runs on: the full grid for
+    the vanilla solver, a coarse sub-grid (one offset of a staggered decomposition) for a
+    NeuralStagger sub-solver. Masks and prescribed values are face arrays (vanilla) or arrays
+    already padded to the node shape of ``grid`` (sub-grids); both are read the same way."""
+
+    grid: Grid
+    fluid: torch.Tensor  # [B, 1, *cells]
+    face_mask: tuple[torch.Tensor, ...]
+    face_velocity: tuple[torch.Tensor, ...]
+    mu: torch.Tensor  # [B]
+    rho: torch.Tensor  # [B]
+    potential_mask: torch.Tensor  # [1 or B, P, *nodes]: 1 where a packed potential entry is an unknown
+
+    @staticmethod
+    def of(env: FlowEnvironment) -> "FieldView":
+        return FieldView(env.grid, env.fluid, tuple(env.face_mask), tuple(env.face_velocity), env.mu, env.rho,
+                         potential_mask(env.grid, env.fluid.dtype, env.fluid.device))
+
+
+def encode_fields(potential: torch.Tensor, pressure: torch.Tensor, view: FieldView, scales: dict[str, float],
+                  ndim: int) -> torch.Tensor:
+    """The network's input channels (see the module docstring), on ``view.grid``."""
+    grid = view.grid
+    dtype = potential.dtype
+    u = velocity_from_potential(potential, grid)
+    fields = [potential / scales["potential"], pad_to_nodes(pressure / scales["pressure"], grid)]
+    fields += [pad_to_nodes(ud / scales["velocity"], grid) for ud in u]
+    fields.append(pad_to_nodes(view.fluid.to(dtype), grid))
+    for m, U in zip(view.face_mask, view.face_velocity):
+        m = m.to(dtype)
+        fields += [pad_to_nodes(m, grid), pad_to_nodes(m * U.to(dtype) / scales["velocity"], grid)]
+    if ndim == 3:
+        ones = torch.ones_like(fields[1][:, :1])
+        shape = (-1,) + (1,) * (grid.ndim + 1)
+        fields += [ones * view.mu.to(dtype).reshape(shape), ones * view.rho.to(dtype).reshape(shape)]
+    return torch.cat(fields, dim=1)
+
+
+def advance_fields(potential: torch.Tensor, pressure: torch.Tensor, out: torch.Tensor, view: FieldView,
+                   scales: dict[str, float], bounds: dict[str, float], remove_mean: bool) -> PotentialState:
+    """The new state from the network's increments ``out`` (``[B, P + 1, *nodes]``): masked,
+    optionally gauge-fixed (mean removed) and tanh-bounded."""
+    grid = view.grid
+    P = potential.shape[1]
+    mask = view.potential_mask.to(out.dtype)
+    A, Pb = bounds["potential"], bounds["pressure"]
+    a = (potential + scales["potential"] * out[:, :P]) * mask
+    if remove_mean:
+        a = a - (a.flatten(2).sum(2) / mask.flatten(2).sum(2)).reshape(a.shape[:2] + (1,) * grid.ndim) * mask
+    a = A * torch.tanh(a / A) * mask
+    fluid = view.fluid.to(out.dtype)
+    cells = tuple(slice(0, n) for n in grid.shape)
+    p = (pressure + scales["pressure"] * out[(slice(None), slice(P, P + 1)) + cells]) * fluid
+    if remove_mean:
+        count = fluid.flatten(1).sum(1).clamp(min=1.0).reshape((-1,) + (1,) * (grid.ndim + 1))
+        p = (p - p.flatten(1).sum(1).reshape(count.shape) / count) * fluid
+    p = Pb * torch.tanh(p / Pb)
+    return PotentialState(a, p)
+
+
+def check_state(state: PotentialState, env: FlowEnvironment, P: int) -> None:
+    expected = (env.batch_size, P) + node_shape(env.grid)
+    if tuple(state.potential.shape) != expected:
+        raise ValueError(f"state.potential must have shape {list(expected)}, got {list(state.potential.shape)}.")
+    if tuple(state.pressure.shape) != tuple(env.fluid.shape):
+        raise ValueError(f"state.pressure must have shape {list(env.fluid.shape)}, got {list(state.pressure.shape)}.")
+
+
+def check_solver_args(ndim: int, **values: float) -> None:
+    if ndim not in (2, 3):
+        raise ValueError(f"the neural flow solver is 2D or 3D, got ndim={ndim!r}.")
+    for name, value in values.items():
+        if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+
+
+def input_channels(ndim: int) -> int:
+    """Potential, pressure, velocity per axis, fluid, mask and value per axis (+ μ, ρ in 3D)."""
+    P = 1 if ndim == 2 else 3
+    return P + 1 + ndim + 1 + 2 * ndim + (2 if ndim == 3 else 0)
+
+
 class NeuralFlowSolver(nn.Module):
     """``(state, env) -> next state``: one time step ``env.dt`` of incompressible flow.
 
@@ -140,22 +224,23 @@ class NeuralFlowSolver(nn.Module):
         potential_scale, pressure_scale: typical sizes of ``a`` and ``p`` (inputs are divided
             by them; outputs are increments in these units).
         potential_bound, pressure_bound: the tanh bounds ``A``, ``P_max`` of the state.
+
+    It implements the flow-model interface (:class:`pdeaccel.flow_model.FlowModel`): one call
+    advances one time step, and a pool stores its state as ``potential`` and ``pressure``.
     """
+
+    steps_per_call = 1
 
     def __init__(self, ndim: int, hidden: int = 20, levels: int = 4, kernel_size: int = 3, *,
                  velocity_scale: float = 1.0, potential_scale: float = 10.0, pressure_scale: float = 1.0,
                  potential_bound: float = 1000.0, pressure_bound: float = 100.0) -> None:
         super().__init__()
-        if ndim not in (2, 3):
-            raise ValueError(f"the neural flow solver is 2D or 3D, got ndim={ndim!r}.")
-        for name, value in (("velocity_scale", velocity_scale), ("potential_scale", potential_scale),
-                            ("pressure_scale", pressure_scale), ("potential_bound", potential_bound),
-                            ("pressure_bound", pressure_bound)):
-            if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+        check_solver_args(ndim, velocity_scale=velocity_scale, potential_scale=potential_scale,
+                          pressure_scale=pressure_scale, potential_bound=potential_bound,
+                          pressure_bound=pressure_bound)
         self.ndim = ndim
         self.P = 1 if ndim == 2 else 3
-        self.in_channels = self.P + 1 + ndim + 1 + 2 * ndim + (2 if ndim == 3 else 0)
+        self.in_channels = input_channels(ndim)
         self.net = UNet(ndim, self.in_channels, self.P + 1, hidden=hidden, levels=levels,
                         kernel_size=kernel_size, padding_mode="zeros")
         self.scales = {"velocity": float(velocity_scale), "potential": float(potential_scale),
@@ -177,43 +262,28 @@ class NeuralFlowSolver(nn.Module):
     def velocity(self, state: PotentialState, env: FlowEnvironment) -> Velocity:
         return velocity_from_potential(state.potential, env.grid)
 
+    def latest(self, state: PotentialState) -> PotentialState:
+        """The newest full-resolution state (the state itself: it holds one)."""
+        return state
+
+    def trajectory(self, old: PotentialState, new: PotentialState) -> list[PotentialState]:
+        """Consecutive full-resolution states from the newest of ``old`` to the newest of ``new``."""
+        return [old, new]
+
+    def pack(self, state: PotentialState) -> dict[str, torch.Tensor]:
+        return {"potential": state.potential, "pressure": state.pressure}
+
+    def unpack(self, tensors: dict[str, torch.Tensor]) -> PotentialState:
+        return PotentialState(tensors["potential"], tensors["pressure"])
+
     def encode(self, state: PotentialState, env: FlowEnvironment) -> torch.Tensor:
         """The network's input channels (see the module docstring)."""
-        grid = env.grid
         if env.ndim != self.ndim:
             raise ValueError(f"this solver is {self.ndim}D, the environment is {env.ndim}D.")
-        dtype = state.potential.dtype
-        s = self.scales
-        u = self.velocity(state, env)
-        fields = [state.potential / s["potential"], pad_to_nodes(state.pressure / s["pressure"], grid)]
-        fields += [pad_to_nodes(ud / s["velocity"], grid) for ud in u]
-        fields.append(pad_to_nodes(env.fluid.to(dtype), grid))
-        for m, U in zip(env.face_mask, env.face_velocity):
-            m = m.to(dtype)
-            fields += [pad_to_nodes(m, grid), pad_to_nodes(m * U.to(dtype) / s["velocity"], grid)]
-        if self.ndim == 3:
-            ones = torch.ones_like(fields[1][:, :1])
-            shape = (-1,) + (1,) * (grid.ndim + 1)
-            fields += [ones * env.mu.to(dtype).reshape(shape), ones * env.rho.to(dtype).reshape(shape)]
-        return torch.cat(fields, dim=1)
+        return encode_fields(state.potential, state.pressure, FieldView.of(env), self.scales, self.ndim)
 
     def forward(self, state: PotentialState, env: FlowEnvironment) -> PotentialState:
-        grid = env.grid
-        expected = (env.batch_size, self.P) + node_shape(grid)
-        if tuple(state.potential.shape) != expected:
-            raise ValueError(f"state.potential must have shape {list(expected)}, got {list(state.potential.shape)}.")
-        if tuple(state.pressure.shape) != tuple(env.fluid.shape):
-            raise ValueError(f"state.pressure must have shape {list(env.fluid.shape)}, got {list(state.pressure.shape)}.")
+        check_state(state, env, self.P)
+        view = FieldView.of(env)
         out = self.net(self.encode(state, env))
-        mask = potential_mask(grid, out.dtype, out.device)
-        A, Pb = self.bounds["potential"], self.bounds["pressure"]
-        a = (state.potential + self.scales["potential"] * out[:, :self.P]) * mask
-        a = a - (a.flatten(2).sum(2) / mask.flatten(2).sum(2)).reshape(a.shape[:2] + (1,) * grid.ndim) * mask
-        a = A * torch.tanh(a / A) * mask
-        fluid = env.fluid.to(out.dtype)
-        cells = tuple(slice(0, n) for n in grid.shape)
-        p = (state.pressure + self.scales["pressure"] * out[(slice(None), slice(self.P, self.P + 1)) + cells]) * fluid
-        count = fluid.flatten(1).sum(1).clamp(min=1.0).reshape((-1,) + (1,) * (grid.ndim + 1))
-        p = (p - p.flatten(1).sum(1).reshape(count.shape) / count) * fluid
-        p = Pb * torch.tanh(p / Pb)
-        return PotentialState(a, p)
+        return advance_fields(state.potential, state.pressure, out, view, self.scales, self.bounds, remove_mean=True)

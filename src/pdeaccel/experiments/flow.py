@@ -27,7 +27,8 @@ import torch
 
 from ..config import ConfigError, require
 from ..linalg import SolverConfig
-from ..neural_flow import NeuralFlowSolver, random_potential_perturbation
+from ..flow_model import MODEL_KINDS, build_flow_model
+from ..neural_flow import random_potential_perturbation
 from ..physics.environments import FlowEnvironment, Obstacle, channel
 from ..train import io
 from ..train.pool import FlowPool
@@ -41,12 +42,18 @@ MOVING_REGION = ((0.1, 0.7), (0.25, 0.75), (0.25, 0.75))
 
 _CPU_2D: dict[str, Any] = {
     "seed": 0,
-    "physics": {"ndim": 2, "length": 64, "height": 32, "mu": 0.1, "rho": 4.0, "dt": 4.0,
+    # dt = 1 (the paper's is 4, kept at --size paper): at cpu budgets (15k optimiser steps) the network
+    # learns a shedding wake at Δt = 1 and converges to the symmetric steady wake at Δt = 4
+    # (benchmarks/results/flow.md, "recipes")
+    "physics": {"ndim": 2, "length": 64, "height": 32, "mu": 0.1, "rho": 4.0, "dt": 1.0,
                 "inflow_min": 0.2, "inflow_max": 1.0, "obstacles": ["box", "cylinder", "magnus", "moving"],
                 "magnus_max": 1.0, "move_max": 0.3, "mu_range": [0.1, 0.1], "rho_range": [4.0, 4.0]},
     # perturb: peak speed (× the environment's inflow) of the random divergence-free perturbation
     # added to one random pool state every perturb_every steps (0: never); see train/pool.py
-    "pool": {"size": 64, "reset_every": 16, "seed": 1234, "perturb": 0.0, "perturb_every": 0},
+    "pool": {"size": 64, "reset_every": 100, "seed": 1234, "perturb": 0.0, "perturb_every": 0},
+    # the flow-model kind (pdeaccel.flow_model): "vanilla", or "staggered" (NeuralStagger) with spatial
+    # stride s per axis and temporal stride T (window); (s, T) = (1, 1) staggered is the vanilla solver
+    "model": {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False},
     # init_from: a flow run directory whose newest checkpoint's weights start this run ("" = random init)
     "net": {"hidden": 16, "levels": 3, "kernel_size": 3, "init_from": ""},
     # upwind3 is our design (the paper's loss is "central"): the exact minimiser of the central-difference
@@ -54,14 +61,14 @@ _CPU_2D: dict[str, Any] = {
     # outflow (cell Reynolds number 40); with upwind3 it is 0.6% off (benchmarks/results/flow.md)
     "loss": {"beta": 20.0, "theta": 0.5, "advection": "upwind3"},
     "data": {"validation": 4, "validation_steps": 20, "validation_seed": 4321},
-    "train": {"epochs": 40, "steps_per_epoch": 100, "batch_size": 8, "lr": 1e-3, "lr_decay": 0.97,
+    "train": {"epochs": 150, "steps_per_epoch": 100, "batch_size": 8, "lr": 1e-3, "lr_decay": 0.985,
               "optimizer": "adam"},
 }
 
 
 def _paper_2d() -> dict[str, Any]:
     cfg = copy.deepcopy(_CPU_2D)
-    cfg["physics"].update({"length": 300, "height": 100})
+    cfg["physics"].update({"length": 300, "height": 100, "dt": 4.0})
     cfg["pool"].update({"size": 1000, "reset_every": 1})
     cfg["net"].update({"hidden": 20, "levels": 4})  # ≈1.7M parameters, the paper's U-Net
     cfg["data"].update({"validation": 8, "validation_steps": 100})
@@ -72,11 +79,11 @@ def _paper_2d() -> dict[str, Any]:
 def _cpu_3d() -> dict[str, Any]:
     cfg = copy.deepcopy(_CPU_2D)
     cfg["physics"].update({"ndim": 3, "length": 24, "height": 12, "obstacles": ["box", "cylinder", "sphere", "moving"],
-                           "mu_range": [0.05, 0.2], "rho_range": [1.0, 4.0]})
-    cfg["pool"].update({"size": 16})
+                           "mu_range": [0.05, 0.2], "rho_range": [1.0, 4.0], "dt": 4.0})
+    cfg["pool"].update({"size": 16, "reset_every": 16})
     cfg["net"].update({"hidden": 8, "levels": 2})
     cfg["data"].update({"validation": 2, "validation_steps": 10})
-    cfg["train"].update({"epochs": 10, "steps_per_epoch": 50, "batch_size": 4})
+    cfg["train"].update({"epochs": 10, "steps_per_epoch": 50, "batch_size": 4, "lr_decay": 0.97})
     return cfg
 
 
@@ -227,10 +234,20 @@ def validate_flow(cfg: dict[str, Any]) -> None:
             cfg["pool"]["perturb"], "a number in [0, 10] (peak perturbation speed / inflow; 0: off)")
     require(isinstance(cfg["pool"]["perturb_every"], int) and cfg["pool"]["perturb_every"] >= 0, "pool.perturb_every",
             cfg["pool"]["perturb_every"], "an integer >= 0 (0: never perturb)")
+    m = cfg["model"]
+    require(m["kind"] in MODEL_KINDS, "model.kind", m["kind"], ", ".join(sorted(MODEL_KINDS)))
+    require(isinstance(m["stride"], int) and 1 <= m["stride"] <= 8, "model.stride", m["stride"],
+            "an integer in [1, 8] (the spatial stride s, the same on every axis)")
+    require(isinstance(m["window"], int) and 1 <= m["window"] <= 16, "model.window", m["window"],
+            "an integer in [1, 16] (the temporal stride T)")
+    if m["kind"] == "vanilla":
+        require(m["stride"] == 1 and m["window"] == 1, "model.stride/model.window", (m["stride"], m["window"]),
+                "1 and 1 for model.kind=vanilla (use model.kind=staggered to decompose the solver)")
     n = cfg["net"]
     require(isinstance(n["levels"], int) and 1 <= n["levels"] <= 6, "net.levels", n["levels"], "an integer in [1, 6]")
-    require(2 ** n["levels"] <= p["height"], "net.levels", n["levels"],
-            f"2**levels <= physics.height ({p['height']}) so the U-Net's coarsest level has a cell")
+    coarse = math.ceil(p["height"] / m["stride"])
+    require(2 ** n["levels"] <= coarse, "net.levels", n["levels"],
+            f"2**levels <= physics.height / model.stride ({coarse}) so the U-Net's coarsest level has a cell")
     require(isinstance(n["kernel_size"], int) and n["kernel_size"] % 2 == 1, "net.kernel_size", n["kernel_size"],
             "an odd integer")
     require(isinstance(n["hidden"], int) and n["hidden"] >= 1, "net.hidden", n["hidden"], "an integer >= 1")
@@ -249,19 +266,19 @@ def validate_flow(cfg: dict[str, Any]) -> None:
         require(isinstance(d[key], int) and d[key] >= 1, f"data.{key}", d[key], "an integer >= 1")
 
 
-def build_model(cfg: dict[str, Any]) -> NeuralFlowSolver:
-    """The network with input/output scales derived from the physics (speeds ~ inflow_max,
-    potential ~ the channel's volume flux, pressure ~ ρU²)."""
-    p, n = cfg["physics"], cfg["net"]
+def build_model(cfg: dict[str, Any]) -> torch.nn.Module:
+    """The flow model of the config's ``model.kind``, with input/output scales derived from the
+    physics (speeds ~ inflow_max, potential ~ the channel's volume flux, pressure ~ ρU²)."""
+    p = cfg["physics"]
     U = float(p["inflow_max"])
     rho = float(max(p["rho"], p["rho_range"][1]) if p["ndim"] == 3 else p["rho"])
     H = float(p["height"])
-    return NeuralFlowSolver(p["ndim"], hidden=n["hidden"], levels=n["levels"], kernel_size=n["kernel_size"],
-                            velocity_scale=U, potential_scale=U * H / 4, pressure_scale=rho * U * U,
-                            potential_bound=10 * U * H, pressure_bound=50 * rho * U * U)
+    scales = {"velocity_scale": U, "potential_scale": U * H / 4, "pressure_scale": rho * U * U,
+              "potential_bound": 10 * U * H, "pressure_bound": 50 * rho * U * U}
+    return build_flow_model(p["ndim"], cfg.get("model", {"kind": "vanilla"}), cfg["net"], scales)
 
 
-def _warm_start(model: NeuralFlowSolver, cfg: dict[str, Any]) -> None:
+def _warm_start(model: torch.nn.Module, cfg: dict[str, Any]) -> None:
     """Continue from another flow run's weights (e.g. a longer training at a new learning rate)."""
     source = Path(cfg["net"]["init_from"])
     found = io.latest_valid_checkpoint(source / "checkpoints") if source.is_dir() else None
@@ -284,7 +301,7 @@ def build_flow(cfg: dict[str, Any]) -> Built:
         _warm_start(model, cfg)
     pc = cfg["pool"]
     pool = FlowPool(pc["size"], lambda g: sample_spec(p, g), lambda s: build_environment(p, s),
-                    model.initial_state, pc["reset_every"], seed=pc["seed"], move=lambda s: move_spec(p, s),
+                    model, pc["reset_every"], seed=pc["seed"], move=lambda s: move_spec(p, s),
                     perturb=lambda spec, env, g: random_potential_perturbation(env, pc["perturb"] * spec["inflow"], g),
                     perturb_every=pc["perturb_every"] if pc["perturb"] > 0 else 0)
     gen = torch.Generator().manual_seed(d["validation_seed"])
@@ -306,3 +323,30 @@ register(Experiment(
 register(Experiment(
     "flow-3d", "physics-constrained neural flow solver, 3D channel with obstacles, μ and ρ per environment",
     {"cpu": _cpu_3d(), "paper": _paper_3d()}, build_flow, _PAPER, solver_in_loop=False))
+
+
+# NeuralStagger settings of benchmarks/stagger.py: (ndim, spatial stride s, temporal stride T). Each is
+# the flow experiment of its dimension with model.kind=staggered; "s1t1" is the vanilla solver
+# through the staggered code path.
+STAGGER_SETTINGS = {"flow-2d-s1t1": (2, 1, 1), "flow-2d-s2t1": (2, 2, 1), "flow-2d-s4t1": (2, 4, 1),
+                    "flow-2d-s2t2": (2, 2, 2), "flow-2d-s4t2": (2, 4, 2), "flow-2d-s1t4": (2, 1, 4),
+                    "flow-3d-s2t1": (3, 2, 1)}
+
+
+def _staggered(cfg: dict[str, Any], stride: int, window: int) -> dict[str, Any]:
+    cfg = copy.deepcopy(cfg)
+    cfg["model"].update({"kind": "staggered", "stride": stride, "window": window})
+    if stride > 1:
+        # each sub-solver's U-Net runs on a grid s times coarser: one level fewer per halving
+        coarse = math.ceil(cfg["physics"]["height"] / stride)
+        cfg["net"]["levels"] = max(1, min(cfg["net"]["levels"], int(math.log2(coarse))))
+    return cfg
+
+
+for _name, (_ndim, _s, _T) in STAGGER_SETTINGS.items():
+    _base = (_CPU_2D, _paper_2d()) if _ndim == 2 else (_cpu_3d(), _paper_3d())
+    register(Experiment(
+        _name, f"NeuralStagger: the {_ndim}D flow solver split into s^d·T = {_s ** _ndim * _T} coarse sub-solvers "
+               f"(stride s={_s}, window T={_T}), trained jointly with the vanilla physics loss",
+        {"cpu": _staggered(_base[0], _s, _T), "paper": _staggered(_base[1], _s, _T)}, build_flow, _PAPER,
+        solver_in_loop=False))

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..losses import FlowResidual
-from ..neural_flow import NeuralFlowSolver, node_shape, velocity_from_potential
+from ..neural_flow import node_shape, velocity_from_potential
 from ..physics.environments import FlowEnvironment, from_mask
 from ..physics.incompressible import MACFlowSolver
 from ..train import io
@@ -36,9 +36,10 @@ from .flow import HELD_OUT, build_environment, build_model, held_out_environment
 Velocity = tuple[torch.Tensor, ...]
 
 
-def load_flow_model(run_dir: str | Path) -> tuple[NeuralFlowSolver, dict[str, Any], int]:
+def load_flow_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any], int]:
     """The trained model of a flow run directory (newest intact checkpoint), its config and the
-    number of epochs that checkpoint completed."""
+    number of epochs that checkpoint completed. The model's class comes from the config's
+    ``model.kind`` (:mod:`pdeaccel.flow_model`); runs from before that key are vanilla."""
     import yaml
 
     run_dir = Path(run_dir)
@@ -47,8 +48,10 @@ def load_flow_model(run_dir: str | Path) -> tuple[NeuralFlowSolver, dict[str, An
         raise FileNotFoundError(f"--model {run_dir}: no config.yaml; not a pdeaccel run directory "
                                 "(train one with `pdeaccel train flow-2d`).")
     cfg = yaml.safe_load(path.read_text())["config"]
-    if cfg.get("experiment") not in ("flow-2d", "flow-3d"):
-        raise ValueError(f"--model {run_dir}: a {cfg.get('experiment')!r} run, not a flow-2d/flow-3d one.")
+    if "pool" not in cfg or "physics" not in cfg:
+        raise ValueError(f"--model {run_dir}: a {cfg.get('experiment')!r} run, not a flow one (flow-2d, flow-3d or "
+                         "a NeuralStagger flow-*-s*t* run).")
+    cfg.setdefault("model", {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False})
     found = io.latest_valid_checkpoint(run_dir / "checkpoints")
     if found is None:
         raise FileNotFoundError(f"--model {run_dir}: no intact checkpoint in {run_dir / 'checkpoints'}.")
@@ -93,33 +96,41 @@ def _probe_value(v: torch.Tensor, window: torch.Tensor) -> float:
     return float((v[0, 0] * window).sum() / window.sum().clamp(min=1.0))
 
 
-def neural_rollout(model: NeuralFlowSolver, env: FlowEnvironment, steps: int, *, save_steps: Iterable[int] = (),
+def neural_rollout(model: Any, env: FlowEnvironment, steps: int, *, save_steps: Iterable[int] = (),
                    diagnostics: bool = True, progress: bool = False,
                    env_at: Callable[[int], FlowEnvironment] | None = None) -> Rollout:
-    """``steps`` network steps from rest; residual diagnostics per step (``diagnostics``); the
-    velocity is kept at ``save_steps``. With moving obstacles ``env_at(k)`` is the environment of
-    step ``k → k+1`` (``env_at(0)`` is ``env``); its solid mask is kept with every snapshot."""
+    """``steps`` fine time steps from rest of a flow model (:mod:`pdeaccel.flow_model`; a model
+    that advances T steps per call is called ``ceil(steps/T)`` times and every fine state is
+    recorded); residual diagnostics per step (``diagnostics``); the velocity is kept at
+    ``save_steps``. With moving obstacles ``env_at(k)`` is the environment of step ``k → k+1``
+    (``env_at(0)`` is ``env``; a model that advances T steps per call sees the environment of
+    the first step of each call); its solid mask is kept with every snapshot."""
     save_steps = set(save_steps)
     out = Rollout()
     window = probe_window(env)
     residual = FlowResidual(env) if diagnostics else None
     state = model.initial_state(env)
     u_old = model.velocity(state, env)
+    pending: list = []  # fine states of the last call not yet recorded
     start = time.perf_counter()
     with torch.no_grad():
         for k in tqdm(range(1, steps + 1), desc="neural rollout", disable=not progress, leave=False):
-            if env_at is not None and k > 1:
-                env = env_at(k - 1)
-                residual = FlowResidual(env) if diagnostics else None
-            state = model(state, env)
-            u = model.velocity(state, env)
+            if not pending:
+                if env_at is not None and k > 1:
+                    env = env_at(k - 1)
+                    residual = FlowResidual(env) if diagnostics else None
+                new = model(state, env)
+                pending = model.trajectory(state, new)[1:]
+                state = new
+            fine = pending.pop(0)
+            u = velocity_from_potential(fine.potential, env.grid)
             if not all(bool(torch.isfinite(c).all()) for c in u):
                 out.stable, out.first_unstable_step = False, k
                 break
             out.times.append(k * env.dt)
             out.probe.append(_probe_value(u[1], window))
             if residual is not None:
-                t = residual.terms(u_old, u, state.pressure)
+                t = residual.terms(u_old, u, fine.pressure)
                 for key in ("momentum_abs", "boundary_abs", "divergence_abs"):
                     out.diagnostics.setdefault(key, []).append(float(getattr(t, key).mean()))
                 out.diagnostics.setdefault("max_speed", []).append(max(float(c.abs().max()) for c in u))

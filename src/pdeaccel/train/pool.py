@@ -1,11 +1,13 @@
 """The training pool of physics-constrained flow training (Wandel et al. 2021).
 
-A pool holds ``size`` environments and the current state of each. Every optimiser step draws a
-batch, the network advances it by one step, and the prediction is written back, so the pool holds
+A pool holds ``size`` environments and the current state of each, as the named tensors of the
+flow model's ``pack`` (:mod:`pdeaccel.flow_model`; a staggered model's state is a window of T
+states). Every optimiser step draws a batch, the model advances it by one call
+(``steps_per_call`` time steps), and the prediction is written back, so the pool holds
 states from every stage of many long rollouts without any simulation data. Every
 ``reset_every`` steps the next environment (round-robin) is replaced by a freshly sampled one at
-rest. Environments with moving obstacles move one step with each prediction written back
-(``move``), so the obstacle position and the state stay in step. Optionally
+rest. Environments with moving obstacles move ``steps_per_call`` steps with each prediction
+written back (``move``), so the obstacle position and the state stay in step. Optionally
 (``perturb_every``) a random environment's state gets a random divergence-free perturbation
 that leaves its boundary faces unchanged, so the pool also holds asymmetric states; without it
 every state is a network rollout from rest, and a network that damps an instability (a shedding
@@ -26,7 +28,6 @@ from typing import Any, Callable
 
 import torch
 
-from ..neural_flow import PotentialState
 from ..physics.environments import FlowEnvironment
 
 Spec = dict[str, Any]
@@ -37,19 +38,22 @@ class FlowPool:
         size: number of environments.
         sample_spec: ``generator -> spec`` (a random environment description).
         build_env: ``spec -> FlowEnvironment`` (batch 1, deterministic).
-        initial_state: ``env -> PotentialState`` (the fluid at rest).
+        model: the flow model (:class:`~pdeaccel.flow_model.FlowModel`): its ``initial_state``,
+            ``pack``/``unpack`` and ``steps_per_call``.
         reset_every: optimiser steps between two round-robin resets (0: never).
         seed: seeds the pool's own generator (environment sampling, perturbations).
-        perturb: ``(spec, env, generator) -> potential increment`` (``[1, P, *nodes]``).
+        perturb: ``(spec, env, generator) -> potential increment`` (``[1, P, *nodes]``; added to
+            every state of a window).
         perturb_every: optimiser steps between two perturbations of a random environment
             (0: never).
         move: ``spec -> spec`` one time step later (moving obstacles); called for every
-            environment whose prediction is written back, which is rebuilt when its spec changed.
+            environment whose prediction is written back (``steps_per_call`` times), which is
+            rebuilt when its spec changed.
     """
 
     def __init__(self, size: int, sample_spec: Callable[[torch.Generator], Spec],
                  build_env: Callable[[Spec], FlowEnvironment],
-                 initial_state: Callable[[FlowEnvironment], PotentialState],
+                 model: Any,
                  reset_every: int, seed: int = 0,
                  perturb: Callable[[Spec, FlowEnvironment, torch.Generator], torch.Tensor] | None = None,
                  perturb_every: int = 0, move: Callable[[Spec], Spec] | None = None) -> None:
@@ -67,14 +71,13 @@ class FlowPool:
         self.move = move
         self.sample_spec = sample_spec
         self.build_env = build_env
-        self.initial_state = initial_state
+        self.model = model
         self.reset_every = reset_every
         self.generator = torch.Generator().manual_seed(seed)
         self.specs: list[Spec] = [sample_spec(self.generator) for _ in range(size)]
         self.envs: list[FlowEnvironment] = [build_env(s) for s in self.specs]
-        states = [initial_state(e) for e in self.envs]
-        self.potential = torch.cat([s.potential for s in states])
-        self.pressure = torch.cat([s.pressure for s in states])
+        packed = [model.pack(model.initial_state(e)) for e in self.envs]
+        self.tensors: dict[str, torch.Tensor] = {k: torch.cat([p[k] for p in packed]) for k in packed[0]}
         self.age = torch.zeros(size, dtype=torch.long)
         self.steps = 0
         self.next_reset = 0
@@ -86,21 +89,33 @@ class FlowPool:
         """Indices of a batch (without replacement; the whole pool if it is smaller)."""
         return torch.randperm(self.size, generator=generator)[:batch_size]
 
-    def batch(self, idx: torch.Tensor) -> tuple[FlowEnvironment, PotentialState]:
-        env = FlowEnvironment.stack([self.envs[int(i)] for i in idx])
-        return env, PotentialState(self.potential[idx].clone(), self.pressure[idx].clone())
+    @property
+    def potential(self) -> torch.Tensor:
+        return self.tensors["potential"]
 
-    def write_back(self, idx: torch.Tensor, state: PotentialState) -> int:
+    @property
+    def pressure(self) -> torch.Tensor:
+        return self.tensors["pressure"]
+
+    def batch(self, idx: torch.Tensor) -> tuple[FlowEnvironment, Any]:
+        env = FlowEnvironment.stack([self.envs[int(i)] for i in idx])
+        return env, self.model.unpack({k: t[idx].clone() for k, t in self.tensors.items()})
+
+    def write_back(self, idx: torch.Tensor, state: Any) -> int:
         """Store the predictions of a batch; returns how many were refused as non-finite."""
-        pot, pres = state.potential.detach(), state.pressure.detach()
-        finite = torch.isfinite(pot.flatten(1)).all(1) & torch.isfinite(pres.flatten(1)).all(1)
+        new = {k: t.detach() for k, t in self.model.pack(state).items()}
+        finite = torch.ones(len(idx), dtype=torch.bool)
+        for t in new.values():
+            finite &= torch.isfinite(t.flatten(1)).all(1)
         good = idx[finite]
-        self.potential[good] = pot[finite].to(self.potential.dtype)
-        self.pressure[good] = pres[finite].to(self.pressure.dtype)
+        for k, t in new.items():
+            self.tensors[k][good] = t[finite].to(self.tensors[k].dtype)
         self.age[good] += 1
         if self.move is not None:
             for i in (int(j) for j in good):
-                moved = self.move(self.specs[i])
+                moved = self.specs[i]
+                for _ in range(self.model.steps_per_call):
+                    moved = self.move(moved)
                 if moved is not self.specs[i] and moved != self.specs[i]:
                     self.specs[i] = moved
                     self.envs[i] = self.build_env(moved)
@@ -122,39 +137,41 @@ class FlowPool:
     def perturb(self, i: int) -> None:
         """Add a random divergence-free perturbation to environment ``i``'s state."""
         delta = self.perturb_fn(self.specs[i], self.envs[i], self.generator)
-        self.potential[i] = self.potential[i] + delta[0].to(self.potential.dtype)
+        self.tensors["potential"][i] = self.potential[i] + delta[0].to(self.potential.dtype)
         self.perturbed += 1
 
     def reset(self, i: int) -> None:
         """Replace environment ``i`` by a new random one, at rest."""
         self.specs[i] = self.sample_spec(self.generator)
         self.envs[i] = self.build_env(self.specs[i])
-        s = self.initial_state(self.envs[i])
-        self.potential[i] = s.potential[0].to(self.potential.dtype)
-        self.pressure[i] = s.pressure[0].to(self.pressure.dtype)
+        packed = self.model.pack(self.model.initial_state(self.envs[i]))
+        for k, t in packed.items():
+            self.tensors[k][i] = t[0].to(self.tensors[k].dtype)
         self.age[i] = 0
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"specs": copy.deepcopy(self.specs), "potential": self.potential.clone(),
-                "pressure": self.pressure.clone(), "age": self.age.clone(), "steps": self.steps,
+        return {"specs": copy.deepcopy(self.specs), **{k: t.clone() for k, t in self.tensors.items()},
+                "age": self.age.clone(), "steps": self.steps,
                 "next_reset": self.next_reset, "rejected": self.rejected, "perturbed": self.perturbed,
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["specs"]) != self.size:
             raise ValueError(f"pool state holds {len(state['specs'])} environments, this pool has {self.size}.")
-        for name in ("potential", "pressure"):
-            t = state[name]
-            if tuple(t.shape) != tuple(getattr(self, name).shape) or not bool(torch.isfinite(t).all()):
+        for name, own in self.tensors.items():
+            t = state.get(name)
+            if t is None:
+                raise ValueError(f"pool state has no '{name}' tensor: it was written by another flow-model kind.")
+            if tuple(t.shape) != tuple(own.shape) or not bool(torch.isfinite(t).all()):
                 raise ValueError(f"pool state '{name}' has shape {list(t.shape)} or non-finite values; "
-                                 f"expected a finite {list(getattr(self, name).shape)} tensor.")
+                                 f"expected a finite {list(own.shape)} tensor (the same model kind, stride "
+                                 "and window as the run that wrote it).")
         for i, spec in enumerate(state["specs"]):
             if spec != self.specs[i]:  # only environments reset since the state was taken are rebuilt
                 self.specs[i] = copy.deepcopy(spec)
                 self.envs[i] = self.build_env(spec)
-        self.potential = state["potential"].clone()
-        self.pressure = state["pressure"].clone()
+        self.tensors = {k: state[k].clone() for k in self.tensors}
         self.age = state["age"].clone()
         self.steps = int(state["steps"])
         self.next_reset = int(state["next_reset"])

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..linalg import SolverConfig
 from ..losses import FlowResidual, combined_flow_loss
+from ..neural_flow import velocity_from_potential
 
 Stepper = Callable[[torch.Tensor, SolverConfig], torch.Tensor]
 
@@ -187,15 +188,18 @@ class InverseTask:
 class FlowPoolTask(_NetTask):
     """Physics-constrained training of a neural flow solver on a pool (no simulation data).
 
-    Each minibatch draws environments from the pool, advances them by one network step, and
-    minimises ``log(β·L_boundary + L_momentum)`` of that step (:mod:`pdeaccel.losses`); the
-    (detached) predictions go back into the pool. The linear-solver settings the trainer passes
+    Each minibatch draws environments from the pool, advances them by one model call, and
+    minimises ``log(β·L_boundary + L_momentum)`` (:mod:`pdeaccel.losses`) averaged over every
+    consecutive pair of full-resolution states of :meth:`trajectory` (one pair for the vanilla
+    solver; T for a staggered one with temporal stride T); the (detached) predictions go back
+    into the pool. The linear-solver settings the trainer passes
     are unused: the network replaces the solver. Validation: the network's own rollout from rest
-    on held-out environments; the metric is the mean over steps and samples of
+    on held-out environments (``validation_steps`` fine steps, rounded up to whole calls); the
+    metric is the mean over steps and samples of
     ``L_momentum + β·L_boundary``; :attr:`last_validation` keeps E|R|, E|u − u_cond| and E|∇·u|.
 
     Args:
-        model: a :class:`~pdeaccel.neural_flow.NeuralFlowSolver`.
+        model: a flow model (:class:`~pdeaccel.flow_model.FlowModel`): vanilla or staggered.
         pool: the :class:`~pdeaccel.train.pool.FlowPool`.
         validation_env: batched held-out environments.
         steps_per_epoch, batch_size: optimiser steps per epoch and environments per step.
@@ -224,15 +228,19 @@ class FlowPoolTask(_NetTask):
         for _ in range(self.steps_per_epoch):
             yield self.pool.draw(self.batch_size, generator)
 
-    def _terms(self, residual: FlowResidual, state: Any, new: Any):
-        env = residual.env
-        return residual.terms(self.net.velocity(state, env), self.net.velocity(new, env), new.pressure)
+    def _pair_terms(self, residual: FlowResidual, state: Any, new: Any) -> list:
+        """Residual terms of every consecutive pair of full-resolution states from ``state`` to ``new``."""
+        grid = residual.env.grid
+        states = self.net.trajectory(state, new)
+        u = [velocity_from_potential(s.potential, grid) for s in states]
+        return [residual.terms(u[j], u[j + 1], states[j + 1].pressure) for j in range(len(states) - 1)]
 
     def loss(self, batch: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
         env, state = self.pool.batch(batch)
         new = self.net(state, env)
         residual = FlowResidual(env, theta=self.theta, advection=self.advection)
-        loss = combined_flow_loss(self._terms(residual, state, new), self.beta)
+        pairs = self._pair_terms(residual, state, new)
+        loss = sum(combined_flow_loss(t, self.beta) for t in pairs) / len(pairs)
         self.pool.write_back(batch, new.detach())
         self.pool.advance()
         return loss
@@ -245,12 +253,14 @@ class FlowPoolTask(_NetTask):
             self._validation_residual = FlowResidual(env, theta=self.theta, advection=self.advection)
         state = self.net.initial_state(env)
         sums = {"metric": 0.0, "momentum_abs": 0.0, "boundary_abs": 0.0, "divergence_abs": 0.0}
-        for _ in range(self.validation_steps):
+        steps = 0
+        while steps < self.validation_steps:
             new = self.net(state, env)
-            t = self._terms(self._validation_residual, state, new)
-            sums["metric"] += float((t.momentum + self.beta * t.boundary).mean())
-            for key in ("momentum_abs", "boundary_abs", "divergence_abs"):
-                sums[key] += float(getattr(t, key).mean())
+            for t in self._pair_terms(self._validation_residual, state, new):
+                sums["metric"] += float((t.momentum + self.beta * t.boundary).mean())
+                for key in ("momentum_abs", "boundary_abs", "divergence_abs"):
+                    sums[key] += float(getattr(t, key).mean())
+                steps += 1
             state = new
-        self.last_validation = {f"val_{k}": v / self.validation_steps for k, v in sums.items() if k != "metric"}
-        return sums["metric"] / self.validation_steps
+        self.last_validation = {f"val_{k}": v / steps for k, v in sums.items() if k != "metric"}
+        return sums["metric"] / steps

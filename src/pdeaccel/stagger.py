@@ -1,0 +1,260 @@
+"""NeuralStagger (Huang et al., ICML 2023): a physics-constrained neural flow solver split in space
+(stride s per axis) and time (stride T) into s^d·T coarse sub-solvers, trained jointly with the
+vanilla full-resolution physics loss.
+
+State: a *window* of T consecutive full-resolution states ``u_t … u_{t+T-1}``
+(:class:`WindowState`, potential ``[B, T, P, *nodes]`` and pressure ``[B, T, 1, *cells]``).
+Sub-solver ``(o, k)`` maps ``D_o(u_{t+k})`` and the environment sub-sampled at offset ``o`` to
+``D_o(u_{t+k+T})`` (:mod:`pdeaccel.decompose`); one call of all of them advances T fine steps.
+Each sub-solver reads only its own sub-field, so the s^d·T chains are independent at inference:
+any subset of them is a simulation at the corresponding resolution (one alone: s times coarser
+in space, T in time), and all together, reassembled, the full resolution.
+
+What is ours (*design*; the paper's text and code are not public):
+- A sub-solver's input is the vanilla solver's input channels computed on its sub-grid: its
+  sub-field of the potential and pressure, the velocity as the discrete curl of that potential
+  on the grid s times coarser (spacing s·h), and the sub-sampled fluid mask, prescribed-face
+  masks and values (and μ, ρ in 3D). With s = 1 this is exactly the vanilla input.
+- Node arrays (N + 1 long) and cell arrays (N) are zero-padded at the high end so that every
+  sub-field has ``ceil(N/s)`` cells and one more node (:func:`~pdeaccel.decompose.staggered_shapes`);
+  padded entries are masked out of the state and cropped after reassembly.
+- Gauge: the vanilla solver removes the mean of the potential and pressure after each step. A
+  sub-solver can only see its own sub-field, and forcing every sub-field's mean to zero would
+  fix the offsets *between* sub-fields, which carry the velocity (the means of neighbouring
+  sub-fields of a stream function differ by about the mean flow). So the mean is removed only
+  when a sub-field is the whole field (s = 1); for s > 1 the tanh bound alone keeps the state
+  bounded and the loss fixes the relative offsets.
+- Within one window the environment is the one at the window's start (moving obstacles advance
+  T steps per call).
+- The first window from rest is T copies of the fluid at rest.
+- Weights: separate per sub-solver (default), or one shared network with the offset and the
+  time index as extra constant input channels (``shared_weights``).
+
+(s, T) = (1, 1) is the vanilla solver through this same code path: same input, same network,
+same update, bit for bit (``tests/test_stagger.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .decompose import as_stride, assemble, decompose, offsets, staggered_shapes
+from .grid import Grid
+from .nets import UNet
+from .neural_flow import (FieldView, PotentialState, Velocity, advance_fields, check_solver_args, encode_fields,
+                          input_channels, node_shape, potential_mask, velocity_from_potential)
+from .physics.environments import FlowEnvironment
+
+
+@dataclass
+class WindowState:
+    """T consecutive full-resolution states: potential ``[B, T, P, *nodes]``, pressure ``[B, T, 1, *cells]``."""
+
+    potential: torch.Tensor
+    pressure: torch.Tensor
+
+    def at(self, k: int) -> PotentialState:
+        return PotentialState(self.potential[:, k], self.pressure[:, k])
+
+    def detach(self) -> "WindowState":
+        return WindowState(self.potential.detach(), self.pressure.detach())
+
+
+@dataclass
+class SubState:
+    """The sub-fields of a window that a set of sub-solvers owns: ``potential[j]`` is
+    ``[B, P, *sub_nodes]`` and ``pressure[j]`` ``[B, 1, *sub_cells]`` of sub-solver ``indices[j]``."""
+
+    indices: tuple[int, ...]
+    potential: list[torch.Tensor]
+    pressure: list[torch.Tensor]
+
+
+class StaggeredFlowSolver(nn.Module):
+    """s^d·T coarse sub-solvers that together advance a window of T full-resolution states.
+
+    Args:
+        ndim: 2 or 3.
+        stride: spatial stride s (one integer, or one per axis).
+        window: temporal stride T.
+        hidden, levels, kernel_size: each sub-solver's U-Net.
+        shared_weights: one network for all sub-solvers, with the offset and time index as inputs.
+        velocity_scale, potential_scale, pressure_scale, potential_bound, pressure_bound: as for
+            :class:`~pdeaccel.neural_flow.NeuralFlowSolver`.
+
+    Sub-solver ``j`` is ``(offsets(stride)[j % S], j // S)`` with ``S = ∏ s``: offset first,
+    then the time slot ``k``.
+    """
+
+    def __init__(self, ndim: int, stride: int | Sequence[int] = 2, window: int = 1, hidden: int = 20,
+                 levels: int = 4, kernel_size: int = 3, *, shared_weights: bool = False,
+                 velocity_scale: float = 1.0, potential_scale: float = 10.0, pressure_scale: float = 1.0,
+                 potential_bound: float = 1000.0, pressure_bound: float = 100.0) -> None:
+        super().__init__()
+        check_solver_args(ndim, velocity_scale=velocity_scale, potential_scale=potential_scale,
+                          pressure_scale=pressure_scale, potential_bound=potential_bound,
+                          pressure_bound=pressure_bound)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window (the temporal stride T) must be a positive integer, got {window!r}.")
+        self.ndim = ndim
+        self.P = 1 if ndim == 2 else 3
+        self.stride = as_stride(stride, ndim)
+        self.window = window
+        self.steps_per_call = window
+        self.offsets = offsets(self.stride)
+        self.shared_weights = bool(shared_weights)
+        self.remove_mean = math.prod(self.stride) == 1  # see the module docstring (gauge)
+        self.in_channels = input_channels(ndim) + (ndim + 1 if shared_weights else 0)
+        count = 1 if shared_weights else len(self.offsets) * window
+        self.nets = nn.ModuleList(UNet(ndim, self.in_channels, self.P + 1, hidden=hidden, levels=levels,
+                                       kernel_size=kernel_size, padding_mode="zeros") for _ in range(count))
+        self.scales = {"velocity": float(velocity_scale), "potential": float(potential_scale),
+                       "pressure": float(pressure_scale)}
+        self.bounds = {"potential": float(potential_bound), "pressure": float(pressure_bound)}
+
+    @property
+    def sub_solvers(self) -> int:
+        return len(self.offsets) * self.window
+
+    def config(self) -> dict:
+        return {"ndim": self.ndim, "stride": list(self.stride), "window": self.window,
+                "shared_weights": self.shared_weights, **{f"{k}_scale": v for k, v in self.scales.items()},
+                **{f"{k}_bound": v for k, v in self.bounds.items()}}
+
+    # ------------------------------------------------------------------ the flow-model interface
+    def initial_state(self, env: FlowEnvironment) -> WindowState:
+        """T copies of the fluid at rest."""
+        B, T = env.batch_size, self.window
+        dtype = next(self.parameters()).dtype
+        dev = env.fluid.device
+        return WindowState(torch.zeros((B, T, self.P) + node_shape(env.grid), dtype=dtype, device=dev),
+                           torch.zeros((B, T, 1) + env.grid.shape, dtype=dtype, device=dev))
+
+    def latest(self, state: WindowState) -> PotentialState:
+        return state.at(self.window - 1)
+
+    def velocity(self, state: WindowState, env: FlowEnvironment) -> Velocity:
+        """Face velocities of the newest state of the window."""
+        return velocity_from_potential(self.latest(state).potential, env.grid)
+
+    def trajectory(self, old: WindowState, new: WindowState) -> list[PotentialState]:
+        """``u_{t+T-1}, u_{t+T}, …, u_{t+2T-1}``: every consecutive pair involves a prediction."""
+        return [self.latest(old)] + [new.at(k) for k in range(self.window)]
+
+    def pack(self, state: WindowState) -> dict[str, torch.Tensor]:
+        return {"potential": state.potential, "pressure": state.pressure}
+
+    def unpack(self, tensors: dict[str, torch.Tensor]) -> WindowState:
+        return WindowState(tensors["potential"], tensors["pressure"])
+
+    def forward(self, state: WindowState, env: FlowEnvironment) -> WindowState:
+        """All sub-solvers, reassembled: the next window at full resolution."""
+        self._check(state, env)
+        views = self.sub_views(env)
+        sub = self.decompose_state(state, env)
+        new = self.step_subset(sub, views)
+        return self.assemble_state(new, env)
+
+    # ------------------------------------------------------------------ sub-solvers
+    def sub_grid(self, grid: Grid) -> Grid:
+        """The grid a sub-solver runs on: ``ceil(N/s)`` cells of size ``s·h`` per axis."""
+        cells = tuple(math.ceil(n / s) for n, s in zip(grid.shape, self.stride))
+        # spacing s·h whatever the boundary kind (a dirichlet axis of c unknowns spans c + 1 spacings)
+        extent = tuple((c + (b == "dirichlet")) * s * h
+                       for c, s, h, b in zip(cells, self.stride, grid.spacing, grid.boundary))
+        return Grid(cells, extent=extent, boundary=grid.boundary)
+
+    def _shapes(self, grid: Grid) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return staggered_shapes(grid.shape, self.stride, [b == "periodic" for b in grid.boundary])
+
+    def sub_views(self, env: FlowEnvironment) -> list[FieldView]:
+        """The environment as each spatial offset's sub-solvers see it (one view per offset)."""
+        grid = env.grid
+        cells_p, nodes_p = self._shapes(grid)
+        sub = self.sub_grid(grid)
+        dtype = env.fluid.dtype
+        fluid = decompose(env.fluid, self.stride, cells_p)
+        masks = [decompose(m.to(dtype), self.stride, nodes_p) for m in env.face_mask]
+        values = [decompose(v, self.stride, nodes_p) for v in env.face_velocity]
+        pmask = decompose(potential_mask(grid, dtype, env.fluid.device), self.stride, nodes_p)
+        return [FieldView(sub, fluid[:, j], tuple(m[:, j] for m in masks), tuple(v[:, j] for v in values),
+                          env.mu, env.rho, pmask[:, j]) for j in range(len(self.offsets))]
+
+    def decompose_state(self, state: WindowState, env: FlowEnvironment,
+                        indices: Sequence[int] | None = None) -> SubState:
+        """Each sub-solver's own sub-field of the window (all of them, or ``indices``)."""
+        cells_p, nodes_p = self._shapes(env.grid)
+        S = len(self.offsets)
+        indices = tuple(range(self.sub_solvers)) if indices is None else tuple(indices)
+        pots = [decompose(state.potential[:, k], self.stride, nodes_p) for k in range(self.window)]
+        press = [decompose(state.pressure[:, k], self.stride, cells_p) for k in range(self.window)]
+        return SubState(indices, [pots[j // S][:, j % S] for j in indices], [press[j // S][:, j % S] for j in indices])
+
+    def assemble_state(self, sub: SubState, env: FlowEnvironment) -> WindowState:
+        """The full-resolution window from every sub-solver's sub-field."""
+        if sorted(sub.indices) != list(range(self.sub_solvers)):
+            raise ValueError("assembling a full-resolution window needs every sub-solver's sub-field; "
+                             f"got {len(sub.indices)} of {self.sub_solvers}.")
+        S = len(self.offsets)
+        order = {j: n for n, j in enumerate(sub.indices)}
+        nodes, cells = node_shape(env.grid), env.grid.shape
+        pots, press = [], []
+        for k in range(self.window):
+            slot = [order[k * S + o] for o in range(S)]
+            pots.append(assemble(torch.stack([sub.potential[n] for n in slot], 1), self.stride, nodes))
+            press.append(assemble(torch.stack([sub.pressure[n] for n in slot], 1), self.stride, cells))
+        return WindowState(torch.stack(pots, 1), torch.stack(press, 1))
+
+    def step_subset(self, sub: SubState, views: list[FieldView]) -> SubState:
+        """Advance the sub-solvers in ``sub`` by one call (T fine steps); each reads only its own
+        sub-field and its offset's view of the environment."""
+        S = len(self.offsets)
+        if self.shared_weights:
+            return self._step_shared(sub, views)
+        pots, press = [], []
+        for j, a, p in zip(sub.indices, sub.potential, sub.pressure):
+            view = views[j % S]
+            out = self.nets[j](encode_fields(a, p, view, self.scales, self.ndim))
+            new = advance_fields(a, p, out, view, self.scales, self.bounds, self.remove_mean)
+            pots.append(new.potential)
+            press.append(new.pressure)
+        return SubState(sub.indices, pots, press)
+
+    def _step_shared(self, sub: SubState, views: list[FieldView]) -> SubState:
+        """One batched call of the shared network over every sub-solver in ``sub``."""
+        S = len(self.offsets)
+        inputs, cat_views = [], []
+        for j, a, p in zip(sub.indices, sub.potential, sub.pressure):
+            view = views[j % S]
+            x = encode_fields(a, p, view, self.scales, self.ndim)
+            code = [float(o) / s for o, s in zip(self.offsets[j % S], self.stride)] + [float(j // S) / self.window]
+            tags = torch.tensor(code, dtype=x.dtype, device=x.device).reshape((1, -1) + (1,) * self.ndim)
+            inputs.append(torch.cat([x, tags.expand((x.shape[0], -1) + tuple(x.shape[2:]))], 1))
+            cat_views.append(view)
+        out = self.nets[0](torch.cat(inputs, 0)).split(inputs[0].shape[0], 0)
+        pots, press = [], []
+        for o, a, p, view in zip(out, sub.potential, sub.pressure, cat_views):
+            new = advance_fields(a, p, o, view, self.scales, self.bounds, self.remove_mean)
+            pots.append(new.potential)
+            press.append(new.pressure)
+        return SubState(sub.indices, pots, press)
+
+    def sub_velocity(self, potential: torch.Tensor, view: FieldView) -> Velocity:
+        """A sub-solver's own (coarse) face velocities: the curl of its sub-field on its grid."""
+        return velocity_from_potential(potential, view.grid)
+
+    def _check(self, state: WindowState, env: FlowEnvironment) -> None:
+        if env.ndim != self.ndim:
+            raise ValueError(f"this solver is {self.ndim}D, the environment is {env.ndim}D.")
+        expected = (env.batch_size, self.window, self.P) + node_shape(env.grid)
+        if tuple(state.potential.shape) != expected:
+            raise ValueError(f"state.potential must have shape {list(expected)} (a window of {self.window}), "
+                             f"got {list(state.potential.shape)}.")
+        expected_p = (env.batch_size, self.window, 1) + env.grid.shape
+        if tuple(state.pressure.shape) != expected_p:
+            raise ValueError(f"state.pressure must have shape {list(expected_p)}, got {list(state.pressure.shape)}.")
