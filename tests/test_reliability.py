@@ -132,6 +132,41 @@ def test_damaged_checkpoint_is_detected_skipped_and_set_aside(how, tmp_path):
     assert torch.equal(resumed.task.theta, reference.task.theta)
 
 
+def test_resume_with_every_checkpoint_damaged_stops_and_restarts_only_when_asked(tmp_path, capsys):
+    out = tmp_path / "r"
+    over = HEAT[1:-2] + ["train.batch_size=5", "train.epochs=3"]
+    assert main(["train", "heat-1d", "--quiet", "--out", str(out), *over]) == 0
+    ckpts = sorted((out / "checkpoints").glob("epoch_*.ckpt"))
+    assert len(ckpts) == 3
+    for path, how in zip(ckpts, ("truncated to half", "payload bit flip", "empty")):
+        path.write_bytes(CORRUPTIONS[how](path.read_bytes()))
+    metrics = (out / "metrics.csv").read_text()
+    capsys.readouterr()
+    for attempt in range(2):  # the second time the damaged files are already set aside as *.damaged
+        with pytest.warns(UserWarning) if attempt == 0 else _no_warning():
+            assert main(["train", "heat-1d", "--quiet", "--resume", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "all 3 checkpoint(s)" in err and "Nothing was resumed" in err and "--restart-if-damaged" in err
+        assert not list((out / "checkpoints").glob("epoch_*.ckpt"))  # nothing was trained
+        assert (out / "metrics.csv").read_text() == metrics
+    with pytest.warns(UserWarning, match="starting the run over from epoch 0"):
+        assert main(["train", "heat-1d", "--quiet", "--resume", str(out), "--restart-if-damaged"]) == 0
+    train_run("heat-1d", overrides=over, out=tmp_path / "fresh", progress=False)
+    assert faults.differences(faults.comparable_run(tmp_path / "fresh"), faults.comparable_run(out)) == []
+
+
+def _no_warning():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def ctx():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+    return ctx()
+
+
 def io_rows(run_dir):
     from pdeaccel.train.report import read_metrics
 

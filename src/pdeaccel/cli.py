@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prdp (default) | converged | fixed:K | linear:K0:K1; not for solver-free experiments")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run directory")
+    p.add_argument("--restart-if-damaged", action="store_true",
+                   help="with --resume: if every checkpoint is damaged, start the run over (default: stop with an error)")
     _add_common(p)
 
     p = sub.add_parser("compare", help="PRDP vs converged over several seeds")
@@ -119,8 +121,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                                   "in its directory (give --resume RUN_DIR only).")
             # what was typed is checked against the run: only train.epochs/train.target_metric may change
             summary = runner.train_run(args.name, size=args.size, schedule=args.schedule, overrides=args.overrides,
-                                       seed=args.seed, out=args.resume, resume=True, progress=progress)
+                                       seed=args.seed, out=args.resume, resume=True, progress=progress,
+                                       restart_if_damaged=args.restart_if_damaged)
         else:
+            if args.restart_if_damaged:
+                raise ConfigError("--restart-if-damaged only applies with --resume RUN_DIR.")
             summary = runner.train_run(args.name, size=args.size, schedule=args.schedule,
                                        overrides=args.overrides, out=args.out, seed=args.seed, progress=progress)
         print(f"{summary['experiment']} ({summary['schedule']}): final validation metric "

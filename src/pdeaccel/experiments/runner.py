@@ -18,7 +18,7 @@ from .. import prdp as prdp_mod
 from ..config import ConfigError, apply_overrides, flatten, to_yaml
 from ..train import io
 from ..train.report import markdown_table, plot_comparison, plot_run, plot_sweep, read_metrics
-from ..train.trainer import Trainer, TrainSettings
+from ..train.trainer import NothingResumedError, Trainer, TrainSettings
 from .registry import Experiment, get_experiment, prdp_config, validate_config
 
 
@@ -63,13 +63,14 @@ RESUME_CHANGEABLE_KEYS = frozenset({"train.epochs", "train.target_metric"})
 
 def train_run(name: str, *, size: str | None = None, schedule: str | None = None, overrides: Iterable[str] = (),
               out: str | Path | None = None, seed: int | None = None, resume: bool = False,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, restart_if_damaged: bool = False) -> dict[str, Any]:
     """Train experiment ``name`` with a budget schedule; return the run summary (also in report.json).
 
     With ``resume``, ``out`` is the run directory to continue: its stored config and schedule are
     used; ``overrides`` may change only :data:`RESUME_CHANGEABLE_KEYS` (the new values are written
     to its ``config.yaml``), and ``size``/``schedule``/``seed`` must be left out or equal the
-    stored ones.
+    stored ones. If every checkpoint of the run is damaged, :class:`NothingResumedError` is raised
+    unless ``restart_if_damaged`` (then the run starts over at epoch 0 in the same directory).
     """
     exp = get_experiment(name)
     if resume:
@@ -101,7 +102,12 @@ def train_run(name: str, *, size: str | None = None, schedule: str | None = None
     trainer = Trainer(built.task, built.solver, built.validation_solver, sched, settings, run_dir, seed=cfg["seed"],
                       nonlinear_schedule=picard_sched)
     if resume:
-        trainer.resume()
+        try:
+            trainer.resume(restart_if_damaged=restart_if_damaged)
+        except NothingResumedError as exc:
+            raise NothingResumedError(f"--resume {run_dir}: {exc} Nothing was resumed and nothing was trained. "
+                                      f"To start this run over from epoch 0 in the same directory, run "
+                                      f"`pdeaccel train {name} --resume {run_dir} --restart-if-damaged`.") from None
         if trainer.epoch > cfg["train"]["epochs"]:
             raise ConfigError(f"train.epochs={cfg['train']['epochs']}: the run in {run_dir} has already "
                               f"completed {trainer.epoch} epochs; give train.epochs >= {trainer.epoch}.")

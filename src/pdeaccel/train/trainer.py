@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol
@@ -55,6 +56,10 @@ class TrainSettings:
 
 class DivergenceError(RuntimeError):
     """Training kept diverging after the divergence guard ran out of retries."""
+
+
+class NothingResumedError(ValueError):
+    """``resume`` found checkpoints, but every one of them is damaged: nothing could be resumed."""
 
 
 class Trainer:
@@ -136,13 +141,19 @@ class Trainer:
         self.reference_loss = state["reference_loss"]
         self.reference_k = state["reference_k"]
 
-    def resume(self) -> bool:
+    def resume(self, restart_if_damaged: bool = False) -> bool:
         """Continue from the newest intact checkpoint in the run directory; False if there is none.
 
         Leftovers of an interrupted write are removed, damaged checkpoints are set aside (with a
         warning), and ``metrics.csv``/``events.json`` are rewritten from the checkpoint: after a
         crash they may be one epoch ahead of it (the checkpoint is written first) or, when the
         newest checkpoint was damaged, several.
+
+        A run that never wrote a checkpoint (killed in its first epoch) starts at epoch 0 (False).
+        A run whose checkpoints are *all* damaged (now, or set aside as ``*.damaged`` by an earlier
+        resume) raises :class:`NothingResumedError`: silently training from scratch would throw
+        away what the run had done. With ``restart_if_damaged`` it starts over at epoch 0 instead,
+        with a warning, and the abandoned run's ``metrics.csv``/``events.json`` are removed.
         """
         if self.run_dir is None:
             return False
@@ -151,6 +162,17 @@ class Trainer:
         io.remove_temporaries(ckpt_dir)
         found = io.latest_valid_checkpoint(ckpt_dir, quarantine=True)
         if found is None:
+            damaged = sorted(p.name for p in ckpt_dir.glob("epoch_*.ckpt.damaged")) if ckpt_dir.is_dir() else []
+            if not damaged:
+                return False  # nothing was ever checkpointed: nothing is lost by starting at epoch 0
+            if not restart_if_damaged:
+                raise NothingResumedError(f"all {len(damaged)} checkpoint(s) in {ckpt_dir} are damaged "
+                                          f"(set aside as {', '.join(damaged)}); there is no intact state "
+                                          "to continue from.")
+            warnings.warn(f"no intact checkpoint in {ckpt_dir} ({len(damaged)} damaged, kept as *.damaged); "
+                          "starting the run over from epoch 0 as asked.", stacklevel=2)
+            for name in ("metrics.csv", "events.json"):
+                (self.run_dir / name).unlink(missing_ok=True)
             return False
         self.load_state_dict(found[1])
         self._write_logs()
