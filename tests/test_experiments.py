@@ -94,6 +94,18 @@ def test_bad_configs_fail_at_once_naming_the_key(overrides, fragment, tmp_path):
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 
+def test_size_is_chosen_with_the_flag_not_a_size_override(tmp_path, capsys):
+    # size=paper used to write "size: paper" into config.yaml while keeping every cpu value
+    for over in (["size=paper"], ["size=cpu"], ["experiment=heat-2d"]):
+        with pytest.raises(ConfigError, match="--size|NAME argument"):
+            resolve_config("heat-3d", overrides=over)
+    assert main(["train", "heat-3d", "--out", str(tmp_path / "x"), "size=paper"]) == 2
+    assert "the size is chosen with --size" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    paper = resolve_config("heat-3d", "paper")  # what --size paper selects: the paper values, labelled so
+    assert paper["size"] == "paper" and paper["physics"]["n"] == 32 != resolve_config("heat-3d")["physics"]["n"]
+
+
 def test_unknown_experiment_suggests_names():
     with pytest.raises(ConfigError, match="Did you mean heat-2d"):
         resolve_config("heat2d")

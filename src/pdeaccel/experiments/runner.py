@@ -28,7 +28,9 @@ def default_run_dir(kind: str, name: str) -> Path:
 
 def resolve_config(name: str, size: str = "cpu", overrides: Iterable[str] = (), seed: int | None = None) -> dict[str, Any]:
     exp = get_experiment(name)
-    cfg = apply_overrides(exp.config(size), list(overrides))
+    overrides = list(overrides)
+    _refuse_reserved_overrides(overrides)  # size=paper would relabel the cpu config, not select paper's
+    cfg = apply_overrides(exp.config(size), overrides)
     if seed is not None:
         cfg["seed"] = int(seed)
     validate_config(exp, cfg)
