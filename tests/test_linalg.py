@@ -608,3 +608,28 @@ def test_batched_dot_paths_agree_and_differentiate(shape):
     weights = torch.arange(1.0, shape[0] + 1, dtype=DT)
     (g,) = torch.autograd.grad((d * weights).sum(), a)
     assert torch.allclose(g, b * weights.reshape(-1, *([1] * (len(shape) - 1))), rtol=1e-14)
+
+
+def test_a_right_hand_side_of_another_grid_is_refused():
+    """An operator built on 16² used to solve an 8² right-hand side without complaint."""
+    from pdeaccel.physics import HeatStepper
+    from pdeaccel.physics.poisson import poisson_operator
+
+    grid = Grid((16, 16), boundary="dirichlet")
+    small = torch.ones(2, 1, 8, 8, dtype=DT)
+    # an operator that knows its shape (the steppers' laplacian-based operators pass it)
+    for op in (poisson_operator(grid, DT), HeatStepper(grid, nu=0.01, dt=0.1).operator(DT)):
+        assert op.shape == (16, 16) and op.transpose().shape == (16, 16)
+        with pytest.raises(ValueError, match=r"operator acts on \[batch, \.\.\., 16, 16\]"):
+            solve(op, small, method="cg", max_iters=5)
+    # a shape given to any matvec
+    with pytest.raises(ValueError, match="b \\(the right-hand side\\) has shape \\[2, 1, 8, 8\\]"):
+        solve(LinearOperator(lambda x: 2 * x, symmetric=True, shape=(16, 16)), small, max_iters=5)
+    # a plain laplacian matvec: the stencil itself refuses the field
+    with pytest.raises(ValueError, match="laplacian: u has space shape"):
+        solve(lambda u: -laplacian(u, grid), small, method="cg", max_iters=5)
+    # and x0 must match b
+    with pytest.raises(ValueError, match="x0 must have the shape of b"):
+        solve(poisson_operator(grid, DT), torch.ones(2, 1, 16, 16, dtype=DT), x0=small, max_iters=5)
+    # the right shape still solves
+    assert bool(solve(poisson_operator(grid, DT), torch.ones(2, 1, 16, 16, dtype=DT), rtol=1e-8).converged.all())

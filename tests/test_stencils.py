@@ -382,3 +382,21 @@ def test_laplacian_scale_is_folded_into_the_stencil():
     u = torch.randn((2, 1, 5, 4), dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     for scale in (-1.0, 0.25, 3.0):
         assert torch.allclose(laplacian(u, grid, scale=scale), scale * laplacian(u, grid), rtol=1e-14, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn, args", [
+    (laplacian, lambda u, g: (u, g)),
+    (gradient, lambda u, g: (u, g)),
+    (divergence, lambda u, g: (u.repeat(1, 2, 1, 1), g)),
+    (upwind_derivative, lambda u, g: (u, torch.ones(1, 1, 16, 16, dtype=u.dtype), 0, g)),
+    (upwind_advection, lambda u, g: (u, torch.ones(1, 2, 16, 16, dtype=u.dtype), g)),
+])
+def test_a_field_of_another_grid_is_refused(fn, args):
+    """An 8² field handed to a 16² grid's stencil used to be differenced with the 16² spacing."""
+    grid = Grid((16, 16), boundary="dirichlet")
+    small = torch.ones(2, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"space shape \(8, 8\), but the grid has shape \(16, 16\)"):
+        fn(*args(small, grid))
+    if fn is upwind_advection:  # the velocity is checked too
+        with pytest.raises(ValueError, match="velocity has space shape"):
+            fn(torch.ones(1, 1, 16, 16, dtype=torch.float64), torch.ones(1, 2, 8, 8, dtype=torch.float64), grid)

@@ -21,11 +21,20 @@ import torch
 from .grid import Grid
 
 
-def _check_axis(u: torch.Tensor, grid: Grid) -> None:
+def _check_axis(u: torch.Tensor, grid: Grid, name: str = "field", where: str = "stencil") -> None:
+    """``u`` must be ``[batch, channel, *grid.shape]``: a field of another grid is an error, never
+    silently differenced with this grid's spacing."""
+    if not isinstance(u, torch.Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(u).__name__}.")
     if u.dim() != grid.ndim + 2:
         raise ValueError(
-            f"expected a [batch, channel, *space] tensor with {grid.ndim} space axes, got shape "
+            f"{where}: expected {name} as a [batch, channel, *space] tensor with {grid.ndim} space axes, got shape "
             f"{list(u.shape)}"
+        )
+    if tuple(u.shape[2:]) != grid.shape:
+        raise ValueError(
+            f"{where}: {name} has space shape {tuple(u.shape[2:])}, but the grid has shape {grid.shape}; "
+            "a field of another grid cannot be differenced with this grid's spacing."
         )
 
 
@@ -68,7 +77,7 @@ def laplacian(u: torch.Tensor, grid: Grid, *, scale: float = 1.0) -> torch.Tenso
     ``scale`` is folded into the stencil weights: ``laplacian(u, g, scale=-1.0)`` is ``-Δu``
     (the Poisson matvec) without the extra pass and allocation of ``-laplacian(u, g)``.
     """
-    _check_axis(u, grid)
+    _check_axis(u, grid, "u", "laplacian")
     inv_h2 = [scale / (h * h) for h in grid.spacing]
     # One output tensor updated through shifted views: this is the matvec of every Poisson and
     # heat solve, and each extra full-size temporary costs as much as the arithmetic (CPU memory
@@ -107,7 +116,7 @@ def laplacian_diagonal(grid: Grid, dtype: torch.dtype = torch.float64) -> torch.
 
 def gradient(u: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Central-difference gradient: ``[B, C, *s] -> [B, C·d, *s]`` (channel-major, then axis)."""
-    _check_axis(u, grid)
+    _check_axis(u, grid, "u", "gradient")
     parts = []
     for axis, h in enumerate(grid.spacing):
         left, right = _neighbours(u, axis, grid)
@@ -123,7 +132,7 @@ def divergence(v: torch.Tensor, grid: Grid) -> torch.Tensor:
     sign-flipped mirror on a neumann axis (zero flux through the wall). With these ghosts the
     divergence is exactly minus the adjoint of :func:`gradient`, ``⟨div v, p⟩ = −⟨v, grad p⟩``.
     """
-    _check_axis(v, grid)
+    _check_axis(v, grid, "v", "divergence")
     if v.shape[1] != grid.ndim:
         raise ValueError(f"divergence needs {grid.ndim} channels (one per axis), got {v.shape[1]}")
     out = torch.zeros_like(v[:, :1])
@@ -135,7 +144,8 @@ def divergence(v: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 def upwind_derivative(u: torch.Tensor, velocity: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
     """First-order upwind ``∂u/∂x_axis``: backward difference where velocity > 0, forward where < 0."""
-    _check_axis(u, grid)
+    _check_axis(u, grid, "u", "upwind_derivative")
+    _check_axis(velocity, grid, "velocity", "upwind_derivative")
     h = grid.spacing[axis]
     left, right = _neighbours(u, axis, grid)
     backward = (u - left) / h
@@ -145,7 +155,8 @@ def upwind_derivative(u: torch.Tensor, velocity: torch.Tensor, axis: int, grid: 
 
 def upwind_advection(u: torch.Tensor, velocity: torch.Tensor, grid: Grid) -> torch.Tensor:
     """First-order upwind ``(v·∇)u`` for a collocated velocity with ``grid.ndim`` channels."""
-    _check_axis(u, grid)
+    _check_axis(u, grid, "u", "upwind_advection")
+    _check_axis(velocity, grid, "velocity", "upwind_advection")
     if velocity.shape[1] != grid.ndim:
         raise ValueError(f"velocity needs {grid.ndim} channels, got {velocity.shape[1]}")
     out = torch.zeros_like(u)

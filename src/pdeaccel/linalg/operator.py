@@ -29,12 +29,33 @@ class LinearOperator:
         diagonal: the diagonal of A, a tensor broadcastable to ``[batch, *shape]`` or a callable
             returning one.
         symmetric: A = Aᵀ (conjugate gradients needs a symmetric positive-definite operator).
+        shape: optional: the trailing axes A acts on, e.g. ``grid.shape`` for a stencil operator on
+            ``[batch, channel, *grid.shape]`` fields. :func:`~pdeaccel.linalg.solve` then refuses a
+            right-hand side whose trailing axes differ (a field of another grid) with a clear error.
     """
 
     matvec: Matvec
     rmatvec: Matvec | None = None
     diagonal: torch.Tensor | Callable[[], torch.Tensor] | None = None
     symmetric: bool = False
+    shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shape is not None:
+            try:
+                self.shape = tuple(int(n) for n in self.shape)
+            except (TypeError, ValueError):
+                raise TypeError(f"LinearOperator shape must be a tuple of axis lengths, got {self.shape!r}.") from None
+
+    def check_input(self, x: torch.Tensor, name: str = "b") -> None:
+        """Raise ValueError if ``x``'s trailing axes are not :attr:`shape` (when the shape is known)."""
+        if self.shape is None:
+            return
+        k = len(self.shape)
+        if x.dim() <= k or tuple(x.shape[x.dim() - k:]) != self.shape:
+            raise ValueError(f"{name} has shape {list(x.shape)}, but the operator acts on [batch, ..., "
+                             f"{', '.join(map(str, self.shape))}] tensors (trailing axes {self.shape}); "
+                             "is it a field of another grid?")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.matvec(x)
@@ -48,8 +69,8 @@ class LinearOperator:
         if self.symmetric:
             return self
         if self.rmatvec is not None:
-            return LinearOperator(self.rmatvec, self.matvec, self.diagonal, False)
-        return LinearOperator(_autograd_transpose(self.matvec), self.matvec, self.diagonal, False)
+            return LinearOperator(self.rmatvec, self.matvec, self.diagonal, False, self.shape)
+        return LinearOperator(_autograd_transpose(self.matvec), self.matvec, self.diagonal, False, self.shape)
 
 
 def _autograd_transpose(matvec: Matvec) -> Matvec:

@@ -233,6 +233,7 @@ def _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner, ad
     if not bool(torch.isfinite(b).all()):
         raise NonFiniteError("b (the right-hand side) contains NaN or inf values; check what produced it.")
     check_settings(method, max_iters, rtol, atol, grad, preconditioner, adjoint_max_iters, restart, omega)
+    op.check_input(b, "b (the right-hand side)")
     if x0 is None:
         x0 = torch.zeros_like(b)
     elif not isinstance(x0, torch.Tensor) or x0.shape != b.shape:

@@ -101,7 +101,7 @@ class BurgersStepper:
                 diag = diag + (0.5 * dt / h) * (a_pos - torch.roll(a_neg, 1, dims=axis + 2))
             return diag
 
-        return LinearOperator(matvec, rmatvec=rmatvec, diagonal=diagonal, symmetric=False)
+        return LinearOperator(matvec, rmatvec=rmatvec, diagonal=diagonal, symmetric=False, shape=grid.shape)
 
     def __call__(self, u: torch.Tensor, solver: SolverConfig, picard_iterations: int | None = None) -> torch.Tensor:
         """``u^{n+1}`` from ``u^n`` after ``picard_iterations`` linear solves (default:

@@ -69,7 +69,7 @@ class HeatStepper:
         def diagonal() -> torch.Tensor:
             return 1.0 - coeff * laplacian_diagonal(grid, dtype).to(device)
 
-        return LinearOperator(matvec, diagonal=diagonal, symmetric=True)
+        return LinearOperator(matvec, diagonal=diagonal, symmetric=True, shape=grid.shape)
 
     def rhs(self, u: torch.Tensor) -> torch.Tensor:
         """Right-hand side from ``u^n``: ``u^n`` (BTCS) or ``u^n + ½νΔt L u^n`` (CN)."""

@@ -172,7 +172,7 @@ class NavierStokes2D:
         def diagonal() -> torch.Tensor:
             return 1.0 + dt * ((winds[0].abs() + winds[1].abs()) / h + 4.0 * nu / (h * h))
 
-        return LinearOperator(matvec, rmatvec, diagonal, symmetric=False)
+        return LinearOperator(matvec, rmatvec, diagonal, symmetric=False, shape=grid.shape)
 
     def coupled_operator(self, velocity: torch.Tensor) -> LinearOperator:
         """The saddle-point matrix of the coupled step (class docstring) on ``[B, 3, N, N]`` tensors
@@ -187,7 +187,8 @@ class NavierStokes2D:
             bottom = -dt * mac_divergence((w[:, 0:1], w[:, 1:2]), self.grid) - c * p.mean(dim=(2, 3), keepdim=True)
             return torch.cat([top, bottom], dim=1)
 
-        return LinearOperator(lambda x: apply(x, False), lambda x: apply(x, True), symmetric=False)
+        return LinearOperator(lambda x: apply(x, False), lambda x: apply(x, True), symmetric=False,
+                              shape=self.grid.shape)
 
     def pressure_operator(self) -> LinearOperator:
         """``−D G + (c/N²)·11ᵀ`` with ``c = 1/h²``: the negative 5-point Laplacian made symmetric
@@ -201,7 +202,7 @@ class NavierStokes2D:
 
         # a 0-d float64 tensor broadcasts without promoting float32 fields
         diagonal = torch.tensor(4.0 / (h * h) + c / (n * n), dtype=torch.float64)
-        return LinearOperator(matvec, diagonal=diagonal, symmetric=True)
+        return LinearOperator(matvec, diagonal=diagonal, symmetric=True, shape=grid.shape)
 
     # ------------------------------------------------------------------ solves
 

@@ -30,7 +30,7 @@ def poisson_operator(grid: Grid, dtype: torch.dtype | None = None,
     def diagonal() -> torch.Tensor:
         return -laplacian_diagonal(grid, dtype).to(device)
 
-    return LinearOperator(matvec, diagonal=diagonal, symmetric=True)
+    return LinearOperator(matvec, diagonal=diagonal, symmetric=True, shape=grid.shape)
 
 
 def solve_poisson(f: torch.Tensor, grid: Grid, solver: SolverConfig, x0: torch.Tensor | None = None) -> SolveResult:
