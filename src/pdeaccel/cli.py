@@ -81,7 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """``warning: message``: a user of the command needs the message, not our source line."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = _format_warning  # only while the command runs, never at import
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     # overrides (key=value) may come before or after options; argparse alone would reject the latter
     args, extra = parser.parse_known_args(argv)

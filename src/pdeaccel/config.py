@@ -60,8 +60,12 @@ def _parse_value(text: str, default: Any, key: str) -> Any:
     return text
 
 
-def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a copy of ``cfg`` with ``"a.b=value"`` overrides applied (keys must exist)."""
+def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str],
+                    keys_hint: str = "Run `pdeaccel experiments NAME` to list the keys.") -> dict[str, Any]:
+    """Return a copy of ``cfg`` with ``"a.b=value"`` overrides applied (keys must exist).
+
+    ``keys_hint`` ends the message for an unknown key: where the user finds the valid keys.
+    """
     out = copy.deepcopy(dict(cfg))
     known = flatten(out)
     for item in overrides:
@@ -72,7 +76,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}.{hint} Run `pdeaccel experiments NAME` to list the keys.")
+            raise ConfigError(f"unknown config key {key!r}.{hint} {keys_hint}")
         value = _parse_value(text, known[key], key)
         node = out
         *parents, leaf = key.split(".")

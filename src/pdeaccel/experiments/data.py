@@ -8,6 +8,8 @@ rather than load wrong data. Files cached before the checksum existed lack it an
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
 import tempfile
@@ -24,6 +26,24 @@ from ..config import config_hash
 from ..train.io import fsync_directory
 
 DATA_ENV = "PDEACCEL_DATA"
+
+# whether data generation shows progress bars; the runner turns them off for --quiet
+_SHOW_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("pdeaccel_data_progress", default=True)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """Show (or hide) the progress bars of dataset generation inside the block (``--quiet`` hides them)."""
+    token = _SHOW_PROGRESS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _SHOW_PROGRESS.reset(token)
+
+
+def show_progress() -> bool:
+    """Whether dataset generation should draw progress bars now (see :func:`progress_bars`)."""
+    return _SHOW_PROGRESS.get()
 
 
 def data_dir() -> Path:
@@ -124,7 +144,7 @@ def rollout(step: Callable[[torch.Tensor], torch.Tensor], u0: torch.Tensor, step
     """``[n, steps+1, ...]`` trajectories of ``step`` from ``u0`` (processed in chunks, with progress)."""
     out = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(u0), chunk), desc=desc, leave=False):
+        for start in tqdm(range(0, len(u0), chunk), desc=desc, leave=False, disable=not show_progress()):
             u = u0[start:start + chunk]
             traj = [u]
             for _ in range(steps):

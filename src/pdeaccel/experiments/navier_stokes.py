@@ -24,7 +24,7 @@ from ..linalg import SolverConfig
 from ..nets import build_net
 from ..physics.navier_stokes import NavierStokes2D, decaying_turbulence, downsample_velocity
 from ..train.tasks import CorrectionTask
-from .data import cached_trajectories
+from .data import cached_trajectories, show_progress
 from .registry import Built, Experiment, measure_k_converged, register, validate_common
 
 _CPU: dict[str, Any] = {
@@ -70,10 +70,10 @@ def build_ns(cfg: dict[str, Any]) -> Built:
             return u, pressure
 
         with torch.no_grad():
-            for _ in trange(p["warmup_steps"], desc="ns-2d warm-up", leave=False):
+            for _ in trange(p["warmup_steps"], desc="ns-2d warm-up", leave=False, disable=not show_progress()):
                 u, pressure = advance(u, pressure)
             states = [downsample_velocity(u, p["factor"])]
-            for _ in trange(steps, desc="ns-2d reference", leave=False):
+            for _ in trange(steps, desc="ns-2d reference", leave=False, disable=not show_progress()):
                 u, pressure = advance(u, pressure)
                 states.append(downsample_velocity(u, p["factor"]))
         return torch.stack(states, dim=1).float()

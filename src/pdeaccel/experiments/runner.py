@@ -19,6 +19,7 @@ from ..config import ConfigError, apply_overrides, flatten, to_yaml
 from ..train import io
 from ..train.report import markdown_table, plot_comparison, plot_run, plot_sweep, read_metrics
 from ..train.trainer import NothingResumedError, Trainer, TrainSettings
+from . import data as data_mod
 from .registry import Experiment, get_experiment, prdp_config, validate_config
 
 
@@ -91,7 +92,8 @@ def train_run(name: str, *, size: str | None = None, schedule: str | None = None
     # torch seeds its global generator randomly per process; a resumed run must restore the same
     # RNG state as an uninterrupted one even where the experiment draws nothing from it
     torch.manual_seed(cfg["seed"])
-    built = exp.build(cfg)  # validates the whole config first: a bad key never leaves a directory behind
+    with data_mod.progress_bars(progress):  # --quiet also hides the data-generation bars
+        built = exp.build(cfg)  # validates the whole config first: a bad key never leaves a directory behind
     sched = _budget_schedule(exp, cfg, schedule, built.k_converged)
     picard_sched = _picard_schedule(cfg, schedule)
     _prepare_run_dir(run_dir, resume)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, apply_overrides, require, to_yaml
+from ..config import ConfigError, apply_overrides, flatten, require, to_yaml
 from ..grid import Grid
 from ..linalg import METHODS, SolverConfig
 from ..physics import HeatStepper
@@ -166,14 +166,21 @@ def _positive_int(cfg: dict[str, Any], key: str, minimum: int = 1) -> int:
     return node
 
 
-def _positive_float(cfg: dict[str, Any], key: str, *, allow_zero: bool = False) -> float:
+def _positive_float(cfg: dict[str, Any], key: str, *, allow_zero: bool = False,
+                    maximum: float | None = None) -> float:
     node: Any = cfg
     for part in key.split("."):
         node = node[part]
     ok = isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node) and (
-        node >= 0 if allow_zero else node > 0)
-    require(ok, key, node, "a finite number " + (">= 0" if allow_zero else "> 0"))
+        node >= 0 if allow_zero else node > 0) and (maximum is None or node <= maximum)
+    require(ok, key, node, "a finite number " + (">= 0" if allow_zero else "> 0")
+            + ("" if maximum is None else f" and <= {maximum:g}"))
     return float(node)
+
+
+# an initial amplitude beyond this overflows (float32 at once, float64 in the first products) and
+# surfaced as "b contains NaN" deep inside a solve instead of naming the key
+_MAX_AMPLITUDE = 1e6
 
 
 def _solver(cfg: dict[str, Any], section: str, monitor: Callable | None) -> SolverConfig:
@@ -219,7 +226,8 @@ def _build_heat(cfg: dict[str, Any], monitor: Callable) -> _Setup:
                           scheme=scheme)
     solver = _solver(cfg, "solver", monitor)
     u0 = random_fourier(grid, _positive_int(cfg, "batch"), modes=_positive_int(cfg, "init.modes"),
-                        amplitude=_positive_float(cfg, "init.amplitude"), generator=_generator(cfg), dtype=dtype)
+                        amplitude=_positive_float(cfg, "init.amplitude", maximum=_MAX_AMPLITUDE),
+                        generator=_generator(cfg), dtype=dtype)
 
     def diagnostics(u: torch.Tensor, t: float) -> dict[str, float]:
         return {"max_abs_u": float(u.abs().max()), "rms_u": float(u.pow(2).mean().sqrt())}
@@ -247,11 +255,11 @@ def _build_burgers(cfg: dict[str, Any], monitor: Callable) -> _Setup:
                              picard_iterations=_positive_int(cfg, "physics.picard_iterations"))
     solver = _solver(cfg, "solver", monitor)
     offset = cfg["init"]["offset"]
-    require(isinstance(offset, (int, float)) and not isinstance(offset, bool) and math.isfinite(offset),
-            "init.offset", offset, "a finite number")
+    require(isinstance(offset, (int, float)) and not isinstance(offset, bool) and math.isfinite(offset)
+            and abs(offset) <= _MAX_AMPLITUDE, "init.offset", offset, f"a finite number in [-{_MAX_AMPLITUDE:g}, {_MAX_AMPLITUDE:g}]")
     u0 = float(offset) + random_fourier(grid, _positive_int(cfg, "batch"), modes=_positive_int(cfg, "init.modes"),
-                                        amplitude=_positive_float(cfg, "init.amplitude"), generator=_generator(cfg),
-                                        dtype=dtype)
+                                        amplitude=_positive_float(cfg, "init.amplitude", maximum=_MAX_AMPLITUDE),
+                                        generator=_generator(cfg), dtype=dtype)
     cell_volume = math.prod(grid.spacing)
     space = tuple(range(1, ndim + 2))
     mass0 = u0.sum(dim=space) * cell_volume
@@ -292,10 +300,11 @@ def _build_navier_stokes(cfg: dict[str, Any], monitor: Callable) -> _Setup:
         velocity = decaying_turbulence(n, batch, generator=_generator(cfg),
                                        smoothing=_positive_float(cfg, "init.smoothing"),
                                        peak_wavenumber=_positive_float(cfg, "init.peak_wavenumber"),
-                                       rms_velocity=_positive_float(cfg, "init.rms_velocity"), dtype=dtype)
+                                       rms_velocity=_positive_float(cfg, "init.rms_velocity", maximum=_MAX_AMPLITUDE),
+                                       dtype=dtype)
         pressure = None
     elif init["kind"] == "taylor-green":
-        amplitude = _positive_float(cfg, "init.amplitude")
+        amplitude = _positive_float(cfg, "init.amplitude", maximum=_MAX_AMPLITUDE)
         velocity, pressure = taylor_green(n, length, amplitude=amplitude, batch=batch, dtype=dtype)
 
         def exact(t: float) -> torch.Tensor:
@@ -422,7 +431,10 @@ def default_run_dir(name: str) -> Path:
 
 def resolve_config(name: str, overrides: Iterable[str] = (), steps: int | None = None) -> dict[str, Any]:
     """The simulation's defaults with ``key=value`` overrides (and ``steps``) applied."""
-    cfg = apply_overrides(get_simulation(name).defaults, list(overrides))
+    defaults = get_simulation(name).defaults
+    # an unknown key lists this simulation's own keys (not the training experiments')
+    cfg = apply_overrides(defaults, list(overrides),
+                          keys_hint=f"The keys of simulation {name!r} are: {', '.join(flatten(defaults))}.")
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps must be an integer >= 1, got {steps!r}.")
