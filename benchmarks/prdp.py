@@ -25,12 +25,23 @@ from pdeaccel.experiments.runner import compare, robust_train_seconds
 from pdeaccel.train.report import markdown_table
 
 ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+CACHE = ROOT / "cache" / "prdp"
 EXPERIMENTS = ["poisson-inverse", "poisson-inverse-3", "heat-1d", "heat-2d", "heat-3d", "burgers-1d", "ns-2d"]
 # targets of the PRDP issue: total iteration savings at least the paper's
 TARGET_TOTAL = {"heat-1d": 0.79, "heat-2d": 0.86, "heat-3d": 0.80, "burgers-1d": 0.59, "ns-2d": 0.81}
 SOLVER_DOMINATED = {"heat-3d", "ns-2d"}
 # the inverse problems compare at equal accuracy: both runs stop at this relative parameter error
 TARGET_METRIC = {"poisson-inverse": 1e-3, "poisson-inverse-3": 1e-2}
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository (POSIX separators) when it lies inside it, else as given:
+    result files must not carry the absolute paths of the machine they were made on."""
+    try:
+        return Path(path).resolve().relative_to(REPO.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def pct(x: float) -> str:
@@ -62,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     data: dict = {}
     for name in names:
-        out = ROOT / "cache" / "prdp" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = CACHE / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         t0 = time.time()
         d = compare(name, seeds=args.seeds, size=args.size, out=out, progress=False)
         d["benchmark_seconds"] = time.time() - t0
+        d["run_dir"] = repo_relative(d["run_dir"])
         data[name] = d
         shutil.copyfile(out / "comparison.png", results_dir / f"{args.name}_{name}.png")
         print(f"{name}: done in {d['benchmark_seconds']:.0f} s", flush=True)
@@ -80,7 +92,7 @@ def robust_wall(d: dict) -> list[float]:
         if "wall_train_savings_robust" in s:
             out.append(s["wall_train_savings_robust"])
             continue
-        base = Path(d["run_dir"]) / f"seed{s['seed']}"
+        base = REPO / d["run_dir"] / f"seed{s['seed']}"  # stored relative to the repository
         ledgers = {spec: json.loads((base / spec / "report.json").read_text())["ledger"] for spec in ("prdp", "converged")}
         out.append(1.0 - robust_train_seconds(ledgers["prdp"]) / robust_train_seconds(ledgers["converged"]))
     return out
