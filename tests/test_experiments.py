@@ -33,7 +33,8 @@ def _data_dir(tmp_path, monkeypatch):
 def test_every_experiment_has_a_tiny_configuration_here():
     # experiments without a solver in the loop (flow-2d, flow-3d) have their own in test_flow_model.py
     assert sorted(TINY) == sorted(e.name for e in list_experiments() if e.solver_in_loop)
-    assert {e.name for e in list_experiments() if not e.solver_in_loop} == {"flow-2d", "flow-3d"}
+    from pdeaccel.experiments.flow import STAGGER_SETTINGS
+    assert {e.name for e in list_experiments() if not e.solver_in_loop} == {"flow-2d", "flow-3d", *STAGGER_SETTINGS}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -27,6 +27,8 @@ What is ours (*design*; the paper's text and code are not public):
 - Within one window the environment is the one at the window's start (moving obstacles advance
   T steps per call).
 - The first window from rest is T copies of the fluid at rest.
+- Sub-solvers with s > 1 start from a zero output layer (no change predicted), so training does
+  not start from the stripes of each untrained network's different constant output.
 - Weights: separate per sub-solver (default), or one shared network with the offset and the
   time index as extra constant input channels (``shared_weights``).
 
@@ -113,6 +115,13 @@ class StaggeredFlowSolver(nn.Module):
         count = 1 if shared_weights else len(self.offsets) * window
         self.nets = nn.ModuleList(UNet(ndim, self.in_channels, self.P + 1, hidden=hidden, levels=levels,
                                        kernel_size=kernel_size, padding_mode="zeros") for _ in range(count))
+        if not self.remove_mean:
+            # the sub-fields' levels carry the velocity between them (see the gauge note above): an
+            # untrained network's constant output, different per sub-solver, would start training
+            # from a striped flow, so every sub-solver starts by predicting no change
+            for net in self.nets:
+                nn.init.zeros_(net.project.weight)
+                nn.init.zeros_(net.project.bias)
         self.scales = {"velocity": float(velocity_scale), "potential": float(potential_scale),
                        "pressure": float(pressure_scale)}
         self.bounds = {"potential": float(potential_bound), "pressure": float(pressure_bound)}
@@ -243,6 +252,48 @@ class StaggeredFlowSolver(nn.Module):
             pots.append(new.potential)
             press.append(new.pressure)
         return SubState(sub.indices, pots, press)
+
+    # ------------------------------------------------------------------ multi-resolution
+    def resolution_indices(self, space: int = 1, time: int = 1) -> list[int]:
+        """The sub-solvers that simulate ``space`` times coarser in space (per axis) and ``time``
+        times coarser in time: the offsets that are multiples of ``space`` and the time slots
+        ``k`` with ``(k + 1) % time == 0``. ``space`` must divide every stride, ``time`` the window;
+        (1, 1) is every sub-solver (full resolution); (s, T) is one sub-solver alone."""
+        if any(si % space for si in self.stride) or space < 1:
+            raise ValueError(f"a spatial coarsening of {space} must divide the stride {self.stride}; "
+                             f"allowed: {', '.join(str(r) for r in range(1, min(self.stride) + 1) if all(si % r == 0 for si in self.stride))}.")
+        if time < 1 or self.window % time:
+            raise ValueError(f"a temporal coarsening of {time} must divide the window T = {self.window}; "
+                             f"allowed: {', '.join(str(q) for q in range(1, self.window + 1) if self.window % q == 0)}.")
+        S = len(self.offsets)
+        spatial = [i for i, o in enumerate(self.offsets) if all(oi % space == 0 for oi in o)]
+        return [k * S + i for k in range(self.window) if (k + 1) % time == 0 for i in spatial]
+
+    def coarse_grid(self, grid: Grid, space: int) -> Grid:
+        """The grid of a simulation ``space`` times coarser than ``grid`` (the full one for 1)."""
+        keep = self.stride
+        self.stride = (space,) * self.ndim
+        try:
+            return self.sub_grid(grid)
+        finally:
+            self.stride = keep
+
+    def lattice_states(self, sub: SubState, env: FlowEnvironment, space: int) -> list[PotentialState]:
+        """The states of a coarse simulation (:meth:`resolution_indices`), one per simulated time
+        slot in order: the selected sub-fields assembled onto the grid ``space`` times coarser."""
+        S = len(self.offsets)
+        inner = tuple(si // space for si in self.stride)
+        coarse = self.coarse_grid(env.grid, space)
+        by_slot: dict[int, list[int]] = {}
+        for n, j in enumerate(sub.indices):
+            by_slot.setdefault(j // S, []).append(n)
+        out = []
+        for k in sorted(by_slot):
+            members = by_slot[k]
+            pot = torch.stack([sub.potential[n] for n in members], 1)
+            pres = torch.stack([sub.pressure[n] for n in members], 1)
+            out.append(PotentialState(assemble(pot, inner, node_shape(coarse)), assemble(pres, inner, coarse.shape)))
+        return out
 
     def sub_velocity(self, potential: torch.Tensor, view: FieldView) -> Velocity:
         """A sub-solver's own (coarse) face velocities: the curl of its sub-field on its grid."""

@@ -335,7 +335,11 @@ STAGGER_SETTINGS = {"flow-2d-s1t1": (2, 1, 1), "flow-2d-s2t1": (2, 2, 1), "flow-
 
 def _staggered(cfg: dict[str, Any], stride: int, window: int) -> dict[str, Any]:
     cfg = copy.deepcopy(cfg)
-    cfg["model"].update({"kind": "staggered", "stride": stride, "window": window})
+    # shared weights (offset and time slot as inputs): with separate weights the sub-solvers evolve
+    # at different rates and the pool fills with striped flows that no sub-solver can see, so the
+    # loss rises during training (benchmarks/results/stagger.md); model.shared_weights=false is
+    # the separate-weights variant
+    cfg["model"].update({"kind": "staggered", "stride": stride, "window": window, "shared_weights": True})
     if stride > 1:
         # each sub-solver's U-Net runs on a grid s times coarser: one level fewer per halving
         coarse = math.ceil(cfg["physics"]["height"] / stride)

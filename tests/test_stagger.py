@@ -1,0 +1,223 @@
+"""NeuralStagger: the decomposition is exactly invertible, (s, T) = (1, 1) is the vanilla solver bit
+for bit, sub-solvers are independent (gradients and stand-alone rollouts), the staggered model
+trains through the real trainer and pool, and a SIGKILLed staggered run resumes exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pdeaccel.decompose import as_stride, assemble, decompose, offsets, staggered_shapes
+from pdeaccel.experiments import runner
+from pdeaccel.experiments.flow import build_environment, held_out_environment, sample_spec
+from pdeaccel.neural_flow import NeuralFlowSolver
+from pdeaccel.stagger import StaggeredFlowSolver
+from pdeaccel.train import faults
+
+PHYSICS = {"ndim": 2, "length": 16, "height": 8, "mu": 0.1, "rho": 4.0, "dt": 1.0, "inflow_min": 0.2,
+           "inflow_max": 1.0, "obstacles": ["box", "cylinder"], "magnus_max": 1.0, "move_max": 0.3,
+           "mu_range": [0.1, 0.1], "rho_range": [4.0, 4.0]}
+SCALES = dict(velocity_scale=1.0, potential_scale=2.0, pressure_scale=4.0, potential_bound=80.0, pressure_bound=200.0)
+TINY = ["physics.length=16", "physics.height=8", "pool.size=4", "net.hidden=4", "net.levels=1",
+        "data.validation=2", "data.validation_steps=2", "train.steps_per_epoch=3", "train.batch_size=2"]
+
+
+# ------------------------------------------------------------------------------ decomposition
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_assemble_inverts_decompose_for_every_dimension_stride_and_odd_size(data):
+    ndim = data.draw(st.integers(1, 3))
+    stride = tuple(data.draw(st.integers(1, 4)) for _ in range(ndim))
+    shape = tuple(data.draw(st.integers(1, 9)) for _ in range(ndim))
+    x = torch.randn((2, 3) + shape, dtype=torch.float64)
+    parts = decompose(x, stride)
+    assert parts.shape[:3] == (2, math.prod(stride), 3)
+    assert torch.equal(assemble(parts, stride, shape), x)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_each_sub_field_is_the_strided_slice_at_its_offset(ndim):
+    stride = (2, 3, 2)[:ndim]
+    shape = (6, 9, 4)[:ndim]
+    x = torch.randn((1, 2) + shape)
+    parts = decompose(x, stride)
+    for j, o in enumerate(offsets(stride)):  # D_o(u)[n] = u[s·n + o]
+        expected = x[(slice(None), slice(None)) + tuple(slice(oi, None, si) for oi, si in zip(o, stride))]
+        assert torch.equal(parts[:, j], expected)
+
+
+def test_node_and_cell_sub_fields_keep_the_mac_layout_and_bad_strides_are_refused():
+    cells, nodes = staggered_shapes((66, 34), (4, 4), (False, False))
+    assert cells == (68, 36) and nodes == (72, 40)  # 17×9 sub-cells, 18×10 sub-nodes: one node more per axis
+    with pytest.raises(ValueError, match="periodic axis of 30 cells cannot be staggered with stride 4"):
+        staggered_shapes((30,), (4,), (True,))
+    with pytest.raises(ValueError, match="stride must be a positive integer"):
+        as_stride((2, 0), 2)
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        decompose(torch.zeros(1, 1, 5), (2,), padded=(5,))
+
+
+# ------------------------------------------------------------------------------ the solver
+def _pair(stride, window, shared=False, ndim=2, seed=0):
+    torch.manual_seed(seed)
+    return StaggeredFlowSolver(ndim, stride=stride, window=window, hidden=4, levels=1, shared_weights=shared, **SCALES)
+
+
+def _env(ndim=2, batch=2):
+    physics = dict(PHYSICS)
+    if ndim == 3:
+        physics.update({"ndim": 3, "length": 12, "height": 6, "obstacles": ["sphere"], "mu_range": [0.1, 0.2],
+                        "rho_range": [1.0, 4.0]})
+    gen = torch.Generator().manual_seed(3)
+    from pdeaccel.physics.environments import FlowEnvironment
+    return FlowEnvironment.stack([build_environment(physics, sample_spec(physics, gen)) for _ in range(batch)])
+
+
+def _randomised(model):
+    with torch.no_grad():  # a trained-looking network: the default init's last layer is small
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_stride_one_window_one_is_the_vanilla_solver_bit_for_bit(ndim):
+    env = _env(ndim)
+    torch.manual_seed(1)
+    vanilla = _randomised(NeuralFlowSolver(ndim, hidden=4, levels=1, **SCALES))
+    staggered = StaggeredFlowSolver(ndim, stride=1, window=1, hidden=4, levels=1, **SCALES)
+    staggered.nets[0].load_state_dict(vanilla.net.state_dict())
+    s, w = vanilla.initial_state(env), staggered.initial_state(env)
+    with torch.no_grad():
+        for _ in range(3):
+            s, w = vanilla(s, env), staggered(w, env)
+            assert torch.equal(s.potential, w.potential[:, 0]) and torch.equal(s.pressure, w.pressure[:, 0])
+    assert float(s.potential.abs().max()) > 0.1  # the states moved: the comparison is not of zeros
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_each_sub_solver_reads_only_its_own_sub_field(shared):
+    env = _env()
+    model = _randomised(_pair((2, 2), 2, shared))
+    state = model.initial_state(env)
+    with torch.no_grad():  # a state with structure everywhere
+        state = model(model(state, env), env)
+    pot = state.potential.clone().requires_grad_(True)
+    pres = state.pressure.clone().requires_grad_(True)
+    from pdeaccel.stagger import WindowState
+    new = model(WindowState(pot, pres), env)
+    target = model.decompose_state(new, env)
+    j = 5  # offset (0, 1) of time slot 1
+    gp, gq = torch.autograd.grad((target.potential[j] ** 2).sum() + (target.pressure[j] ** 2).sum(), (pot, pres))
+    grads = model.decompose_state(WindowState(gp, gq), env)
+    for i in range(model.sub_solvers):
+        size = float(grads.potential[i].abs().sum() + grads.pressure[i].abs().sum())
+        assert (size > 0) == (i == j), f"sub-solver {j}'s output depends on sub-field {i}: {size}"
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_sub_solver_run_alone_reproduces_its_part_of_the_full_rollout(shared):
+    env = _env()
+    model = _randomised(_pair(2, 2, shared))
+    views = model.sub_views(env)
+    full = model.initial_state(env)
+    alone = model.decompose_state(full, env, indices=[3, 6])  # one sub-solver of each time slot
+    with torch.no_grad():
+        for _ in range(4):
+            full = model(full, env)
+            alone = model.step_subset(alone, views)
+    part = model.decompose_state(full, env, indices=[3, 6])
+    for a, b in zip(alone.potential + alone.pressure, part.potential + part.pressure):
+        if shared:  # one batched call over all sub-solvers or over two: the same maths, summed in another order
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(a, b)
+    assert float(part.potential[0].abs().max()) > 0.01
+
+
+def test_staggered_window_advances_t_fine_steps_and_the_loss_judges_every_pair():
+    env = _env()
+    model = _pair(2, 3)
+    state = model.initial_state(env)
+    new = model(state, env)
+    traj = model.trajectory(state, new)
+    assert len(traj) == 4 and model.steps_per_call == 3
+    assert traj[0].potential.data_ptr() == state.potential[:, 2].data_ptr() or torch.equal(traj[0].potential,
+                                                                                          state.potential[:, 2])
+    with pytest.raises(ValueError, match="a window of 3"):
+        model(model.unpack({"potential": state.potential[:, :1], "pressure": state.pressure[:, :1]}), env)
+
+
+def test_3d_staggered_solver_runs_and_keeps_divergence_at_round_off():
+    from pdeaccel.neural_flow import velocity_from_potential
+    from pdeaccel.stencils import mac_divergence
+
+    env = _env(3, batch=1)
+    model = _randomised(_pair(2, 1, ndim=3))
+    with torch.no_grad():
+        w = model(model.initial_state(env), env)
+    u = velocity_from_potential(w.potential[:, 0].double(), env.grid)
+    assert float(mac_divergence(u, env.grid).abs().max()) < 1e-10 * max(float(c.abs().max()) for c in u)
+
+
+# ------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("name", ["flow-2d-s2t2", "flow-2d-s2t1"])
+def test_staggered_training_through_the_real_trainer_lowers_the_validation_loss(name, tmp_path):
+    # environments reset every step, so the pool stays near the start-up the validation rollout judges
+    over = ["physics.length=16", "physics.height=8", "pool.size=2", "pool.reset_every=1", "net.hidden=4",
+            "net.levels=1", "data.validation=2", "data.validation_steps=1", "train.steps_per_epoch=8",
+            "train.batch_size=2", "train.lr=3e-3", "train.epochs=6"]
+    runner.train_run(name, overrides=over, out=tmp_path / "r", progress=False)
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
+    first, last = float(rows[0]["val_metric"]), float(rows[-1]["val_metric"])
+    assert last < 0.93 * first, (first, last)  # measured: 2.11 -> 1.76 (s2t2), 2.11 -> 1.86 (s2t1)
+
+
+def test_sigkilled_staggered_pool_training_resumes_to_the_uninterrupted_result(tmp_path):
+    args = ["flow-2d-s2t2"] + TINY + ["train.epochs=6"]
+    runner.train_run(args[0], overrides=args[1:], out=tmp_path / "reference", progress=False)
+    # killed as soon as a checkpoint write is under way (60 s is only the bound on a loaded machine)
+    kills = faults.run_with_kills(args, tmp_path / "killed", [("mid-write", 60.0)], slow_writes=0.03)
+    assert any(w.endswith(".ckpt") for k in kills for w in k.interrupted_writes), kills
+    reference, killed = (faults.comparable_run(tmp_path / d) for d in ("reference", "killed"))
+    pool = reference["checkpoint"]["task"]["pool"]
+    assert pool["steps"] == 6 * 3 and pool["potential"].shape[1] == 2  # windows of T = 2 states are compared
+    assert faults.differences(reference, killed) == [], kills
+
+
+def test_held_out_rollout_of_a_staggered_model_records_every_fine_step():
+    from pdeaccel.experiments.flow_eval import neural_rollout
+
+    env = held_out_environment(PHYSICS, "cylinder")
+    roll = neural_rollout(_pair(2, 3), env, 7)
+    assert len(roll.times) == 7 and roll.times[-1] == pytest.approx(7.0)
+    assert max(roll.diagnostics["divergence_abs"]) < 1e-5
+
+
+def test_coarse_simulations_are_the_full_one_sampled_on_their_lattice():
+    env = _env()
+    model = _randomised(_pair(4, 2))
+    views = model.sub_views(env)
+    full = model.initial_state(env)
+    subsets = {(r, q): model.decompose_state(full, env, model.resolution_indices(r, q)) for r, q in [(2, 2), (4, 1), (4, 2)]}
+    assert len(subsets[(4, 2)].indices) == 1 and len(subsets[(2, 2)].indices) == 4 and len(subsets[(4, 1)].indices) == 2
+    with torch.no_grad():
+        for _ in range(2):
+            full = model(full, env)
+            subsets = {key: model.step_subset(sub, views) for key, sub in subsets.items()}
+    for (r, q), sub in subsets.items():
+        states = model.lattice_states(sub, env, r)
+        slots = [k for k in range(2) if (k + 1) % q == 0]
+        assert len(states) == len(slots)
+        for k, state in zip(slots, states):
+            sampled = full.potential[:, k][(slice(None), slice(None)) + tuple(slice(0, None, r) for _ in range(2))]
+            m = sampled.shape[2:]  # the coarse grid may reach past the full one: zeros there
+            assert torch.equal(state.potential[..., :m[0], :m[1]], sampled)
+            assert not state.potential[..., m[0]:, :].any() and not state.potential[..., m[1]:].any()
+    with pytest.raises(ValueError, match="must divide the stride"):
+        model.resolution_indices(3, 1)
