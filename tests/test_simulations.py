@@ -185,3 +185,93 @@ def test_burgers_conserves_mass_and_navier_stokes_stays_divergence_free(tmp_path
                           progress=False, animate=False)["invariants"]
     assert projection["max_abs_divergence_max"] < 1e-3  # float32, CG to rtol 1e-6 on |u| ~ 1, h = 1/12
     assert projection["kinetic_energy_final"] < projection["kinetic_energy_initial"]
+
+
+def test_solves_that_do_not_converge_are_reported_per_step_and_can_stop_the_run(tmp_path):
+    # `simulate heat-2d solver.max_iters=1` used to exit 0 with no word about the unconverged solves
+    ok = simulate("heat-2d", steps=3, overrides=TINY["heat-2d"], out=tmp_path / "ok", progress=False, animate=False)
+    assert ok["failures"]["ok"] and ok["failures"]["per_step"] == []
+    with pytest.warns(UserWarning, match=r"heat-2d: linear solves did not converge in 3 step\(s\)"):
+        report = simulate("heat-2d", steps=3, overrides=TINY["heat-2d"] + ["solver.max_iters=1"],
+                          out=tmp_path / "bad", progress=False, animate=False)
+    fail = json.loads((tmp_path / "bad" / "report.json").read_text())["failures"]
+    assert fail == report["failures"] and not fail["ok"] and fail["steps_not_converged"] == 3
+    assert [(f["step"], f["kind"]) for f in fail["per_step"]] == [(1, "not converged"), (2, "not converged"),
+                                                                 (3, "not converged")]
+    assert "cg: 1 solve(s) missed the tolerance" in fail["per_step"][0]["detail"]
+    md = (tmp_path / "bad" / "report.md").read_text()
+    assert "## Failures" in md and "linear solves did not converge in 3 step(s)" in md
+    # run.stop_on_failure=true stops at the first failed step, after writing what it has
+    with pytest.raises(FloatingPointError, match=r"stopped at step 1 \(run.stop_on_failure=true\)"):
+        simulate("heat-2d", steps=3, overrides=TINY["heat-2d"] + ["solver.max_iters=1", "run.stop_on_failure=true"],
+                 out=tmp_path / "stop", progress=False, animate=False)
+    stopped = json.loads((tmp_path / "stop" / "report.json").read_text())
+    assert stopped["steps"] == 1 and stopped["failures"]["stopped_at_step"] == 1
+    with h5py.File(tmp_path / "stop" / "trajectory.h5", "r") as f:
+        np.testing.assert_array_equal(np.asarray(f["steps"]), [0, 1])
+
+
+def test_a_blown_up_burgers_run_is_reported_and_can_stop_the_run(tmp_path):
+    # `simulate burgers-1d physics.nu=1e-9 physics.dt=10` used to exit 0 with max |u| 66x the initial
+    over = ["physics.nu=1e-9", "physics.dt=10", "grid.n=64"]
+    with pytest.warns(UserWarning, match=r"burgers-1d: the solution blew up \(max \|state\| > 10× the initial\)"):
+        report = simulate("burgers-1d", steps=4, overrides=over, out=tmp_path / "a", progress=False, animate=False)
+    fail = report["failures"]
+    assert fail["steps_blown_up"] >= 1 and not fail["ok"] and fail["stopped_at_step"] is None
+    first = next(f for f in fail["per_step"] if f["kind"] == "blow-up")
+    assert report["invariants"]["max_abs_u_max"] > 10 * report["invariants"]["max_abs_u_initial"]
+    assert "× the initial" in first["detail"]
+    with pytest.raises(FloatingPointError, match=f"stopped at step {first['step']}"):
+        simulate("burgers-1d", steps=4, overrides=over + ["run.stop_on_failure=true"], out=tmp_path / "b",
+                 progress=False, animate=False)
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["steps"] == first["step"]
+    # the threshold is a key: a generous one accepts the same run
+    report = simulate("burgers-1d", steps=4, overrides=over + ["run.blowup_factor=1e6"], out=tmp_path / "c",
+                      progress=False, animate=False)
+    assert report["failures"]["ok"]
+
+
+def test_the_terminal_gets_one_summary_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
+    done = subprocess.run([sys.executable, "-m", "pdeaccel.cli", "simulate", "heat-2d", "--quiet", "--no-animation",
+                           "--steps", "2", "--out", str(tmp_path / "r"), "grid.n=10", "solver.max_iters=1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: heat-2d: linear solves did not converge in 2 step(s)"), \
+        done.stderr
+    done = subprocess.run([sys.executable, "-m", "pdeaccel.cli", "simulate", "heat-2d", "--quiet", "--no-animation",
+                           "--steps", "2", "--out", str(tmp_path / "s"), "grid.n=10", "solver.max_iters=1",
+                           "run.stop_on_failure=true"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 3 and "numerical failure" in done.stderr and "stopped at step 1" in done.stderr
+    assert (tmp_path / "s" / "report.md").exists()
+
+
+@pytest.mark.parametrize("nan_at", [1, 2])
+def test_a_non_finite_state_ends_the_run_with_a_report(nan_at, tmp_path, monkeypatch):
+    import dataclasses
+
+    sim = get_simulation("heat-1d")
+    real_build = sim.build
+
+    def build(cfg, monitor):
+        setup = real_build(cfg, monitor)
+        count = {"k": 0}
+
+        def step(u):
+            count["k"] += 1
+            out = setup.step(u)
+            return out * float("nan") if count["k"] == nan_at else out
+        return dataclasses.replace(setup, step=step)
+
+    monkeypatch.setattr(sim, "build", build)
+    with pytest.raises(FloatingPointError, match=f"NaN/inf at step {nan_at}"):
+        simulate("heat-1d", steps=4, overrides=TINY["heat-1d"], out=tmp_path / "r", progress=False)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["steps"] == nan_at - 1 and report["failures"]["non_finite_step"] == nan_at
+    with h5py.File(tmp_path / "r" / "trajectory.h5", "r") as f:
+        assert np.isfinite(np.asarray(f["states"])).all()

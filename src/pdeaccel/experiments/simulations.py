@@ -22,6 +22,7 @@ import json
 import math
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -100,6 +101,11 @@ _LABELS = {
 # ---------------------------------------------------------------------------------- configs
 
 
+def _run_section() -> dict[str, Any]:
+    # what counts as a failed step, and whether it stops the run (see :func:`simulate`)
+    return {"stop_on_failure": False, "blowup_factor": 10.0}
+
+
 def _solver_section(method: str, rtol: float, restart: int = 20) -> dict[str, Any]:
     return {"method": method, "max_iters": None, "rtol": rtol, "preconditioner": None, "restart": restart}
 
@@ -111,6 +117,7 @@ def _heat_defaults(ndim: int, n: int, dt: float, steps: int, save_every: int) ->
         "physics": {"ndim": ndim, "nu": 0.1, "dt": dt, "scheme": "implicit_euler"},
         "init": {"modes": 5 if ndim == 1 else 4, "amplitude": 1.0},
         "solver": _solver_section("cg", 1e-8),
+        "run": _run_section(),
     }
 
 
@@ -122,6 +129,7 @@ def _burgers_defaults(ndim: int, n: int, nu: float, dt: float, steps: int, save_
         "physics": {"ndim": ndim, "nu": nu, "dt": dt, "picard_iterations": 1},
         "init": {"modes": modes, "amplitude": 1.0, "offset": 0.5},
         "solver": _solver_section("bicgstab", 1e-8),
+        "run": _run_section(),
     }
 
 
@@ -137,6 +145,7 @@ def _ns_defaults(method: str, init: dict[str, Any], **changes: Any) -> dict[str,
                    else _solver_section("bicgstab", 1e-6)),
         # used by physics.method=projection only: the pressure Poisson solve
         "pressure_solver": _solver_section("cg", 1e-6),
+        "run": _run_section(),
     }
     for key, value in changes.items():
         if isinstance(value, dict):
@@ -405,13 +414,24 @@ class _IterationLog:
     def __init__(self) -> None:
         self.steps: list[dict[str, int]] = []
         self._current: dict[str, int] = {}
+        self._unconverged: dict[str, int] = {}
+        #: per method, the sample solves of the last finished step that missed their tolerance
+        self.last_unconverged: dict[str, int] = {}
 
     def __call__(self, direction: str, method: str, iterations: torch.Tensor) -> None:
         if direction == "forward":
             self._current[method] = self._current.get(method, 0) + int(iterations.max())
 
+    def record_result(self, direction: str, result) -> None:
+        """Called by :func:`~pdeaccel.linalg.solve` with every forward result: count the misses."""
+        if direction == "forward":
+            missed = int((~result.converged).sum())
+            if missed:
+                self._unconverged[result.method] = self._unconverged.get(result.method, 0) + missed
+
     def end_step(self) -> dict[str, int]:
         done, self._current = self._current, {}
+        self.last_unconverged, self._unconverged = self._unconverged, {}
         self.steps.append(done)
         return done
 
@@ -463,6 +483,10 @@ def simulate(name: str, *, steps: int | None = None, overrides: Iterable[str] = 
     n_steps = _positive_int(cfg, "steps")
     save_every = _positive_int(cfg, "save_every")
     dt = _positive_float(cfg, "physics.dt")
+    stop_on_failure = cfg["run"]["stop_on_failure"]
+    require(isinstance(stop_on_failure, bool), "run.stop_on_failure", stop_on_failure, "true, false")
+    blowup_factor = _positive_float(cfg, "run.blowup_factor")
+    require(blowup_factor > 1, "run.blowup_factor", blowup_factor, "a finite number > 1")
     log = _IterationLog()
     setup = sim.build(cfg, log)
 
@@ -473,27 +497,39 @@ def simulate(name: str, *, steps: int | None = None, overrides: Iterable[str] = 
     saved, saved_times, saved_steps = [state.clone()], [0.0], [0]
     series: dict[str, list[float]] = {k: [v] for k, v in setup.diagnostics(state, 0.0).items()}
     series_times = [0.0]
+    # failed steps: a linear solve that missed its tolerance, max |state| beyond blowup_factor × the
+    # initial one, or a non-finite state (which always ends the run: nothing after it means anything)
+    initial_max = float(state.abs().max())
+    failures: list[dict[str, Any]] = []
+    steps_done, stopped_at = 0, None
     start = time.perf_counter()
     with torch.no_grad(), tqdm(range(1, n_steps + 1), desc=name, unit="step", disable=not progress,
                                dynamic_ncols=True) as bar:
         for k in bar:
-            state = setup.step(state)
+            new = setup.step(state)
             iterations = log.end_step()
-            if not bool(torch.isfinite(state).all()):
-                raise FloatingPointError(
-                    f"{name}: the state became NaN/inf at step {k} (t = {k * dt:.4g}); reduce physics.dt or "
-                    f"raise the solver budget (solver.max_iters={cfg['solver']['max_iters']}).")
             t = k * dt
+            found = _step_failures(k, t, new, log.last_unconverged, initial_max, blowup_factor)
+            failures += found
+            if any(f["kind"] == "non-finite" for f in found):
+                stopped_at = k
+                break
+            state, steps_done = new, k
+            halt = bool(found) and stop_on_failure
             for key, value in setup.diagnostics(state, t).items():
                 series[key].append(value)
             series_times.append(t)
-            if k % save_every == 0 or k == n_steps:
+            if k % save_every == 0 or k == n_steps or halt:
                 saved.append(state.clone())
                 saved_times.append(t)
                 saved_steps.append(k)
             if iterations:
                 bar.set_postfix({m: v for m, v in iterations.items()}, refresh=False)
+            if halt:
+                stopped_at = k
+                break
     wall = time.perf_counter() - start
+    n_steps = steps_done  # what the report describes: the steps actually run and kept
 
     states = torch.stack(saved).cpu()
     views = torch.stack([setup.view(s) for s in saved]).cpu()
@@ -512,11 +548,57 @@ def simulate(name: str, *, steps: int | None = None, overrides: Iterable[str] = 
         "steps": n_steps, "dt": dt, "final_time": n_steps * dt, "saved_states": len(saved),
         "state_shape": list(states.shape), "wall_seconds": wall, "steps_per_second": n_steps / wall,
         "solver_iterations": log.summary(), "invariants": setup.summarize(series),
+        "failures": _failure_summary(failures, stopped_at, blowup_factor),
         "config": cfg, "files": files,
     }
     io.write_json(run_dir / "report.json", report)
     io.atomic_write_text(run_dir / "report.md", _markdown(report, setup, animate and "animation.gif" in files))
+    if failures:
+        message = f"{name}: {report['failures']['summary']}; see {run_dir / 'report.md'}"
+        if stopped_at is not None:
+            raise FloatingPointError(message)
+        warnings.warn(message, stacklevel=2)  # the CLI prints it as one `warning: ...` line
     return report
+
+
+def _step_failures(k: int, t: float, state: torch.Tensor, unconverged: dict[str, int], initial_max: float,
+                   blowup_factor: float) -> list[dict[str, Any]]:
+    """What went wrong in step ``k`` (empty if nothing): one entry per kind of failure."""
+    out = []
+    if unconverged:
+        out.append({"step": k, "t": t, "kind": "not converged",
+                    "detail": ", ".join(f"{m}: {n} solve(s) missed the tolerance" for m, n in unconverged.items())})
+    if not bool(torch.isfinite(state).all()):
+        out.append({"step": k, "t": t, "kind": "non-finite", "detail": "the state holds NaN/inf"})
+        return out
+    peak = float(state.abs().max())
+    if peak > blowup_factor * initial_max:
+        out.append({"step": k, "t": t, "kind": "blow-up",
+                    "detail": f"max |state| {peak:.4g} > {blowup_factor:g} × the initial {initial_max:.4g}"})
+    return out
+
+
+def _failure_summary(failures: list[dict[str, Any]], stopped_at: int | None, blowup_factor: float) -> dict[str, Any]:
+    by_kind = {kind: [f for f in failures if f["kind"] == kind] for kind in ("not converged", "blow-up", "non-finite")}
+    parts = []
+    if by_kind["not converged"]:
+        first = by_kind["not converged"][0]
+        parts.append(f"linear solves did not converge in {len(by_kind['not converged'])} step(s) "
+                     f"(first at step {first['step']}: {first['detail']})")
+    if by_kind["blow-up"]:
+        first = by_kind["blow-up"][0]
+        parts.append(f"the solution blew up (max |state| > {blowup_factor:g}× the initial) in "
+                     f"{len(by_kind['blow-up'])} step(s) (first at step {first['step']}: {first['detail']})")
+    if by_kind["non-finite"]:
+        parts.append(f"the state became NaN/inf at step {by_kind['non-finite'][0]['step']} (reduce physics.dt or "
+                     "raise the solver budget)")
+    if stopped_at is not None:
+        parts.append(f"stopped at step {stopped_at}"
+                     + (" (run.stop_on_failure=true)" if not by_kind["non-finite"] else ""))
+    return {"ok": not failures, "summary": "; ".join(parts) or "every step converged and stayed bounded",
+            "steps_not_converged": len(by_kind["not converged"]), "steps_blown_up": len(by_kind["blow-up"]),
+            "non_finite_step": by_kind["non-finite"][0]["step"] if by_kind["non-finite"] else None,
+            "stopped_at_step": stopped_at, "per_step": failures}
 
 
 # ---------------------------------------------------------------------------------- writers
@@ -697,8 +779,17 @@ def _markdown(report: dict[str, Any], setup: _Setup, animated: bool) -> str:
             ["wall time (s)", report["wall_seconds"]], ["steps / second", report["steps_per_second"]]]
     solver_rows = [[m, s["unit"], s["mean"], s["max"], s["total"]] for m, s in report["solver_iterations"].items()]
     invariant_rows = [[k, v] for k, v in report["invariants"].items()]
+    fail = report["failures"]
+    failure_lines = [f"**Failures: {fail['summary']}.**", ""]
+    if fail["per_step"]:
+        shown = fail["per_step"][:20]
+        failure_lines += [markdown_table(["step", "t", "failure", "detail"],
+                                         [[f["step"], f["t"], f["kind"], f["detail"]] for f in shown]), ""]
+        if len(fail["per_step"]) > len(shown):
+            failure_lines += [f"({len(fail['per_step']) - len(shown)} more in report.json)", ""]
     lines = [f"# {name}", "", report["description"], "",
              markdown_table(["quantity", "value"], rows), "",
+             "## Failures", "", *failure_lines,
              "## Solver iterations per time step", "",
              "Counts of the slowest sample in the batch, summed over the solves of a step.", "",
              markdown_table(["method", "unit", "mean", "max", "total"], solver_rows), "",

@@ -23,6 +23,9 @@ _MIN_CAP = 20_000  # iterations; see _validate
 #: ``monitor(direction, method, iterations)`` is called after every forward solve
 #: (``direction="forward"``) and every adjoint solve (``"backward"``) with the per-sample
 #: iteration counts actually run. This is how an iteration ledger sees the cost of training.
+#: A monitor that also has a ``record_result(direction, result)`` method is handed every forward
+#: :class:`SolveResult` as well (``converged``, ``residual_norm``): how a simulation reports
+#: solves that did not converge.
 Monitor = Callable[[str, str, torch.Tensor], None]
 
 
@@ -126,15 +129,13 @@ def solve(
     if grad == "unrolled" and needs_graph:
         out = _run(op, b, x0, r0, settings, inplace=False)
         result = _result(out, b, settings)
-        if monitor is not None:
-            monitor("forward", method, out.iterations)
+        _notify(monitor, method, out, result)
         return result
 
     with torch.no_grad():
         out = _run(op, b.detach(), x0.detach(), r0.detach(), settings, inplace=True)
     result = _result(out, b, settings)
-    if monitor is not None:
-        monitor("forward", method, out.iterations)
+    _notify(monitor, method, out, result)
     if not needs_graph:
         return result
     # x = x* + A⁻¹(b − A x*): the correction is zero in value, but its derivative is A⁻¹ applied
@@ -145,6 +146,15 @@ def solve(
         correction = _AdjointSolve.apply(residual, op, adjoint_settings, result, monitor)
         result.solution = out.x + correction
     return result
+
+
+def _notify(monitor: Monitor | None, method: str, out: MethodOutput, result: "SolveResult") -> None:
+    if monitor is None:
+        return
+    monitor("forward", method, out.iterations)
+    record = getattr(monitor, "record_result", None)
+    if record is not None:
+        record("forward", result)
 
 
 class _AdjointSolve(torch.autograd.Function):
