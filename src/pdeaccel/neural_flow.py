@@ -270,6 +270,10 @@ class NeuralFlowSolver(nn.Module):
         """Consecutive full-resolution states from the newest of ``old`` to the newest of ``new``."""
         return [old, new]
 
+    def from_trajectory(self, states: list[PotentialState]) -> PotentialState:
+        """The model state whose newest full-resolution state is ``states[-1]``."""
+        return states[-1]
+
     def pack(self, state: PotentialState) -> dict[str, torch.Tensor]:
         return {"potential": state.potential, "pressure": state.pressure}
 

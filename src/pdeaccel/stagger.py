@@ -155,6 +155,13 @@ class StaggeredFlowSolver(nn.Module):
         """``u_{t+T-1}, u_{t+T}, …, u_{t+2T-1}``: every consecutive pair involves a prediction."""
         return [self.latest(old)] + [new.at(k) for k in range(self.window)]
 
+    def from_trajectory(self, states: list[PotentialState]) -> WindowState:
+        """The window of the last T of ``states`` (consecutive full-resolution states)."""
+        if len(states) < self.window:
+            raise ValueError(f"a window needs {self.window} consecutive states, got {len(states)}.")
+        last = states[-self.window:]
+        return WindowState(torch.stack([s.potential for s in last], 1), torch.stack([s.pressure for s in last], 1))
+
     def pack(self, state: WindowState) -> dict[str, torch.Tensor]:
         return {"potential": state.potential, "pressure": state.pressure}
 

@@ -28,7 +28,7 @@ import torch
 from ..config import ConfigError, require
 from ..linalg import SolverConfig
 from ..flow_model import MODEL_KINDS, build_flow_model
-from ..neural_flow import random_potential_perturbation
+from ..neural_flow import PotentialState, random_potential_perturbation
 from ..physics.environments import FlowEnvironment, Obstacle, channel
 from ..train import io
 from ..train.pool import FlowPool
@@ -50,7 +50,10 @@ _CPU_2D: dict[str, Any] = {
                 "magnus_max": 1.0, "move_max": 0.3, "mu_range": [0.1, 0.1], "rho_range": [4.0, 4.0]},
     # perturb: peak speed (× the environment's inflow) of the random divergence-free perturbation
     # added to one random pool state every perturb_every steps (0: never); see train/pool.py
-    "pool": {"size": 64, "reset_every": 100, "seed": 1234, "perturb": 0.0, "perturb_every": 0},
+    # warm_fraction: share of resets that start from a developed numerical state (a bank of warm_bank
+    # environments run for warm_time time units with MACFlowSolver; 2D only) instead of rest
+    "pool": {"size": 64, "reset_every": 100, "seed": 1234, "perturb": 0.0, "perturb_every": 0,
+             "warm_fraction": 0.0, "warm_bank": 8, "warm_time": 400.0},
     # the flow-model kind (pdeaccel.flow_model): "vanilla", or "staggered" (NeuralStagger) with spatial
     # stride s per axis and temporal stride T (window); (s, T) = (1, 1) staggered is the vanilla solver
     "model": {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False},
@@ -59,7 +62,8 @@ _CPU_2D: dict[str, Any] = {
     # upwind3 is our design (the paper's loss is "central"): the exact minimiser of the central-difference
     # loss at Δt = 4 is 17% off the resolved reference after one step and oscillates ahead of the
     # outflow (cell Reynolds number 40); with upwind3 it is 0.6% off (benchmarks/results/flow.md)
-    "loss": {"beta": 20.0, "theta": 0.5, "advection": "upwind3"},
+    # unroll: model calls per optimiser step, back-propagated through, the residual judged at each
+    "loss": {"beta": 20.0, "theta": 0.5, "advection": "upwind3", "unroll": 1},
     "data": {"validation": 4, "validation_steps": 20, "validation_seed": 4321},
     "train": {"epochs": 150, "steps_per_epoch": 100, "batch_size": 8, "lr": 1e-3, "lr_decay": 0.985,
               "optimizer": "adam"},
@@ -206,6 +210,41 @@ def held_out_environment(physics: dict[str, Any], kind: str, inflow: float | Non
     return build_environment(physics, held_out_spec(physics, kind, inflow), dtype)
 
 
+def developed_states(physics: dict[str, Any], specs: list[dict[str, Any]], time: float,
+                     model: torch.nn.Module) -> list[tuple[dict[str, Any], Any]]:
+    """Developed flows for a warm pool: each spec run from rest for ``time`` time units with the
+    numerical reference (MACFlowSolver, float64, sub-stepped to Courant 0.5; all specs as one
+    batch), turned into the model's state (2D potential by column integration, pressure with
+    its fluid mean removed). A moving obstacle is held still (it becomes a cylinder)."""
+    from ..physics.incompressible import MACFlowSolver
+    from .flow_eval import potential_of, reference_substeps
+
+    specs = [{**{k: v for k, v in s.items() if k != "velocity"}, "kind": "cylinder"} if s["kind"] == "moving" else s
+             for s in specs]
+    env = FlowEnvironment.stack([build_environment(physics, s, torch.float64) for s in specs])
+    sub = reference_substeps(env)
+    solver = MACFlowSolver(env.replace(dt=physics["dt"] / sub), advection="upwind3")
+    steps = max(1, round(time / physics["dt"]))
+    window = getattr(model, "steps_per_call", 1)
+    state = solver.run(solver.initial_state(), (steps - window + 1) * sub)
+    history = [state]
+    for _ in range(window - 1):
+        state = solver.run(state, sub)
+        history.append(state)
+    dtype = next(model.parameters()).dtype
+    fluid = env.fluid
+    out = []
+    for b, spec in enumerate(specs):
+        fine = []
+        for st in history:
+            u = tuple(c[b:b + 1] for c in st.velocity)
+            p = st.pressure[b:b + 1] * fluid[b:b + 1]
+            p = (p - p.sum() / fluid[b].sum().clamp(min=1.0)) * fluid[b:b + 1]
+            fine.append(PotentialState(potential_of(u, env).to(dtype), p.to(dtype)))
+        out.append((spec, model.from_trajectory(fine)))
+    return out
+
+
 # ------------------------------------------------------------------------------ build
 def validate_flow(cfg: dict[str, Any]) -> None:
     p, t = cfg["physics"], cfg["train"]
@@ -232,6 +271,17 @@ def validate_flow(cfg: dict[str, Any]) -> None:
             cfg["pool"]["reset_every"], "an integer >= 0 (0: never reset)")
     require(isinstance(cfg["pool"]["perturb"], (int, float)) and 0 <= cfg["pool"]["perturb"] <= 10, "pool.perturb",
             cfg["pool"]["perturb"], "a number in [0, 10] (peak perturbation speed / inflow; 0: off)")
+    pc = cfg["pool"]
+    require(isinstance(pc["warm_fraction"], (int, float)) and 0 <= pc["warm_fraction"] <= 1, "pool.warm_fraction",
+            pc["warm_fraction"], "a number in [0, 1]")
+    require(pc["warm_fraction"] == 0 or p["ndim"] == 2, "pool.warm_fraction", pc["warm_fraction"],
+            "0 in 3D (a developed numerical state is turned into a potential in 2D only)")
+    require(isinstance(pc["warm_bank"], int) and 1 <= pc["warm_bank"] <= 256, "pool.warm_bank", pc["warm_bank"],
+            "an integer in [1, 256]")
+    require(isinstance(pc["warm_time"], (int, float)) and 0 < pc["warm_time"] <= 1e5, "pool.warm_time",
+            pc["warm_time"], "a number in (0, 1e5] (time units)")
+    require(isinstance(cfg["loss"]["unroll"], int) and 1 <= cfg["loss"]["unroll"] <= 32, "loss.unroll",
+            cfg["loss"]["unroll"], "an integer in [1, 32]")
     require(isinstance(cfg["pool"]["perturb_every"], int) and cfg["pool"]["perturb_every"] >= 0, "pool.perturb_every",
             cfg["pool"]["perturb_every"], "an integer >= 0 (0: never perturb)")
     m = cfg["model"]
@@ -303,13 +353,15 @@ def build_flow(cfg: dict[str, Any]) -> Built:
     pool = FlowPool(pc["size"], lambda g: sample_spec(p, g), lambda s: build_environment(p, s),
                     model, pc["reset_every"], seed=pc["seed"], move=lambda s: move_spec(p, s),
                     perturb=lambda spec, env, g: random_potential_perturbation(env, pc["perturb"] * spec["inflow"], g),
-                    perturb_every=pc["perturb_every"] if pc["perturb"] > 0 else 0)
+                    perturb_every=pc["perturb_every"] if pc["perturb"] > 0 else 0,
+                    warm=lambda specs, g: developed_states(p, specs, pc["warm_time"], model),
+                    warm_fraction=pc["warm_fraction"], warm_bank=pc["warm_bank"])
     gen = torch.Generator().manual_seed(d["validation_seed"])
     validation_env = FlowEnvironment.stack([build_environment(p, sample_spec(p, gen)) for _ in range(d["validation"])])
     lo, t = cfg["loss"], cfg["train"]
     task = FlowPoolTask(model, pool, validation_env, steps_per_epoch=t["steps_per_epoch"],
                         batch_size=t["batch_size"], beta=lo["beta"], theta=lo["theta"], advection=lo["advection"],
-                        validation_steps=d["validation_steps"])
+                        validation_steps=d["validation_steps"], unroll=lo["unroll"])
     unused = SolverConfig()  # the network replaces the solver: nothing is solved in training
     return Built(task, unused, unused, k_converged=0,
                  info={"grid": list(validation_env.grid.shape), "parameters": sum(q.numel() for q in model.parameters())})

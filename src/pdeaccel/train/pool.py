@@ -11,7 +11,11 @@ written back (``move``), so the obstacle position and the state stay in step. Op
 (``perturb_every``) a random environment's state gets a random divergence-free perturbation
 that leaves its boundary faces unchanged, so the pool also holds asymmetric states; without it
 every state is a network rollout from rest, and a network that damps an instability (a shedding
-wake) never meets a developed one. A prediction that is not finite is never written back: that
+wake) never meets a developed one. A *warm* pool (``warm_fraction``) starts that fraction of its
+resets from developed states of the numerical solver instead of rest: a bank of ``warm_bank``
+environments with their developed states is computed once (``warm``: specs -> model states)
+and kept in the checkpoint. The loss stays the physics residual: the states are initial
+conditions, never targets. A prediction that is not finite is never written back: that
 environment is reset instead, and the event is counted, so a diverged state cannot poison the
 pool.
 
@@ -46,6 +50,12 @@ class FlowPool:
             every state of a window).
         perturb_every: optimiser steps between two perturbations of a random environment
             (0: never).
+        warm: ``(specs, generator) -> list of (spec, model state)`` developed numerically (batch 1
+            each; the spec may differ from the one given, e.g. an obstacle that moved), for a warm
+            pool.
+        warm_fraction: the probability that a reset (and an initial environment) starts from a
+            state of the warm bank instead of rest.
+        warm_bank: number of environments in the warm bank.
         move: ``spec -> spec`` one time step later (moving obstacles); called for every
             environment whose prediction is written back (``steps_per_call`` times), which is
             rebuilt when its spec changed.
@@ -56,7 +66,9 @@ class FlowPool:
                  model: Any,
                  reset_every: int, seed: int = 0,
                  perturb: Callable[[Spec, FlowEnvironment, torch.Generator], torch.Tensor] | None = None,
-                 perturb_every: int = 0, move: Callable[[Spec], Spec] | None = None) -> None:
+                 perturb_every: int = 0, move: Callable[[Spec], Spec] | None = None,
+                 warm: Callable[[list[Spec], torch.Generator], list[tuple[Spec, Any]]] | None = None,
+                 warm_fraction: float = 0.0, warm_bank: int = 8) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"pool size must be a positive integer, got {size!r}.")
         if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 0:
@@ -65,7 +77,12 @@ class FlowPool:
             raise ValueError(f"perturb_every must be a non-negative integer, got {perturb_every!r}.")
         if perturb_every and perturb is None:
             raise ValueError("perturb_every > 0 needs a perturb function.")
+        if not 0.0 <= warm_fraction <= 1.0 or (warm_fraction > 0 and warm is None):
+            raise ValueError(f"warm_fraction must be in [0, 1] (and > 0 needs a warm function), got {warm_fraction!r}.")
         self.size = size
+        self.warm_fn, self.warm_fraction, self.warm_bank_size = warm, float(warm_fraction), int(warm_bank)
+        self.warm_specs: list[Spec] = []
+        self.warm_tensors: dict[str, torch.Tensor] = {}
         self.perturb_fn = perturb
         self.perturb_every = perturb_every
         self.move = move
@@ -78,6 +95,9 @@ class FlowPool:
         self.envs: list[FlowEnvironment] = [build_env(s) for s in self.specs]
         packed = [model.pack(model.initial_state(e)) for e in self.envs]
         self.tensors: dict[str, torch.Tensor] = {k: torch.cat([p[k] for p in packed]) for k in packed[0]}
+        if self.warm_fraction > 0:
+            for i in range(size):
+                self._maybe_warm(i)
         self.age = torch.zeros(size, dtype=torch.long)
         self.steps = 0
         self.next_reset = 0
@@ -101,8 +121,10 @@ class FlowPool:
         env = FlowEnvironment.stack([self.envs[int(i)] for i in idx])
         return env, self.model.unpack({k: t[idx].clone() for k, t in self.tensors.items()})
 
-    def write_back(self, idx: torch.Tensor, state: Any) -> int:
-        """Store the predictions of a batch; returns how many were refused as non-finite."""
+    def write_back(self, idx: torch.Tensor, state: Any, calls: int = 1) -> int:
+        """Store the predictions of a batch, ``calls`` model calls after the batch was drawn
+        (moving obstacles advance that many calls' steps); returns how many were refused as
+        non-finite."""
         new = {k: t.detach() for k, t in self.model.pack(state).items()}
         finite = torch.ones(len(idx), dtype=torch.bool)
         for t in new.values():
@@ -114,7 +136,7 @@ class FlowPool:
         if self.move is not None:
             for i in (int(j) for j in good):
                 moved = self.specs[i]
-                for _ in range(self.model.steps_per_call):
+                for _ in range(self.model.steps_per_call * calls):
                     moved = self.move(moved)
                 if moved is not self.specs[i] and moved != self.specs[i]:
                     self.specs[i] = moved
@@ -141,19 +163,38 @@ class FlowPool:
         self.perturbed += 1
 
     def reset(self, i: int) -> None:
-        """Replace environment ``i`` by a new random one, at rest."""
+        """Replace environment ``i`` by a new random one, at rest (or, in a warm pool, by one of
+        the warm bank's developed states)."""
         self.specs[i] = self.sample_spec(self.generator)
         self.envs[i] = self.build_env(self.specs[i])
         packed = self.model.pack(self.model.initial_state(self.envs[i]))
         for k, t in packed.items():
             self.tensors[k][i] = t[0].to(self.tensors[k].dtype)
         self.age[i] = 0
+        if self.warm_fraction > 0:
+            self._maybe_warm(i)
+
+    def _maybe_warm(self, i: int) -> None:
+        if float(torch.rand((), generator=self.generator)) >= self.warm_fraction:
+            return
+        if not self.warm_specs:  # built on first use, then kept (and checkpointed)
+            developed = self.warm_fn([self.sample_spec(self.generator) for _ in range(self.warm_bank_size)],
+                                     self.generator)
+            self.warm_specs = [spec for spec, _ in developed]
+            states = [self.model.pack(state) for _, state in developed]
+            self.warm_tensors = {k: torch.cat([s[k] for s in states]).to(self.tensors[k].dtype) for k in self.tensors}
+        j = int(torch.randint(len(self.warm_specs), (), generator=self.generator))
+        self.specs[i] = copy.deepcopy(self.warm_specs[j])
+        self.envs[i] = self.build_env(self.specs[i])
+        for k in self.tensors:
+            self.tensors[k][i] = self.warm_tensors[k][j]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"specs": copy.deepcopy(self.specs), **{k: t.clone() for k, t in self.tensors.items()},
                 "age": self.age.clone(), "steps": self.steps,
                 "next_reset": self.next_reset, "rejected": self.rejected, "perturbed": self.perturbed,
+                "warm_specs": copy.deepcopy(self.warm_specs), "warm_tensors": {k: t.clone() for k, t in self.warm_tensors.items()},
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -177,4 +218,6 @@ class FlowPool:
         self.next_reset = int(state["next_reset"])
         self.rejected = int(state["rejected"])
         self.perturbed = int(state.get("perturbed", 0))  # absent in checkpoints from before perturbations
+        self.warm_specs = copy.deepcopy(state.get("warm_specs", []))
+        self.warm_tensors = {k: t.clone() for k, t in state.get("warm_tensors", {}).items()}
         self.generator.set_state(state["generator"])

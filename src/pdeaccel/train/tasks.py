@@ -205,15 +205,20 @@ class FlowPoolTask(_NetTask):
         steps_per_epoch, batch_size: optimiser steps per epoch and environments per step.
         beta, theta, advection: the loss (see :class:`~pdeaccel.losses.FlowResidual`).
         validation_steps: length of the validation rollout.
+        unroll: model calls per optimiser step; the loss averages the residual of every call's
+            pairs and back-propagates through all of them (the network learns from the
+            consequences of its own outputs); the last prediction goes back into the pool. The
+            environment is held for the unrolled calls (moving obstacles move on write-back).
     """
 
     def __init__(self, model: nn.Module, pool: Any, validation_env: Any, *, steps_per_epoch: int,
                  batch_size: int, beta: float = 20.0, theta: float = 0.5, advection: str = "upwind3",
-                 validation_steps: int = 20) -> None:
+                 validation_steps: int = 20, unroll: int = 1) -> None:
         self.net, self.pool, self.validation_env = model, pool, validation_env
         self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
         self.beta, self.theta, self.advection = beta, theta, advection
         self.validation_steps = validation_steps
+        self.unroll = unroll
         self.last_validation: dict[str, float] = {}
         self._validation_residual: FlowResidual | None = None
 
@@ -237,11 +242,14 @@ class FlowPoolTask(_NetTask):
 
     def loss(self, batch: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
         env, state = self.pool.batch(batch)
-        new = self.net(state, env)
         residual = FlowResidual(env, theta=self.theta, advection=self.advection)
-        pairs = self._pair_terms(residual, state, new)
+        pairs = []
+        for _ in range(self.unroll):
+            new = self.net(state, env)
+            pairs += self._pair_terms(residual, state, new)
+            state = new
         loss = sum(combined_flow_loss(t, self.beta) for t in pairs) / len(pairs)
-        self.pool.write_back(batch, new.detach())
+        self.pool.write_back(batch, new.detach(), calls=self.unroll)
         self.pool.advance()
         return loss
 
