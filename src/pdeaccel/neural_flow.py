@@ -170,9 +170,11 @@ def encode_fields(potential: torch.Tensor, pressure: torch.Tensor, view: FieldVi
 
 
 def advance_fields(potential: torch.Tensor, pressure: torch.Tensor, out: torch.Tensor, view: FieldView,
-                   scales: dict[str, float], bounds: dict[str, float], remove_mean: bool) -> PotentialState:
+                   scales: dict[str, float], bounds: dict[str, float], remove_mean: bool,
+                   remove_pressure_mean: bool = True) -> PotentialState:
     """The new state from the network's increments ``out`` (``[B, P + 1, *nodes]``): masked,
-    optionally gauge-fixed (mean removed) and tanh-bounded."""
+    gauge-fixed (the potential's mean removed with ``remove_mean``, the pressure's fluid mean with
+    ``remove_pressure_mean``) and tanh-bounded."""
     grid = view.grid
     P = potential.shape[1]
     mask = view.potential_mask.to(out.dtype)
@@ -184,7 +186,7 @@ def advance_fields(potential: torch.Tensor, pressure: torch.Tensor, out: torch.T
     fluid = view.fluid.to(out.dtype)
     cells = tuple(slice(0, n) for n in grid.shape)
     p = (pressure + scales["pressure"] * out[(slice(None), slice(P, P + 1)) + cells]) * fluid
-    if remove_mean:
+    if remove_pressure_mean:
         count = fluid.flatten(1).sum(1).clamp(min=1.0).reshape((-1,) + (1,) * (grid.ndim + 1))
         p = (p - p.flatten(1).sum(1).reshape(count.shape) / count) * fluid
     p = Pb * torch.tanh(p / Pb)

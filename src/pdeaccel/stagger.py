@@ -19,11 +19,14 @@ What is ours (*design*; the paper's text and code are not public):
   sub-field has ``ceil(N/s)`` cells and one more node (:func:`~pdeaccel.decompose.staggered_shapes`);
   padded entries are masked out of the state and cropped after reassembly.
 - Gauge: the vanilla solver removes the mean of the potential and pressure after each step. A
-  sub-solver can only see its own sub-field, and forcing every sub-field's mean to zero would
-  fix the offsets *between* sub-fields, which carry the velocity (the means of neighbouring
-  sub-fields of a stream function differ by about the mean flow). So the mean is removed only
-  when a sub-field is the whole field (s = 1); for s > 1 the tanh bound alone keeps the state
-  bounded and the loss fixes the relative offsets.
+  sub-solver can only see its own sub-field. Forcing every sub-field's *potential* mean to zero
+  would fix the offsets between sub-fields, which carry the velocity (the means of neighbouring
+  sub-fields of a stream function differ by about the mean flow), so the potential's mean is
+  removed only when a sub-field is the whole field (s = 1); for s > 1 the tanh bound keeps it
+  bounded and the loss fixes the relative offsets. The *pressure*'s mean is removed per
+  sub-field: neighbouring sub-fields' pressure means differ only by the mean pressure gradient
+  times one cell (about 1e-3 of ρU² in the cpu channel), and without it each sub-field's level
+  drifts on its own into a checkerboard of pressure gradients.
 - Within one window the environment is the one at the window's start (moving obstacles advance
   T steps per call).
 - The first window from rest is T copies of the fluid at rest.
@@ -236,7 +239,7 @@ class StaggeredFlowSolver(nn.Module):
         for j, a, p in zip(sub.indices, sub.potential, sub.pressure):
             view = views[j % S]
             out = self.nets[j](encode_fields(a, p, view, self.scales, self.ndim))
-            new = advance_fields(a, p, out, view, self.scales, self.bounds, self.remove_mean)
+            new = advance_fields(a, p, out, view, self.scales, self.bounds, self.remove_mean, True)
             pots.append(new.potential)
             press.append(new.pressure)
         return SubState(sub.indices, pots, press)
@@ -255,7 +258,7 @@ class StaggeredFlowSolver(nn.Module):
         out = self.nets[0](torch.cat(inputs, 0)).split(inputs[0].shape[0], 0)
         pots, press = [], []
         for o, a, p, view in zip(out, sub.potential, sub.pressure, cat_views):
-            new = advance_fields(a, p, o, view, self.scales, self.bounds, self.remove_mean)
+            new = advance_fields(a, p, o, view, self.scales, self.bounds, self.remove_mean, True)
             pots.append(new.potential)
             press.append(new.pressure)
         return SubState(sub.indices, pots, press)
