@@ -52,9 +52,11 @@ def test_the_readme_says_which_commands_take_out_and_size():
     takes = {name: {o for a in p._actions for o in a.option_strings} & {"--out", "--size"}
              for name, p in sub.choices.items()}
     assert takes == {"demo": {"--out", "--size"}, "train": {"--out", "--size"}, "compare": {"--out", "--size"},
-                     "sweep": {"--out", "--size"}, "simulate": {"--out"}, "experiments": {"--size"}, "report": set()}
+                     "sweep": {"--out", "--size"}, "simulate": {"--out"}, "experiments": {"--size"}, "report": set(),
+                     "export": {"--out"}, **({"control": takes["control"]} if "control" in takes else {})}
     text = " ".join(README.read_text().split())
     assert "`demo`, `train`, `compare` and `sweep` take `--out DIR`" in text
     assert "`simulate` takes `--out` but no `--size`" in text
+    assert "`export` takes `--out` (required)" in text
     assert "`experiments` takes `--size`, and `report` takes neither" in text
     assert "Every command takes" not in text

@@ -221,3 +221,32 @@ def test_coarse_simulations_are_the_full_one_sampled_on_their_lattice():
             assert not state.potential[..., m[0]:, :].any() and not state.potential[..., m[1]:].any()
     with pytest.raises(ValueError, match="must divide the stride"):
         model.resolution_indices(3, 1)
+
+
+def test_simulate_a_staggered_model_at_every_resolution_and_export_it(tmp_path):
+    import json
+
+    from pdeaccel.cli import main
+    from pdeaccel.experiments.flow_eval import load_flow_model
+
+    runner.train_run("flow-2d-s2t2", overrides=TINY + ["train.epochs=1"], out=tmp_path / "run", progress=False)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())["meta"]
+    assert meta["command"].startswith("pdeaccel train flow-2d-s2t2 ") and "physics.length=16" in meta["command"]
+    assert meta["optimizer_steps"] == 3 and meta["epochs"] == 1
+    a, _, _ = load_flow_model(tmp_path / "run")
+    b, _, _ = load_flow_model(tmp_path / "model")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    for res, n_steps in [("full", 4), ("2", 4), ("2:2", 2), ("1:2", 2)]:
+        out = tmp_path / f"sim-{res.replace(':', '_')}"
+        assert main(["simulate", "--model", str(tmp_path / "model"), "--env", "box", "--steps", "4", "--resolution",
+                     res, "--no-animation", "--quiet", "--out", str(out)]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["stable"] and report["resolution"]["sub_solvers"] == {"full": 8, "2": 2, "2:2": 1, "1:2": 4}[res]
+        import h5py
+        with h5py.File(out / "trajectory.h5") as f:
+            assert len(f["times"]) == n_steps
+            # the channel is 8 cells high plus two wall cells; a coarse simulation lives on a grid twice as coarse
+            assert f["velocity_x"].shape[-1] == (5 if res.startswith("2") else 10)
+    assert main(["simulate", "--model", str(tmp_path / "model"), "--resolution", "3", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -6,8 +6,10 @@
     pdeaccel compare NAME --seeds N       PRDP vs converged over N seeds
     pdeaccel sweep NAME --k 1,2,4,8       final validation error against a fixed K
     pdeaccel simulate NAME [--steps N]    run a named numerical simulation, write HDF5 + figures
-    pdeaccel simulate --model RUN [--env cylinder|box|moving|mask.png]   roll out a trained flow model
+    pdeaccel simulate --model RUN [--env cylinder|box|moving|mask.png] [--resolution R:Q]   roll out a trained flow model
+    pdeaccel export RUN --out models/NAME   a trained flow run as safetensors + JSON (never pickle)
     pdeaccel report RUN_DIR               rebuild figures and report.md from a run directory
+    pdeaccel control [PROBLEM] [--model RUN|numerical] [--target F,...]   steer vortex shedding (flow control)
 """
 
 from __future__ import annotations
@@ -71,13 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="cylinder",
                    help="with --model: cylinder | box | moving (held-out domains) | a mask file (.png, dark = solid; .npy)")
     p.add_argument("--inflow", type=float, default=None, help="with --model: mean inflow speed")
+    p.add_argument("--resolution", default="full",
+                   help="with a NeuralStagger --model: full | R | R:Q (R times coarser in space, Q in time: only "
+                        "those sub-solvers run)")
     p.add_argument("--out", default=None)
     p.add_argument("--no-animation", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
+    p = sub.add_parser("export", help="write a trained flow run as a shareable model (safetensors + JSON)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="model directory to write, e.g. models/flow-2d")
+
     p = sub.add_parser("report", help="rebuild figures and report.md of a run directory")
     p.add_argument("run_dir")
+
+    # flow control (pdeaccel.experiments.control)
+    p = sub.add_parser("control", help="steer the vortex-shedding frequency through a learned or the numerical flow solver")
+    p.add_argument("problem", nargs="?", help="control problem: inflow | magnus (omit to list them)")
+    p.add_argument("--model", default="numerical", metavar="RUN_DIR|numerical",
+                   help="a trained flow-2d / NeuralStagger run directory, or numerical (the differentiable MAC solver)")
+    p.add_argument("--target", default=None, help="comma-separated target frequencies (default: the problem's)")
+    p.add_argument("--resolution", default="full",
+                   help="with a NeuralStagger --model: full | R | R:Q (R times coarser in space, Q in time)")
+    p.add_argument("--show", action="store_true", help="print the problem's configuration and its keys")
+    _add_common(p, "runs/control/<problem>/<timestamp>")
     return parser
 
 
@@ -166,10 +186,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "simulate":
         return _simulate(args, progress)
+    if args.command == "export":
+        from .experiments.flow_eval import export_flow_model
+
+        print(f"model written to {export_flow_model(args.run_dir, args.out)}")
+        return 0
     if args.command == "report":
         path = runner.rebuild_report(args.run_dir)
         print(path.read_text())
         return 0
+    if args.command == "control":
+        from .experiments.control import cli_main
+
+        return cli_main(args, progress)
     raise AssertionError(args.command)
 
 
@@ -212,7 +241,7 @@ def _simulate(args: argparse.Namespace, progress: bool) -> int:
             raise ConfigError("with --model, give the environment with --env (and --steps, --inflow), "
                               "not a simulation name or key=value overrides.")
         report = simulate_trained(args.model, args.env, steps=args.steps or 200, inflow=args.inflow, out=args.out,
-                                  animate=not args.no_animation, progress=progress)
+                                  animate=not args.no_animation, progress=progress, resolution=args.resolution)
         print((Path(report["run_dir"]) / "report.md").read_text())
         print(f"run directory: {report['run_dir']}")
         return 0

@@ -36,29 +36,82 @@ from .flow import HELD_OUT, build_environment, build_model, held_out_environment
 Velocity = tuple[torch.Tensor, ...]
 
 
+MODELS_DIR = Path(__file__).resolve().parents[3] / "models"  # the repository's shipped models
+
+
+def resolve_model(model: str | Path) -> Path:
+    """A model argument as a path: a run directory, an exported model directory, or the name of
+    a shipped model (``models/NAME`` here or in the repository)."""
+    path = Path(model)
+    if path.exists():
+        return path
+    for base in (Path("models"), MODELS_DIR):
+        if (base / str(model) / "model.json").exists():
+            return base / str(model)
+    shipped = sorted(p.name for p in MODELS_DIR.glob("*") if (p / "model.json").exists()) if MODELS_DIR.is_dir() else []
+    raise FileNotFoundError(f"--model {model}: no such run directory or model; shipped models: "
+                            f"{', '.join(shipped) or 'none'} (train one with `pdeaccel train flow-2d`).")
+
+
 def load_flow_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any], int]:
-    """The trained model of a flow run directory (newest intact checkpoint), its config and the
-    number of epochs that checkpoint completed. The model's class comes from the config's
-    ``model.kind`` (:mod:`pdeaccel.flow_model`); runs from before that key are vanilla."""
+    """The trained model of a flow run directory (newest intact checkpoint) or of an exported
+    model (``model.safetensors`` + ``model.json``, e.g. a shipped ``models/flow-2d``), its config
+    and the number of epochs it was trained. The model's class comes from the config's
+    ``model.kind`` (:mod:`pdeaccel.flow_model`); runs from before that key are vanilla. An
+    exported model is read from JSON and safetensors only: loading it never executes code."""
     import yaml
 
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"--model {run_dir}: no config.yaml; not a pdeaccel run directory "
-                                "(train one with `pdeaccel train flow-2d`).")
-    cfg = yaml.safe_load(path.read_text())["config"]
+    run_dir = resolve_model(run_dir)
+    if (run_dir / "model.json").exists():
+        state, cfg, meta = io.load_model(run_dir)
+        epochs = int(meta.get("epochs", 0))
+    else:
+        path = run_dir / "config.yaml"
+        if not path.exists():
+            raise FileNotFoundError(f"--model {run_dir}: no config.yaml or model.json; not a pdeaccel run directory "
+                                    "or exported model (train one with `pdeaccel train flow-2d`).")
+        cfg = yaml.safe_load(path.read_text())["config"]
+        found = io.latest_valid_checkpoint(run_dir / "checkpoints")
+        if found is None:
+            raise FileNotFoundError(f"--model {run_dir}: no intact checkpoint in {run_dir / 'checkpoints'}.")
+        state, epochs = found[1]["task"]["net"], int(found[1]["epoch"])
     if "pool" not in cfg or "physics" not in cfg:
         raise ValueError(f"--model {run_dir}: a {cfg.get('experiment')!r} run, not a flow one (flow-2d, flow-3d or "
                          "a NeuralStagger flow-*-s*t* run).")
     cfg.setdefault("model", {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False})
-    found = io.latest_valid_checkpoint(run_dir / "checkpoints")
-    if found is None:
-        raise FileNotFoundError(f"--model {run_dir}: no intact checkpoint in {run_dir / 'checkpoints'}.")
     model = build_model(cfg)
-    model.load_state_dict(found[1]["task"]["net"])
+    model.load_state_dict(state)
     model.eval()
-    return model, cfg, int(found[1]["epoch"])
+    return model, cfg, epochs
+
+
+def training_command(cfg: dict[str, Any]) -> str:
+    """The ``pdeaccel train`` command that reproduces a run's config (its overrides of the defaults)."""
+    from ..config import flatten
+    from .registry import get_experiment
+
+    exp = get_experiment(cfg["experiment"])
+    defaults = flatten(exp.config(cfg.get("size", "cpu")))
+    changed = [f"{k}={v}" for k, v in flatten(cfg).items()
+               if k not in ("experiment", "size") and defaults.get(k) != v and k != "net.init_from"]
+    size = [] if cfg.get("size", "cpu") == "cpu" else ["--size", cfg["size"]]
+    return " ".join(["pdeaccel", "train", cfg["experiment"], *size, *changed])
+
+
+def export_flow_model(run_dir: str | Path, dest: str | Path) -> Path:
+    """Write the trained model of a flow run as ``dest/model.safetensors`` + ``model.json`` with
+    its config, the command that trains it and the training budget it had."""
+    import csv
+
+    model, cfg, epochs = load_flow_model(run_dir)
+    rows = list(csv.DictReader(open(Path(run_dir) / "metrics.csv"))) if (Path(run_dir) / "metrics.csv").exists() else []
+    wall = sum(float(r.get("train_seconds") or 0) + float(r.get("validation_seconds") or 0) for r in rows[:epochs])
+    t = cfg["train"]
+    meta = {"command": training_command(cfg), "epochs": epochs, "optimizer_steps": epochs * t["steps_per_epoch"],
+            "batch_size": t["batch_size"], "wall_seconds": round(wall, 1),
+            "final_validation_metric": float(rows[epochs - 1]["val_metric"]) if rows else None,
+            "parameters": sum(p.numel() for p in model.parameters()), "source": Path(run_dir).name}
+    return io.save_model(dest, model.state_dict(), cfg, meta)
 
 
 # ------------------------------------------------------------------------------ rollouts
@@ -141,6 +194,65 @@ def neural_rollout(model: Any, env: FlowEnvironment, steps: int, *, save_steps: 
             u_old = u
     out.wall_seconds = time.perf_counter() - start
     return out
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"full"`` → (1, 1); ``"R"`` → R times coarser in space; ``"R:Q"`` → and Q times in time."""
+    if text in ("full", "1"):
+        return 1, 1
+    try:
+        parts = [int(x) for x in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or any(x < 1 for x in parts):
+        raise ValueError(f"--resolution must be 'full', 'R' or 'R:Q' (R, Q positive integers: R times coarser in space, "
+                         f"Q in time), got {text!r}.")
+    return parts[0], parts[1] if len(parts) == 2 else 1
+
+
+def coarse_rollout(model: Any, env: FlowEnvironment, steps: int, space: int, time_: int, *,
+                   save_steps: Iterable[int] = (), progress: bool = False) -> tuple[Rollout, Any]:
+    """A NeuralStagger model's simulation ``space`` times coarser in space and ``time_`` in time
+    (:meth:`~pdeaccel.stagger.StaggeredFlowSolver.resolution_indices`): only those sub-solvers
+    run, and their sub-fields are assembled on the coarse grid. ``steps`` fine steps; the coarse
+    states fall every ``time_`` fine steps. Returns the rollout (velocities on the coarse grid;
+    the probe and residual are not defined there) and the coarse grid."""
+    if not hasattr(model, "resolution_indices"):
+        raise ValueError("--resolution other than 'full' needs a NeuralStagger model (model.kind=staggered); "
+                         "this one is vanilla.")
+    idx = model.resolution_indices(space, time_)
+    views = model.sub_views(env)
+    grid = model.coarse_grid(env.grid, space)
+    from ..decompose import decompose
+
+    solid = (decompose(env.fluid, (space,) * env.ndim)[0, 0, 0] == 0).numpy()
+    sub = model.decompose_state(model.initial_state(env), env, idx)
+    save_steps = set(save_steps)
+    out = Rollout()
+    start = time.perf_counter()
+    calls = math.ceil(steps / model.window)
+    with torch.no_grad():
+        for c in tqdm(range(calls), desc="coarse rollout", disable=not progress, leave=False):
+            sub = model.step_subset(sub, views)
+            slots = [k for k in range(model.window) if (k + 1) % time_ == 0]
+            for k, state in zip(slots, model.lattice_states(sub, env, space)):
+                step = c * model.window + k + 1
+                if step > steps:
+                    break
+                u = velocity_from_potential(state.potential, grid)
+                if not all(bool(torch.isfinite(x).all()) for x in u):
+                    out.stable, out.first_unstable_step = False, step
+                    break
+                out.times.append(step * env.dt)
+                out.diagnostics.setdefault("max_speed", []).append(max(float(x.abs().max()) for x in u))
+                if step in save_steps or step == steps:
+                    out.snapshots.append(tuple(x.clone() for x in u))
+                    out.snapshot_steps.append(step)
+                    out.snapshot_solids.append(solid)
+            if not out.stable:
+                break
+    out.wall_seconds = time.perf_counter() - start
+    return out, grid
 
 
 def reference_substeps(env: FlowEnvironment, courant: float = 0.5) -> int:
@@ -310,18 +422,32 @@ def vorticity(u: Velocity, h: float) -> torch.Tensor:
 
 def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps: int = 200,
                      inflow: float | None = None, out: str | Path | None = None, animate: bool = True,
-                     progress: bool = True) -> dict[str, Any]:
-    """Roll a trained flow model out on an environment and write a run directory."""
+                     progress: bool = True, resolution: str = "full") -> dict[str, Any]:
+    """Roll a trained flow model out on an environment and write a run directory. With a
+    NeuralStagger model, ``resolution`` ``"R"`` or ``"R:Q"`` runs only the sub-solvers of a
+    simulation R times coarser in space and Q in time (:func:`coarse_rollout`)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {steps!r}.")
+    space, time_ = parse_resolution(resolution)
     model, cfg, _ = load_flow_model(model_dir)
     env, spec = _environment(cfg, env_name, inflow)
+    if (space, time_) != (1, 1):
+        model.resolution_indices(space, time_)  # a clear error before anything is written
+        if "velocity" in spec:
+            raise ValueError("--resolution other than 'full' runs on a fixed environment; --env moving is not "
+                             "supported there.")
     run_dir = Path(out) if out is not None else Path("runs") / "simulate" / "flow" / time.strftime("%Y%m%d-%H%M%S")
     io.prepare_fresh_run_dir(run_dir)
     save_every = max(1, steps // 80)
-    roll = neural_rollout(model, env, steps, save_steps=range(save_every, steps + 1, save_every), progress=progress,
-                          env_at=moving_environments(cfg["physics"], spec))
-    freq, share = shedding_frequency(roll.probe, env.dt, discard=len(roll.probe) // 4)
+    h = env.spacing[0]
+    if (space, time_) == (1, 1):
+        roll = neural_rollout(model, env, steps, save_steps=range(save_every, steps + 1, save_every),
+                              progress=progress, env_at=moving_environments(cfg["physics"], spec))
+    else:
+        roll, coarse = coarse_rollout(model, env, steps, space, time_, progress=progress,
+                                      save_steps=range(save_every, steps + 1, save_every))
+        h = coarse.spacing[0]
+    freq, share = shedding_frequency(roll.probe, env.dt, discard=len(roll.probe) // 4) if roll.probe else (math.nan, 0.0)
     size = 2 * spec["radius"] if "radius" in spec else max(spec["size"]) if "size" in spec else None  # none for masks
     files = ["trajectory.h5", "final.png"]
     _write_h5(run_dir / "trajectory.h5", roll, env, cfg, spec)
@@ -329,16 +455,18 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
     if roll.snapshot_solids:
         solid = roll.snapshot_solids[-1]  # where a moving obstacle ended up
     if model.ndim == 2 and roll.snapshots:
-        _plot_fields(run_dir / "final.png", roll.snapshots[-1], solid, env.spacing[0],
+        _plot_fields(run_dir / "final.png", roll.snapshots[-1], solid, h,
                      f"step {roll.snapshot_steps[-1]}, t = {roll.snapshot_steps[-1] * env.dt:g}")
         if animate:
-            _animate_fields(run_dir / "animation.gif", roll, solid, env)
+            _animate_fields(run_dir / "animation.gif", roll, solid, env, h=h)
             files.append("animation.gif")
     elif roll.snapshots:  # 3D: the mid-depth slice
-        mid = env.grid.shape[2] // 2
+        mid = solid.shape[2] // 2
         sl = tuple(c[..., mid] for c in roll.snapshots[-1][:2])  # u, v in the z = mid plane
-        _plot_fields(run_dir / "final.png", sl, solid[..., mid], env.spacing[0], "mid-depth slice")
+        _plot_fields(run_dir / "final.png", sl, solid[..., mid], h, "mid-depth slice")
     report = {"model": str(model_dir), "environment": spec, "steps": steps, "dt": env.dt,
+              "resolution": {"space": space, "time": time_, "sub_solvers": len(model.resolution_indices(space, time_))
+                             if hasattr(model, "resolution_indices") else 1},
               "stable": roll.stable, "first_unstable_step": roll.first_unstable_step,
               "steps_per_second": len(roll.times) / max(roll.wall_seconds, 1e-12),
               "mean_momentum_residual": float(np.mean(roll.diagnostics.get("momentum_abs", [math.nan]))),
@@ -424,11 +552,12 @@ def _plot_fields(path: Path, u: Velocity, solid: np.ndarray, h: float, title: st
     io.atomic_write_bytes(path, buf.getvalue())
 
 
-def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvironment, fps: int = 10) -> None:
+def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvironment, fps: int = 10,
+                    h: float | None = None) -> None:
     plt = _pyplot()
     from PIL import Image
 
-    h = env.spacing[0]
+    h = env.spacing[0] if h is None else h
     frames = []
     limits = _limits(roll.snapshots[-1], h)  # one colour scale for all frames: the developed flow's
     solids = roll.snapshot_solids or [solid] * len(roll.snapshots)
