@@ -126,6 +126,7 @@ class Rollout:
     snapshot_steps: list[int] = field(default_factory=list)
     snapshot_solids: list[np.ndarray] = field(default_factory=list)  # the solid cells at each snapshot
     wall_seconds: float = 0.0
+    mean_velocity: Velocity | None = None  # time average over the steps after ``average_from``
     stable: bool = True
     first_unstable_step: int | None = None
 
@@ -151,7 +152,8 @@ def _probe_value(v: torch.Tensor, window: torch.Tensor) -> float:
 
 def neural_rollout(model: Any, env: FlowEnvironment, steps: int, *, save_steps: Iterable[int] = (),
                    diagnostics: bool = True, progress: bool = False,
-                   env_at: Callable[[int], FlowEnvironment] | None = None) -> Rollout:
+                   env_at: Callable[[int], FlowEnvironment] | None = None,
+                   average_from: int | None = None) -> Rollout:
     """``steps`` fine time steps from rest of a flow model (:mod:`pdeaccel.flow_model`; a model
     that advances T steps per call is called ``ceil(steps/T)`` times and every fine state is
     recorded); residual diagnostics per step (``diagnostics``); the velocity is kept at
@@ -191,6 +193,8 @@ def neural_rollout(model: Any, env: FlowEnvironment, steps: int, *, save_steps: 
                 out.snapshots.append(tuple(c.clone() for c in u))
                 out.snapshot_steps.append(k)
                 out.snapshot_solids.append((env.fluid[0, 0] == 0).numpy())
+            if average_from is not None and k > average_from:
+                _accumulate(out, u, steps - average_from)
             u_old = u
     out.wall_seconds = time.perf_counter() - start
     return out
@@ -263,7 +267,8 @@ def reference_substeps(env: FlowEnvironment, courant: float = 0.5) -> int:
 
 
 def reference_rollout(env: FlowEnvironment, steps: int, *, save_steps: Iterable[int] = (), substeps: int | None = None,
-                      progress: bool = False, env_at: Callable[[int], FlowEnvironment] | None = None) -> Rollout:
+                      progress: bool = False, env_at: Callable[[int], FlowEnvironment] | None = None,
+                      average_from: int | None = None) -> Rollout:
     """The numerical reference on the same environment (float64), sampled every network step.
     With ``env_at`` (moving obstacles) the solver is given ``env_at(k)`` after network step ``k``
     (between two, it moves the obstacles itself at their constant velocity)."""
@@ -285,8 +290,16 @@ def reference_rollout(env: FlowEnvironment, steps: int, *, save_steps: Iterable[
             out.snapshots.append(tuple(c.clone() for c in state.velocity))
             out.snapshot_steps.append(k)
             out.snapshot_solids.append((solver.env.fluid[0, 0] == 0).numpy())
+        if average_from is not None and k > average_from:
+            _accumulate(out, state.velocity, steps - average_from)
     out.wall_seconds = time.perf_counter() - start
     return out
+
+
+def _accumulate(out: Rollout, u: Velocity, count: int) -> None:
+    """Add ``u / count`` to the rollout's time-averaged velocity (float64)."""
+    part = tuple(c.detach().to(torch.float64) / count for c in u)
+    out.mean_velocity = part if out.mean_velocity is None else tuple(a + b for a, b in zip(out.mean_velocity, part))
 
 
 def potential_of(velocity: Velocity, env: FlowEnvironment) -> torch.Tensor:
