@@ -209,6 +209,46 @@ def coarse_error(model: StaggeredFlowSolver, cfg: dict, kind: str, steps: int) -
             "seconds": time.perf_counter() - start}
 
 
+def figure(model: StaggeredFlowSolver, cfg: dict, kind: str, step: int, path: Path) -> dict:
+    """|u| at ``step`` from one sub-solver, from a quarter of them, from all, and the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pdeaccel.experiments.flow_eval import coarse_rollout, neural_rollout
+
+    env = held_out_environment(cfg["physics"], kind)
+    s, T = model.stride[0], model.window
+    panels = []
+    coarse = [(f"one sub-solver ({s}× coarser in space, {T}Δt in time)", (s, T))]
+    if s >= 4:  # a quarter of the spatial offsets: the 2× coarser simulation
+        coarse.append((f"a quarter of them ({s // 2}× coarser in space)", (s // 2, 1)))
+    for label, (r, q) in coarse:
+        roll, grid = coarse_rollout(model, env, step, r, q, save_steps=[step])
+        panels.append((label, cell_speed(roll.snapshots[-1]).numpy(), grid.spacing[0]))
+    full = neural_rollout(model, env, step, save_steps=[step], diagnostics=False)
+    panels.append((f"all {model.sub_solvers} sub-solvers (full resolution)", cell_speed(full.snapshots[-1]).numpy(),
+                   env.spacing[0]))
+    ref = reference_rollout(env, step, save_steps=[step])
+    panels.append(("numerical reference (MACFlowSolver)", cell_speed(ref.snapshots[-1]).numpy(), env.spacing[0]))
+    vmax = float(panels[-1][1].max())
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.2 * len(panels)))
+    L, H = env.grid.shape[0] * env.spacing[0], env.grid.shape[1] * env.spacing[1]
+    for ax, (label, speed, h) in zip(axes, panels):
+        ax.imshow(speed.T, origin="lower", extent=(0, speed.shape[0] * h, 0, speed.shape[1] * h), vmin=0, vmax=vmax,
+                  cmap="viridis", interpolation="nearest")
+        ax.set_xlim(0, L)
+        ax.set_ylim(0, H)
+        ax.set_title(f"{label}, t = {step * env.dt:g}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {"kind": kind, "step": step, "file": path.name}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default=",".join(SETTINGS))
@@ -220,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--widths", default="4,8,16", help="net.hidden values of the cost sweep")
     ap.add_argument("--name", default="stagger")
+    ap.add_argument("--figure", default="", help="NAME: the trained staggered setting drawn in the figure")
+    ap.add_argument("--figure-step", type=int, default=300)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     runs = dict(item.split("=", 1) for item in args.runs.split(",") if item)
@@ -256,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg["net"]["hidden"] = width
             torch.manual_seed(0)
             sweep.append({"width": width, **cost(name, build_model(cfg).eval(), cfg, args.batch, args.repeats)})
+    drawn = None
+    if args.figure in runs:
+        model, cfg, _ = load_flow_model(runs[args.figure])
+        drawn = figure(model, cfg, "cylinder", args.figure_step, RESULTS / f"{args.name}.png")
     data = {"command": "python benchmarks/stagger.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "figure": drawn, "batch": args.batch,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, one thread per process",
             "torch": torch.__version__, "cost": rows, "accuracy": accuracy, "coarse": coarse, "width_sweep": sweep}
     RESULTS.mkdir(exist_ok=True)
@@ -313,6 +360,9 @@ def markdown(data: dict) -> str:
         for r in data["width_sweep"]:
             out.append(f"| {r['setting']} | {r['width']} | {r['parameters']} | {_f(r['gflop_per_fine_step'])} | "
                        f"{_f(r['one_sub_solver_latency_per_call_ms'])} | {_f(r['latency_per_fine_step_ms'])} |")
+    if data.get("figure"):
+        out += ["", f"![the same flow from one sub-solver, a quarter of them, all of them, and the reference]"
+                    f"({data['figure']['file']})"]
     return "\n".join(out) + "\n"
 
 
