@@ -11,19 +11,22 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from .io import atomic_write_bytes
 
-from .io import atomic_write_bytes  # noqa: E402
+
+def _subplots(*grid: int, figsize: tuple[float, float]):
+    """A figure and its axes without pyplot: no global backend is chosen or changed by importing
+    or using this module (a user's interactive session keeps its own)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
 
 
 def _save(fig, path: str | Path) -> None:
     """PNG through an atomic write: a run killed while drawing never leaves half a figure behind."""
     buf = BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -61,7 +64,7 @@ def cumulative(values: Sequence[float]) -> list[float]:
 def plot_run(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> None:
     """Training loss, validation metric and K against epoch for one run."""
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = _subplots(1, 3, figsize=(13, 3.6))
     losses = [r["train_loss"] for r in rows]
     # a log-loss (physics-constrained flow training) is negative: plot it on a linear axis
     (axes[0].semilogy if min(losses) > 0 else axes[0].plot)(epochs, losses)
@@ -92,7 +95,7 @@ def plot_comparison(runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], p
 
     ``runs`` maps a label ("PRDP", "converged") to a list of runs (one per seed).
     """
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = _subplots(1, 3, figsize=(14, 3.8))
     for i, (label, seeds) in enumerate(runs.items()):
         color = f"C{i}"
         for j, rows in enumerate(seeds):
@@ -120,7 +123,7 @@ def plot_comparison(runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], p
 def plot_sweep(ks: Sequence[int], finals: Sequence[Sequence[float]], path: str | Path, title: str,
                k_converged: int | None = None) -> None:
     """Final validation metric against a fixed K (incomplete convergence evidence)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _subplots(figsize=(5.5, 3.8))
     for k, vals in zip(ks, finals):
         ax.scatter([k] * len(vals), vals, color="C0", alpha=0.6)
     means = [sum(v) / len(v) for v in finals]
