@@ -2,7 +2,7 @@
 
     pdeaccel demo                         PRDP vs converged on heat-2d (cpu size), savings table + figures
     pdeaccel experiments [NAME]           list the built-in experiments, or show one's config keys
-    pdeaccel train NAME [--schedule prdp|converged|fixed:K|linear:K0:K1] [key=value ...]
+    pdeaccel train NAME [--schedule prdp|converged|fixed:K|linear:K0:K1] [--nproc N] [key=value ...]
     pdeaccel compare NAME --seeds N       PRDP vs converged over N seeds
     pdeaccel sweep NAME --k 1,2,4,8       final validation error against a fixed K
     pdeaccel simulate NAME [--steps N]    run a named numerical simulation, write HDF5 + figures
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run directory")
     p.add_argument("--restart-if-damaged", action="store_true",
                    help="with --resume: if every checkpoint is damaged, start the run over (default: stop with an error)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel training in N processes on this machine (torchrun's launcher; gloo on CPU, "
+                        "NCCL on GPUs); under torchrun the job's own size is used")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with several processes: how long a rank waits for the others before the job stops "
+                        "(default 1800; $PDEACCEL_DIST_TIMEOUT)")
     _add_common(p)
 
     p = sub.add_parser("compare", help="PRDP vs converged over several seeds")
@@ -126,15 +133,34 @@ def _main(argv: list[str] | None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    from .train import distributed
     from .train.trainer import DivergenceError
 
+    def report(kind: str, exc: BaseException) -> None:
+        ctx = distributed.context()
+        if not ctx.distributed:
+            print(f"pdeaccel {args.command}: {kind}: {exc}", file=sys.stderr)
+        # an error rank 0 raised too (a decision it took and broadcast, a divergence of the
+        # reduced loss) is printed once, by rank 0
+        elif ctx.is_main or not (getattr(exc, "from_main_rank", False) or isinstance(exc, DivergenceError)):
+            print(f"pdeaccel {args.command} [rank {ctx.rank}/{ctx.world_size}]: {kind}: {exc}", file=sys.stderr)
+
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        distributed.shutdown()
+        return code
+    except distributed.RankFailure as exc:
+        report("error", exc)
+        # the process group lost a peer: leave without tearing it down (that can block or abort)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(distributed.RANK_FAILURE_EXIT)
     except (ConfigError, FileExistsError, FileNotFoundError, ValueError, OSError) as exc:
-        print(f"pdeaccel {args.command}: error: {exc}", file=sys.stderr)
+        report("error", exc)
         return 2
     except (DivergenceError, FloatingPointError) as exc:
-        print(f"pdeaccel {args.command}: numerical failure: {exc}", file=sys.stderr)
+        report("numerical failure", exc)
         return 3
     except KeyboardInterrupt:
         print(f"pdeaccel {args.command}: interrupted; completed epochs are checkpointed "
@@ -150,7 +176,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _demo(args, progress)
     if args.command == "experiments":
         return _experiments(args)
+    from .train import distributed
+
+    world = distributed.environment_world_size()
+    if world > 1 and args.command != "train":
+        raise ConfigError(f"`pdeaccel {args.command}` runs in one process; only `pdeaccel train` trains data parallel "
+                          f"(this process is one of {world} started by torchrun).")
     if args.command == "train":
+        if args.nproc is not None and args.nproc < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {args.nproc}.")
+        if args.dist_timeout is not None:
+            if not args.dist_timeout > 0:
+                raise ConfigError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}.")
+            os.environ[distributed.TIMEOUT_ENV] = str(args.dist_timeout)
+        if world > 1 and args.nproc is not None and args.nproc != world:
+            raise ConfigError(f"--nproc {args.nproc} disagrees with the {world} processes torchrun started; "
+                              "leave --nproc out under torchrun.")
+        if world == 1 and args.nproc is not None and args.nproc > 1:
+            return _launch(args)
+        distributed.init_from_environment()
         if args.resume:
             if args.out is not None and Path(args.out) != Path(args.resume):
                 raise ConfigError(f"--out {args.out} and --resume {args.resume} disagree; a resumed run stays "
@@ -164,10 +208,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                 raise ConfigError("--restart-if-damaged only applies with --resume RUN_DIR.")
             summary = runner.train_run(args.name, size=args.size, schedule=args.schedule,
                                        overrides=args.overrides, out=args.out, seed=args.seed, progress=progress)
+        if not distributed.context().is_main:
+            return 0
+        ranks = f", {summary['world_size']} processes" if summary.get("world_size", 1) > 1 else ""
         print(f"{summary['experiment']} ({summary['schedule']}): final validation metric "
               f"{summary['final_val_metric']:.4g}, K_final {summary['k_final']}, "
               f"{summary['forward_iters'] + summary['backward_iters']} solver iterations, "
-              f"{summary['train_seconds']:.1f} s training")
+              f"{summary['train_seconds']:.1f} s training{ranks}")
         print(f"run directory: {summary['run_dir']}")
         return 0
     if args.command == "compare":
@@ -200,6 +247,39 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return cli_main(args, progress)
     raise AssertionError(args.command)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``pdeaccel train ... --nproc N``: check the command once here, then run it in N processes
+    with torchrun's launcher (each process is ``python -m pdeaccel train ...`` without --nproc)."""
+    from .experiments import runner
+    from .train import distributed
+
+    if args.resume and args.out is not None and Path(args.out) != Path(args.resume):
+        raise ConfigError(f"--out {args.out} and --resume {args.resume} disagree; a resumed run stays "
+                          "in its directory (give --resume RUN_DIR only).")
+    if args.restart_if_damaged and not args.resume:
+        raise ConfigError("--restart-if-damaged only applies with --resume RUN_DIR.")
+    _, _, run_dir, _ = runner.plan_train(args.name, size=args.size, schedule=args.schedule, overrides=args.overrides,
+                                         out=args.resume or args.out, seed=args.seed, resume=bool(args.resume))
+    argv, skip = [], False
+    for item in args.argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            argv.append(item)
+    if not args.resume and args.out is None:
+        argv += ["--out", str(run_dir)]  # every rank must use the directory planned here
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    try:
+        return distributed.launch(argv, args.nproc, run_dir=str(run_dir), name=args.name)
+    except SignalException as exc:
+        print(f"pdeaccel train: stopped by {exc.sigval.name}; completed epochs are checkpointed (continue with "
+              f"`pdeaccel train {args.name} --resume {run_dir}`).", file=sys.stderr)
+        return 130
 
 
 def _demo(args: argparse.Namespace, progress: bool) -> int:

@@ -16,7 +16,7 @@ import torch
 
 from .. import prdp as prdp_mod
 from ..config import ConfigError, apply_overrides, flatten, to_yaml
-from ..train import io
+from ..train import distributed, io
 from ..train.report import markdown_table, plot_comparison, plot_run, plot_sweep, read_metrics
 from ..train.trainer import NothingResumedError, Trainer, TrainSettings
 from . import data as data_mod
@@ -64,17 +64,11 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
 RESUME_CHANGEABLE_KEYS = frozenset({"train.epochs", "train.target_metric"})
 
 
-def train_run(name: str, *, size: str | None = None, schedule: str | None = None, overrides: Iterable[str] = (),
-              out: str | Path | None = None, seed: int | None = None, resume: bool = False,
-              progress: bool = True, restart_if_damaged: bool = False) -> dict[str, Any]:
-    """Train experiment ``name`` with a budget schedule; return the run summary (also in report.json).
-
-    With ``resume``, ``out`` is the run directory to continue: its stored config and schedule are
-    used; ``overrides`` may change only :data:`RESUME_CHANGEABLE_KEYS` (the new values are written
-    to its ``config.yaml``), and ``size``/``schedule``/``seed`` must be left out or equal the
-    stored ones. If every checkpoint of the run is damaged, :class:`NothingResumedError` is raised
-    unless ``restart_if_damaged`` (then the run starts over at epoch 0 in the same directory).
-    """
+def plan_train(name: str, *, size: str | None = None, schedule: str | None = None, overrides: Iterable[str] = (),
+               out: str | Path | None = None, seed: int | None = None,
+               resume: bool = False) -> tuple[dict[str, Any], str, Path, list[str]]:
+    """What :func:`train_run` will do, checked without building or writing anything: the resolved
+    config, the schedule, the run directory and the config keys a resume changes."""
     exp = get_experiment(name)
     if resume:
         if out is None:
@@ -89,22 +83,58 @@ def train_run(name: str, *, size: str | None = None, schedule: str | None = None
         changed = []
     _refuse_existing(run_dir, resume)
     _budget_schedule(exp, cfg, schedule, k_converged=1)  # a bad spec fails before the (costly) build
-    # torch seeds its global generator randomly per process; a resumed run must restore the same
-    # RNG state as an uninterrupted one even where the experiment draws nothing from it
-    torch.manual_seed(cfg["seed"])
-    with data_mod.progress_bars(progress):  # --quiet also hides the data-generation bars
-        built = exp.build(cfg)  # validates the whole config first: a bad key never leaves a directory behind
+    return cfg, schedule, run_dir, changed
+
+
+def train_run(name: str, *, size: str | None = None, schedule: str | None = None, overrides: Iterable[str] = (),
+              out: str | Path | None = None, seed: int | None = None, resume: bool = False,
+              progress: bool = True, restart_if_damaged: bool = False,
+              dist: distributed.DistContext | None = None) -> dict[str, Any]:
+    """Train experiment ``name`` with a budget schedule; return the run summary (also in report.json).
+
+    With ``resume``, ``out`` is the run directory to continue: its stored config and schedule are
+    used; ``overrides`` may change only :data:`RESUME_CHANGEABLE_KEYS` (the new values are written
+    to its ``config.yaml``), and ``size``/``schedule``/``seed`` must be left out or equal the
+    stored ones. If every checkpoint of the run is damaged, :class:`NothingResumedError` is raised
+    unless ``restart_if_damaged`` (then the run starts over at epoch 0 in the same directory).
+
+    In a data-parallel job (``dist``, default: this process's :func:`pdeaccel.train.distributed.context`)
+    rank 0 plans the run and the other ranks follow it; rank 0 builds first (it writes the
+    dataset cache the others then read), rank 0 alone writes the run directory, and every rank
+    returns the same summary (``world_size`` says how many ranks trained).
+    """
+    ctx = dist if dist is not None else distributed.context()
+    exp = get_experiment(name)
+    cfg, schedule, run_dir, changed = ctx.on_main(
+        lambda: plan_train(name, size=size, schedule=schedule, overrides=overrides, out=out, seed=seed,
+                           resume=resume), "planning the run")
+    progress = progress and ctx.is_main
+    # each rank of a pool experiment builds its own share of the pool (and of the batch)
+    build_cfg = distributed.rank_pool_config(cfg, ctx)
+
+    def build():
+        # torch seeds its global generator randomly per process; a resumed run must restore the same
+        # RNG state as an uninterrupted one even where the experiment draws nothing from it
+        torch.manual_seed(cfg["seed"])
+        with data_mod.progress_bars(progress):  # --quiet also hides the data-generation bars
+            return exp.build(build_cfg)  # validates the whole config first: a bad key never leaves a directory behind
+
+    built = ctx.main_first(build, "building the experiment")
     sched = _budget_schedule(exp, cfg, schedule, built.k_converged)
     picard_sched = _picard_schedule(cfg, schedule)
-    _prepare_run_dir(run_dir, resume)
-    if not resume:
-        _write_run_config(run_dir, cfg, schedule, built.k_converged)
+
+    def prepare():
+        _prepare_run_dir(run_dir, resume)
+        if not resume:
+            _write_run_config(run_dir, cfg, schedule, built.k_converged)
+
+    ctx.on_main(prepare, "preparing the run directory")
     t = cfg["train"]
     settings = TrainSettings(epochs=t["epochs"], optimizer=t["optimizer"], lr=t["lr"], lr_decay=t["lr_decay"],
                              progress=progress, target_metric=t.get("target_metric") or None,
                              guard_factor=t.get("guard_factor", TrainSettings.guard_factor))
     trainer = Trainer(built.task, built.solver, built.validation_solver, sched, settings, run_dir, seed=cfg["seed"],
-                      nonlinear_schedule=picard_sched)
+                      nonlinear_schedule=picard_sched, dist=ctx, shard_batches="pool" not in cfg)
     if resume:
         try:
             trainer.resume(restart_if_damaged=restart_if_damaged)
@@ -117,14 +147,15 @@ def train_run(name: str, *, size: str | None = None, schedule: str | None = None
                               f"completed {trainer.epoch} epochs; give train.epochs >= {trainer.epoch}.")
         if changed:
             # the run now follows the new plan: a later plain --resume must continue it, not the old one
-            _write_run_config(run_dir, cfg, schedule, built.k_converged)
+            ctx.on_main(lambda: _write_run_config(run_dir, cfg, schedule, built.k_converged), "writing config.yaml")
     start = time.perf_counter()
     trainer.fit()
     summary = _run_summary(exp, cfg, schedule, built.k_converged, trainer.rows, sched)
     summary["wall_seconds_total"] = time.perf_counter() - start
     summary["ledger"] = trainer.ledger.state_dict()
     summary["run_dir"] = str(run_dir)
-    write_run_report(run_dir, summary, trainer.rows)
+    summary["world_size"] = ctx.world_size
+    ctx.on_main(lambda: write_run_report(run_dir, summary, trainer.rows), "writing the report")
     return summary
 
 

@@ -6,11 +6,18 @@ given linear-solver configuration, and how it is validated. The trainer owns eve
 epochs, the iteration-budget schedule (PRDP or a baseline), the iteration ledger, the optimiser
 and learning-rate schedule, the divergence guard, atomic checkpoints, resume, the metrics CSV,
 and the run directory.
+
+With several processes (torchrun; :mod:`pdeaccel.train.distributed`) the same loop trains data
+parallel: each rank trains on its share of every minibatch, gradients and the loss are summed
+over the ranks before the guard and the optimiser see them, rank 0's validation metric is
+broadcast before the schedule decides, the ledger counts the work of all ranks, and rank 0 alone
+writes checkpoints, logs and progress.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -23,6 +30,7 @@ from tqdm.auto import tqdm
 from ..linalg import NonFiniteError, SolverConfig
 from ..prdp import IterationLedger, Schedule
 from . import io
+from .distributed import RANK_LOCAL_STATE, DistContext, sample_count, shard_batch
 
 
 class Task(Protocol):
@@ -74,11 +82,17 @@ class Trainer:
         schedule: the budget policy (``PRDPSchedule``, ``FixedSchedule``, ...).
         run_dir: where checkpoints, ``metrics.csv`` and ``events.json`` go (``None``: nothing written).
         seed: seeds the minibatch order; the generator state is checkpointed.
+        dist: this process's rank in a data-parallel job (default: a single process). Every rank
+            builds the same task from the same seed; rank 0's parameters are broadcast at the start.
+        shard_batches: with several ranks, rank ``r`` trains on the ``r``-th chunk of every
+            minibatch the task yields (data tasks); ``False`` when the task already yields this
+            rank's own batch (a per-rank pool).
     """
 
     def __init__(self, task: Task, solver: SolverConfig, validation_solver: SolverConfig,
                  schedule: Schedule, settings: TrainSettings, run_dir: str | Path | None = None,
-                 seed: int = 0, nonlinear_schedule: Schedule | None = None) -> None:
+                 seed: int = 0, nonlinear_schedule: Schedule | None = None, *, dist: DistContext | None = None,
+                 shard_batches: bool = True) -> None:
         # gradients of tiny residuals reach the subnormal range, where x86 arithmetic is ~100× slower
         torch.set_flush_denormal(True)
         self.task = task
@@ -87,6 +101,10 @@ class Trainer:
         self.schedule = schedule
         # optional second budget, refined by the same metric: Picard iterations per step
         self.nonlinear_schedule = nonlinear_schedule
+        self.dist = dist if dist is not None else DistContext()
+        self.shard_batches = shard_batches
+        if not self.dist.is_main:  # progress and logs from rank 0 only
+            settings = dataclasses.replace(settings, progress=False)
         self.settings = settings
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.ledger = IterationLedger()
@@ -107,6 +125,10 @@ class Trainer:
         # what the guard restores: the state after the best epoch at the current K (None: the
         # coming epoch's start). Not checkpointed; after a resume it is the resumed state.
         self._good_state: dict[str, Any] | None = None
+        if self.dist.distributed:
+            with torch.no_grad():
+                for i, p in enumerate(params):
+                    self.dist.broadcast_tensor(p.data, f"the initial parameter {i}")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -157,6 +179,16 @@ class Trainer:
         """
         if self.run_dir is None:
             return False
+        # rank 0 reads (and repairs) the run directory; every rank gets its outcome and state
+        found = self.dist.on_main(lambda: self._find_resumable(restart_if_damaged), "reading the checkpoint")
+        if found is None:
+            return False
+        self.load_state_dict(self._rank_state(found))
+        if self.dist.is_main:
+            self._write_logs()
+        return True
+
+    def _find_resumable(self, restart_if_damaged: bool) -> dict[str, Any] | None:
         ckpt_dir = self.run_dir / "checkpoints"
         io.remove_temporaries(self.run_dir)
         io.remove_temporaries(ckpt_dir)
@@ -164,7 +196,7 @@ class Trainer:
         if found is None:
             damaged = sorted(p.name for p in ckpt_dir.glob("epoch_*.ckpt.damaged")) if ckpt_dir.is_dir() else []
             if not damaged:
-                return False  # nothing was ever checkpointed: nothing is lost by starting at epoch 0
+                return None  # nothing was ever checkpointed: nothing is lost by starting at epoch 0
             if not restart_if_damaged:
                 raise NothingResumedError(f"all {len(damaged)} checkpoint(s) in {ckpt_dir} are damaged "
                                           f"(set aside as {', '.join(damaged)}); there is no intact state "
@@ -173,25 +205,47 @@ class Trainer:
                           "starting the run over from epoch 0 as asked.", stacklevel=2)
             for name in ("metrics.csv", "events.json"):
                 (self.run_dir / name).unlink(missing_ok=True)
-            return False
-        self.load_state_dict(found[1])
-        self._write_logs()
-        return True
+            return None
+        return found[1]
+
+    def _rank_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's part of a checkpointed state (written by any number of ranks)."""
+        task = state["task"]
+        for key, (_, split) in RANK_LOCAL_STATE.items():
+            if isinstance(task, dict) and key in task:
+                task = {**task, key: split(task[key], self.dist.world_size)[self.dist.rank]}
+        return {**state, "task": task}
 
     def _checkpoint(self) -> None:
         if self.run_dir is None:
             return
         state = self.state_dict()
         bad = io.non_finite_entries({"task": state["task"], "optimizer": state["optimizer"]})
+        if self.dist.distributed:
+            bad = sorted(set().union(*self.dist.all_gather_object(bad, "the checkpoint check")))
+            state = self._gathered_state(state)
         if bad:
             # the guard should have caught this; a checkpoint with NaN weights would poison every resume
             raise DivergenceError(f"refusing to checkpoint epoch {self.epoch}: non-finite values in "
                                   f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; the previous "
                                   "checkpoint is kept.")
+        self.dist.on_main(lambda: self._save(state), "writing the checkpoint")
+
+    def _save(self, state: dict[str, Any]) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
         io.save_checkpoint(ckpt_dir / f"epoch_{self.epoch:05d}.ckpt", state)
         io.prune_checkpoints(ckpt_dir, self.settings.checkpoint_keep)
         self._write_logs()
+
+    def _gathered_state(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """On rank 0: ``state`` with every rank-owned task entry (the pool) merged over the ranks."""
+        task = state["task"]
+        for key, (merge, _) in RANK_LOCAL_STATE.items():
+            if isinstance(task, dict) and key in task:
+                parts = self.dist.gather_object(task[key], f"gathering the ranks' {key}")
+                if parts is not None:
+                    task = {**task, key: merge(parts)}
+        return {**state, "task": task, "world_size": self.dist.world_size} if self.dist.is_main else None
 
     def _write_logs(self) -> None:
         io.write_csv(self.run_dir / "metrics.csv", self.rows)
@@ -225,6 +279,10 @@ class Trainer:
         self.ledger.start_epoch(self.epoch)
         for attempt in range(self.settings.guard_retries + 1):
             budget = self.schedule.budget
+            # every rank always trains with the same budgets (they follow identical reduced numbers)
+            self.dist.check_same((self.epoch, attempt, budget,
+                                  None if self.nonlinear_schedule is None else self.nonlinear_schedule.budget),
+                                 f"the budget check of epoch {self.epoch} (epoch, attempt, K, Picard budget)")
             self.ledger.record_budget(budget)
             if budget != self.reference_k:
                 self.reference_loss = math.inf
@@ -233,6 +291,10 @@ class Trainer:
             if failure is None:
                 with self.ledger.phase("validation"):
                     metric = float(self.task.validate(self.validation_solver.replace(monitor=self.ledger)))
+                # task-specific validation diagnostics (e.g. the flow residuals) become extra columns
+                extra = dict(getattr(self.task, "last_validation", None) or {})
+                # every rank validates the same weights; rank 0's numbers decide on every rank
+                metric, extra = self.dist.broadcast_object((metric, extra), "the validation metric")
                 if not math.isfinite(metric):
                     failure = {"where": "validation metric", "step": None, "value": metric}
             if failure is None:
@@ -244,8 +306,9 @@ class Trainer:
             self.guard_events.append({"epoch": self.epoch, "attempt": attempt, **failure, "old_k": budget, "new_k": self.schedule.budget,
                                       "raised": event is not None})
             step = "" if failure["step"] is None else f" step {failure['step']}"
-            tqdm.write(f"[guard] epoch {self.epoch}{step}: {failure['where']} is {failure['value']:.3g}; "
-                       f"restored the last good state, K {budget} -> {self.schedule.budget}")
+            if self.dist.is_main:
+                tqdm.write(f"[guard] epoch {self.epoch}{step}: {failure['where']} is {failure['value']:.3g}; "
+                           f"restored the last good state, K {budget} -> {self.schedule.budget}")
         else:
             raise DivergenceError(f"training diverged {self.settings.guard_retries + 1} times in epoch "
                                   f"{self.epoch} even after raising K (last: {failure['where']} is "
@@ -261,6 +324,8 @@ class Trainer:
             self._good_state = None  # the state after this epoch, taken when the next one starts
         self.reference_k = budget
         record = self.ledger.end_epoch()
+        if self.dist.distributed:
+            self._sum_ledger_counts(record)
         lr = self.optimizer.param_groups[0]["lr"]
         self.lr_schedule.step()
         signal = metric if getattr(self.schedule, "metric", "validation") == "validation" else train_loss
@@ -273,8 +338,7 @@ class Trainer:
                "forward_iters": record["forward_iters"], "backward_iters": record["backward_iters"],
                "train_seconds": record["train_seconds"], "validation_seconds": record["validation_seconds"],
                "refined": event is not None}
-        # task-specific validation diagnostics (e.g. the flow residuals) become extra columns
-        row.update(getattr(self.task, "last_validation", None) or {})
+        row.update(extra)
         self.rows.append(row)
         self.epoch += 1
         self._checkpoint()
@@ -285,6 +349,8 @@ class Trainer:
         Returns the step losses and ``None``, or the losses so far and where the fault appeared
         (``{"where", "step", "value"}``), for the divergence guard to roll back.
         """
+        if self.dist.distributed:
+            return self._train_attempt_distributed(solver)
         losses: list[float] = []
         with self.ledger.phase("train"):
             for step, batch in enumerate(self.task.train_batches(self.generator)):
@@ -317,6 +383,89 @@ class Trainer:
                 return losses, {"where": f"parameter {i} {list(p.shape)} after the optimiser step",
                                 "step": None, "value": math.nan}
         return losses, None
+
+    def _train_attempt_distributed(self, solver: SolverConfig) -> tuple[list[float], dict[str, Any] | None]:
+        """:meth:`_train_attempt` of one rank of a data-parallel job.
+
+        Every step, each rank computes the loss and gradient of its share of the minibatch; one
+        all-reduce per dtype sums ``n_r·∇L_r`` (``n_r`` its samples), and one more sums
+        ``n_r·L_r``, ``n_r``, a flag for a non-finite solver input and, per parameter, whether it
+        got a gradient. The optimiser steps with ``Σ n_r∇L_r / Σ n_r``: the gradient of the global
+        minibatch's mean loss. The guard tests the reduced loss and gradient, so every rank stops
+        (and rolls back) at the same step.
+        """
+        losses: list[float] = []
+        params = list(self.task.parameters())
+        with self.ledger.phase("train"):
+            for step, batch in enumerate(self.task.train_batches(self.generator)):
+                local = shard_batch(batch, self.dist) if self.shard_batches else batch
+                if isinstance(local, torch.Tensor) and not bool(torch.isfinite(local).all()):
+                    raise FloatingPointError(f"epoch {self.epoch}, step {step}: the training batch of rank "
+                                             f"{self.dist.rank} contains NaN/inf; the dataset is damaged (delete its "
+                                             "cache file to regenerate).")
+                self.optimizer.zero_grad(set_to_none=True)
+                n = sample_count(local)
+                value, solver_error = 0.0, ""
+                if n > 0:
+                    try:
+                        loss = self.task.loss(local, solver)
+                    except NonFiniteError as exc:
+                        solver_error = str(exc)
+                    else:
+                        value = float(loss.detach())
+                        if math.isfinite(value):
+                            loss.backward()
+                stats = torch.tensor([n * value if n else 0.0, float(n), float(bool(solver_error))]
+                                     + [float(p.grad is not None) for p in params], dtype=torch.float64)
+                self.dist.all_reduce_sum(stats, f"step {step} of epoch {self.epoch}")
+                grads = self._reduced_gradients(params, n, step)
+                total = float(stats[1])
+                if stats[2] > 0:
+                    return losses, {"where": f"solver input ({solver_error or 'on another rank'})", "step": step,
+                                    "value": math.nan}
+                value = float(stats[0]) / total
+                if not math.isfinite(value):
+                    return losses, {"where": "loss", "step": step, "value": value}
+                if self.reference_loss > 0 and value > self.settings.guard_factor * self.reference_loss:
+                    return losses, {"where": f"loss ({self.settings.guard_factor:g}x the best epoch's at this K)",
+                                    "step": step, "value": value}
+                for i, (p, g, has) in enumerate(zip(params, grads, stats[3:])):
+                    p.grad = (g / total).to(p.dtype).view_as(p) if has > 0 else None
+                    if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                        return losses, {"where": f"gradient of parameter {i} {list(p.shape)}", "step": step,
+                                        "value": math.nan}
+                self.optimizer.step()
+                self.ledger.count_step()
+                losses.append(value)
+        for i, p in enumerate(self.task.parameters()):
+            if not bool(torch.isfinite(p).all()):
+                return losses, {"where": f"parameter {i} {list(p.shape)} after the optimiser step",
+                                "step": None, "value": math.nan}
+        return losses, None
+
+    def _reduced_gradients(self, params: list[torch.nn.Parameter], n: int, step: int) -> list[torch.Tensor]:
+        """``Σ_r n_r·∇L_r`` of every parameter (flattened), one all-reduce per dtype and device."""
+        buckets: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for i, p in enumerate(params):
+            buckets.setdefault((p.dtype, p.device), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(params)
+        for (dtype, device), idx in buckets.items():
+            flat = torch.cat([(params[i].grad * n if params[i].grad is not None and n
+                               else torch.zeros_like(params[i])).reshape(-1) for i in idx])
+            self.dist.all_reduce_sum(flat, f"the gradients of step {step} of epoch {self.epoch}")
+            for i, chunk in zip(idx, flat.split([params[i].numel() for i in idx])):
+                out[i] = chunk
+        return out
+
+    def _sum_ledger_counts(self, record: dict[str, Any]) -> None:
+        """The solver counts of the closed epoch, summed over the ranks (optimiser steps, K and the
+        timings stay this rank's: the steps are global, the ranks run side by side)."""
+        keys = [k for k in record if k.endswith(("_iters", "_iters_samples", "solves"))]
+        counts = torch.tensor([int(record[k]) for k in keys], dtype=torch.int64)
+        self.dist.all_reduce_sum(counts, f"the iteration counts of epoch {self.epoch}")
+        for k, v in zip(keys, counts.tolist()):
+            record[k] = int(v)
+            self.ledger.epochs[-1][k] = int(v)
 
     def _training_solver(self, budget: int | None) -> SolverConfig:
         solver = self.solver.replace(monitor=self.ledger)

@@ -1,0 +1,460 @@
+"""Data-parallel training across processes with ``torch.distributed``.
+
+One process per rank, started by torchrun (``torchrun --nproc_per_node=N -m pdeaccel train ...``)
+or by ``pdeaccel train --nproc N`` (:func:`launch`, torchrun's elastic launcher in-process). The
+:class:`~pdeaccel.train.trainer.Trainer` does the rest with the :class:`DistContext` of its
+process:
+
+* **Gradients** are all-reduced explicitly once per optimiser step (one flat buffer per dtype,
+  each rank's gradient weighted by its number of samples), not through
+  ``DistributedDataParallel``: a task's parameters are not always one module (``InverseTask``
+  holds a bare ``nn.Parameter``, the flow tasks call ``model.trajectory``/``initial_state``,
+  which a DDP wrapper hides), and the divergence guard must see the *reduced* loss and gradient
+  so that every rank rolls back at the same step. The loss value and the guard's flags travel in
+  the same reduction: every decision (guard, PRDP, target metric) is taken from identical numbers
+  on every rank.
+* **Data** (emulator/correction windows): every rank holds the whole dataset and draws the same
+  global minibatch order from the same seed; rank ``r`` trains on the ``r``-th contiguous chunk
+  of each global minibatch (``tensor_split``). ``N`` ranks with global batch ``B`` therefore
+  compute the single-process gradient of the same minibatch up to the order of float additions,
+  for any ``N`` (also after a resume with another ``N``).
+* **Flow pool**: each rank owns its own pool (see :func:`rank_pool_config`); checkpoints hold the
+  union (:func:`merge_pool_states`), which :func:`split_pool_state` divides among any number of
+  ranks on resume.
+* **Validation** runs on every rank (the same network on the same held-out set); rank 0's metric
+  is broadcast, so the PRDP controller decides on identical numbers everywhere. The iteration
+  ledger's solver counts are summed over ranks (the work of all of them).
+* **Checkpoints** are written by rank 0 only (atomically), read by rank 0 and broadcast, so no
+  shared file system is needed and any number of ranks can resume them.
+* **Failure**: a collective that loses a peer (a rank died: gloo reports the broken connection
+  at once) or waits longer than the timeout (``PDEACCEL_DIST_TIMEOUT`` seconds, default 1800)
+  raises :class:`RankFailure`; torchrun's agent stops the other ranks of a job whose rank died.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+TIMEOUT_ENV = "PDEACCEL_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800.0
+#: exit status of a command whose ranks lost each other (a rank died or timed out)
+RANK_FAILURE_EXIT = 4
+
+
+class RankFailure(RuntimeError):
+    """A collective operation failed: another rank died, or did not answer within the timeout."""
+
+
+def timeout_seconds() -> float:
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"${TIMEOUT_ENV}={raw!r} is not a number of seconds.") from None
+    if not value > 0:
+        raise ValueError(f"${TIMEOUT_ENV}={raw!r} must be > 0 seconds.")
+    return value
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job; every collective is a no-op for ``world_size == 1``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ---------------------------------------------------------------- collectives
+    def _failed(self, what: str, exc: BaseException) -> RankFailure:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return RankFailure(
+            f"rank {self.rank} of {self.world_size} lost the other ranks during {what}: {first[:300]}. "
+            f"Another rank died or did not answer within {self.timeout_s:g} s (${TIMEOUT_ENV}); its own "
+            "output says why. Completed epochs are checkpointed: continue with `pdeaccel train NAME "
+            "--resume RUN_DIR` with the same or another number of processes.")
+
+    def _collective(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except RankFailure:
+            raise
+        except RuntimeError as exc:  # DistBackendError, DistNetworkError, gloo's connection errors
+            raise self._failed(what, exc) from exc
+
+    def all_reduce_sum(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks in place (and return it)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            self._collective(what, lambda: dist.all_reduce(tensor, op=dist.ReduceOp.SUM))
+        return tensor
+
+    def broadcast_tensor(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every rank (in place)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            self._collective(what, lambda: dist.broadcast(tensor, src=0))
+        return tensor
+
+    def broadcast_object(self, obj: Any, what: str) -> Any:
+        """Rank 0's ``obj`` (pickled) on every rank; the others' argument is ignored."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj if self.is_main else None]
+        self._collective(what, lambda: dist.broadcast_object_list(box, src=0))
+        return box[0]
+
+    def all_gather_object(self, obj: Any, what: str) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        self._collective(what, lambda: dist.all_gather_object(out, obj))
+        return out
+
+    def gather_object(self, obj: Any, what: str) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0 (in rank order); ``None`` elsewhere."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        self._collective(what, lambda: dist.gather_object(obj, out, dst=0))
+        return out
+
+    def barrier(self, what: str) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            self._collective(what, dist.barrier)
+
+    def check_same(self, value: Any, what: str) -> None:
+        """Raise :class:`RankFailure` unless every rank holds the same ``value``."""
+        if not self.distributed:
+            return
+        values = self.all_gather_object(value, what)
+        if any(v != values[0] for v in values[1:]):
+            raise RankFailure(f"the ranks disagree on {what}: " + ", ".join(f"rank {r}: {v!r}" for r, v in
+                                                                           enumerate(values))
+                              + ". This is a bug in pdeaccel's distributed training; please report it.")
+
+    def on_main(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn`` on rank 0 only; every rank returns its result or raises its exception."""
+        if not self.distributed:
+            return fn()
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as exc:
+                self.broadcast_object(("error", _portable(exc)), what)
+                raise
+            self.broadcast_object(("ok", result), what)
+            return result
+        kind, value = self.broadcast_object(None, what)
+        if kind == "error":
+            raise _rebuilt(value)
+        return value
+
+    def main_first(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn`` on rank 0, then (if it succeeded) on the other ranks; rank 0's exception is
+        raised on every rank. For work whose side effects the others reuse (a dataset cache)."""
+        if not self.distributed:
+            return fn()
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as exc:
+                self.broadcast_object(("error", _portable(exc)), what)
+                raise
+            self.broadcast_object(("ok", None), what)
+            return result
+        kind, value = self.broadcast_object(None, what)
+        if kind == "error":
+            raise _rebuilt(value)
+        return fn()
+
+
+def _portable(exc: BaseException) -> tuple[type, str]:
+    return type(exc), str(exc)
+
+
+def _rebuilt(value: tuple[type, str]) -> BaseException:
+    cls, message = value
+    try:
+        exc = cls(message)
+        if str(exc) != message:
+            raise TypeError
+    except Exception:  # noqa: BLE001 - an exception class with another signature
+        exc = RuntimeError(f"{cls.__name__}: {message}")
+    exc.from_main_rank = True  # rank 0 raised (and reported) it too
+    return exc
+
+
+# ---------------------------------------------------------------------- process group
+_CONTEXT = DistContext()
+
+
+def context() -> DistContext:
+    """This process's context (a single process until :func:`init_from_environment`)."""
+    return _CONTEXT
+
+
+def environment_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun set it (1 outside a torchrun job)."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        raise ValueError(f"$WORLD_SIZE={raw!r} is not an integer.") from None
+
+
+def init_from_environment() -> DistContext:
+    """Join the job torchrun started (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+    ``MASTER_PORT``); a single process if ``WORLD_SIZE`` is unset or 1.
+
+    Backend: gloo for CPU tensors, and NCCL for CUDA tensors where CUDA is available
+    (``"cpu:gloo,cuda:nccl"``; each rank then uses GPU ``LOCAL_RANK``).
+    """
+    global _CONTEXT
+    world = environment_world_size()
+    if world == 1:
+        _CONTEXT = DistContext()
+        return _CONTEXT
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise RuntimeError("this PyTorch build has no torch.distributed; run with one process.")
+    timeout = timeout_seconds()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+            backend = "cpu:gloo,cuda:nccl"
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        except RuntimeError as exc:
+            raise RankFailure(f"rank {rank} of {world} could not join the job ({str(exc).splitlines()[0][:300]}); "
+                              f"the other ranks did not start or did not answer within {timeout:g} s.") from exc
+    _CONTEXT = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                           timeout_s=timeout)
+    return _CONTEXT
+
+
+def shutdown() -> None:
+    """Leave the process group (after a successful run)."""
+    global _CONTEXT
+    if _CONTEXT.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _CONTEXT = DistContext()
+
+
+# ---------------------------------------------------------------------- batches
+def shard_batch(batch: Any, ctx: DistContext) -> Any:
+    """Rank ``ctx.rank``'s contiguous chunk of a global minibatch (a tensor, or a tuple/list of
+    tensors of one length); ``None`` (a task without data, e.g. an inverse problem) is kept."""
+    if not ctx.distributed or batch is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.tensor_split(ctx.world_size)[ctx.rank]
+    if isinstance(batch, (tuple, list)) and batch and all(isinstance(b, torch.Tensor) for b in batch):
+        return type(batch)(b.tensor_split(ctx.world_size)[ctx.rank] for b in batch)
+    raise TypeError(f"cannot split a training batch of type {type(batch).__name__} among ranks; a task trained "
+                    "with several processes yields tensors (or tuples of tensors) with the samples first.")
+
+
+def sample_count(batch: Any) -> int:
+    """How many samples a (local) batch holds: the weight of its gradient in the all-reduce."""
+    if batch is None:
+        return 1
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return sample_count(batch[0])
+    try:
+        return len(batch)
+    except TypeError:
+        return 1
+
+
+# ---------------------------------------------------------------------- the flow pool
+def rank_pool_config(cfg: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
+    """The config rank ``ctx.rank`` builds its experiment from: for a pool experiment with
+    ``N > 1`` ranks, its own pool of ``pool.size / N`` environments, seed ``pool.seed + rank``,
+    ``reset_every``/``perturb_every`` ``N`` times longer, a warm bank of ``warm_bank / N``
+    (at least 1) and a batch of ``train.batch_size / N``.
+
+    What "the same result as one process" means for the pool: the union of the ``N`` rank pools
+    has the single pool's size, and every environment is advanced ``B / size`` model calls per
+    optimiser step and reset once per ``size · reset_every`` steps on average, as in the single
+    pool, so the distribution of states (their ages) is the same; each optimiser step averages the
+    gradient over ``B`` environments drawn from it. The environments themselves are other samples
+    (other seeds), so the runs agree statistically, not number for number.
+    """
+    if not ctx.distributed or "pool" not in cfg:
+        return cfg
+    from ..config import ConfigError
+
+    n = ctx.world_size
+    pc, t = cfg["pool"], cfg["train"]
+    for key, value in (("pool.size", pc["size"]), ("train.batch_size", t["batch_size"])):
+        if value % n:
+            raise ConfigError(f"{key}={value} must be divisible by the number of processes ({n}): each process "
+                              f"owns 1/{n} of it.")
+    out = copy.deepcopy(cfg)
+    out["pool"].update(size=pc["size"] // n, seed=pc["seed"] + ctx.rank, reset_every=pc["reset_every"] * n,
+                       perturb_every=pc["perturb_every"] * n, warm_bank=max(1, pc["warm_bank"] // n))
+    out["train"]["batch_size"] = t["batch_size"] // n
+    return out
+
+
+_POOL_RANK_KEYS = ("generator", "steps", "next_reset", "rejected", "perturbed", "warm_specs", "warm_tensors")
+
+
+def _per_environment_keys(state: dict[str, Any]) -> list[str]:
+    n = len(state["specs"])
+    return [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n
+            and k not in _POOL_RANK_KEYS]
+
+
+def merge_pool_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One pool state holding the environments of every rank's pool (rank order).
+
+    It loads into a single-process pool of the summed size; ``shards`` keeps each rank's own
+    generator, counters and warm bank, so the same number of ranks resumes them exactly.
+    """
+    states = list(states)
+    if len(states) == 1:
+        return states[0]
+    merged = copy.deepcopy({k: v for k, v in states[0].items() if k != "shards"})
+    merged["specs"] = [copy.deepcopy(s) for st in states for s in st["specs"]]
+    for key in _per_environment_keys(states[0]):
+        merged[key] = torch.cat([st[key] for st in states])
+    merged["rejected"] = sum(int(st["rejected"]) for st in states)
+    merged["perturbed"] = sum(int(st.get("perturbed", 0)) for st in states)
+    merged["next_reset"] = 0
+    merged["shards"] = [{"size": len(st["specs"]), **{k: copy.deepcopy(st[k]) for k in _POOL_RANK_KEYS if k in st}}
+                        for st in states]
+    return merged
+
+
+def split_pool_state(state: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """Divide a pool state (one rank's, or a :func:`merge_pool_states` union) among ``n`` ranks.
+
+    With the ranks it was merged from, every rank gets its own pool back exactly. Otherwise the
+    environments are divided in order (``size`` must be divisible by ``n``); rank ``r`` continues
+    with the generator and warm bank of the old rank ``r mod M`` (re-seeded from it for ``r >= M``
+    so no two ranks draw alike) and its reset pointer at 0.
+    """
+    shards = state.get("shards")
+    size = len(state["specs"])
+    if n == 1:
+        return [state]
+    if size % n:
+        raise ValueError(f"the checkpointed pool holds {size} environments, which {n} processes cannot share "
+                         "equally; resume with a number of processes that divides it.")
+    per = size // n
+    keys = _per_environment_keys(state)
+    out = []
+    old = shards or [{k: state[k] for k in _POOL_RANK_KEYS if k in state}]
+    exact = shards is not None and len(shards) == n and all(s["size"] == per for s in shards)
+    for r in range(n):
+        part = {k: copy.deepcopy(v) for k, v in state.items() if k not in keys and k not in ("specs", "shards")}
+        part["specs"] = copy.deepcopy(state["specs"][r * per:(r + 1) * per])
+        for key in keys:
+            part[key] = state[key][r * per:(r + 1) * per].clone()
+        own = old[r % len(old)]
+        for key in _POOL_RANK_KEYS:
+            if key in own:
+                part[key] = copy.deepcopy(own[key])
+        if not exact:
+            part["next_reset"] = 0
+            part["rejected"] = state["rejected"] if r == 0 else 0
+            part["perturbed"] = state.get("perturbed", 0) if r == 0 else 0
+            if r >= len(old):
+                g = torch.Generator()
+                g.set_state(own["generator"])
+                seed = int(torch.randint(2 ** 62, (), generator=g)) + r
+                part["generator"] = torch.Generator().manual_seed(seed).get_state()
+        out.append(part)
+    return out
+
+
+#: task-state entries each rank owns (merge for the checkpoint, split on resume)
+RANK_LOCAL_STATE: dict[str, tuple[Callable, Callable]] = {"pool": (merge_pool_states, split_pool_state)}
+
+
+# ---------------------------------------------------------------------- launching
+def launch(argv: Sequence[str], nproc: int, *, run_dir: str | None = None, name: str = "NAME") -> int:
+    """Run ``python -m pdeaccel ARGV`` in ``nproc`` processes on this machine with torchrun's
+    elastic launcher (rendezvous on a free local port, no restarts); the exit status of the job.
+
+    A rank that dies (or exits with an error) makes the agent stop the others; the failure is
+    summarised on stderr with how to resume.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"pdeaccel-{uuid.uuid4().hex[:8]}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
+                          start_method="spawn")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: N ranks share the cores
+    try:
+        elastic_launch(config, sys.executable)("-m", "pdeaccel", *argv)
+    except ChildFailedError as exc:
+        print(describe_failure(exc.failures, nproc, run_dir, name), file=sys.stderr, flush=True)
+        codes = [f.exitcode for f in exc.failures.values() if f.exitcode > 0 and f.exitcode != RANK_FAILURE_EXIT]
+        return codes[0] if codes else RANK_FAILURE_EXIT
+    return 0
+
+
+def describe_failure(failures: dict[int, Any], nproc: int, run_dir: str | None, name: str = "NAME") -> str:
+    """The user's summary of a failed job: which ranks died how, and how to continue.
+
+    A rank that got SIGTERM (the agent stopping the survivors) or that exited after losing the
+    others is a consequence, not a cause; it is named as stopped."""
+    causes, stopped = [], []
+    for rank, f in sorted(failures.items()):
+        if f.exitcode == RANK_FAILURE_EXIT or (f.exitcode < 0 and f.signal_name() == "SIGTERM"):
+            stopped.append(rank)
+        elif f.exitcode < 0:
+            causes.append(f"rank {rank} of {nproc} was killed by {f.signal_name()}")
+        else:
+            causes.append(f"rank {rank} of {nproc} failed with exit status {f.exitcode} (its error is printed above)")
+    if not causes:  # nothing but stopped ranks: say what happened to each
+        causes = [f"rank {r} of {nproc} " + ("was stopped (SIGTERM)" if failures[r].exitcode < 0
+                                              else "lost the other ranks") for r in stopped]
+        stopped = []
+    others = f"; the other rank(s) ({', '.join(map(str, stopped))}) were stopped" if stopped else ""
+    where = run_dir or "RUN_DIR"
+    return ("pdeaccel train: the distributed job stopped: " + "; ".join(causes) + others + ". Completed epochs "
+            f"are checkpointed; continue with `pdeaccel train {name} --resume {where} [--nproc N]` (the same "
+            "or another number of processes).")
