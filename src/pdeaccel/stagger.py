@@ -305,6 +305,44 @@ class StaggeredFlowSolver(nn.Module):
             out.append(PotentialState(assemble(pot, inner, node_shape(coarse)), assemble(pres, inner, coarse.shape)))
         return out
 
+    # ------------------------------------------------------------------ across processes
+    def rank_indices(self, rank: int, world: int) -> list[int]:
+        """The sub-solvers process ``rank`` of ``world`` runs (round-robin)."""
+        return list(range(rank, self.sub_solvers, world))
+
+    def distributed_forward(self, state: WindowState, env: FlowEnvironment, group=None) -> WindowState:
+        """:meth:`forward` with the sub-solvers spread over the processes of a ``torch.distributed``
+        group (gloo on CPU, nccl on GPU): each rank runs only its own sub-solvers on its own
+        sub-fields; the only communication is one all-gather of the new sub-fields, so that every
+        rank holds the full-resolution window. With fewer sub-solvers than ranks some ranks idle."""
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        self._check(state, env)
+        mine = self.rank_indices(rank, world)
+        new = self.step_subset(self.decompose_state(state, env, mine), self.sub_views(env))
+        # equal-length flat buffers (every rank's share padded to the largest share)
+        shares = [self.rank_indices(r, world) for r in range(world)]
+        p_shape = self.decompose_state(state, env, [0]).potential[0].shape
+        q_shape = self.decompose_state(state, env, [0]).pressure[0].shape
+        p_size, q_size = math.prod(p_shape), math.prod(q_shape)
+        width = max(len(sh) for sh in shares) * (p_size + q_size)
+        flat = torch.zeros(width, dtype=state.potential.dtype, device=state.potential.device)
+        if mine:
+            parts = [t.flatten() for pair in zip(new.potential, new.pressure) for t in pair]
+            flat[:sum(t.numel() for t in parts)] = torch.cat(parts)
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat, group=group)
+        indices, pots, press = [], [], []
+        for r, share in enumerate(shares):
+            buf = gathered[r]
+            for n, j in enumerate(share):
+                base = n * (p_size + q_size)
+                indices.append(j)
+                pots.append(buf[base:base + p_size].reshape(p_shape))
+                press.append(buf[base + p_size:base + p_size + q_size].reshape(q_shape))
+        return self.assemble_state(SubState(tuple(indices), pots, press), env)
+
     def sub_velocity(self, potential: torch.Tensor, view: FieldView) -> Velocity:
         """A sub-solver's own (coarse) face velocities: the curl of its sub-field on its grid."""
         return velocity_from_potential(potential, view.grid)
