@@ -108,7 +108,8 @@ def cost(name: str, model, cfg: dict, batch: int, repeats: int) -> dict:
            "gflop_per_fine_step": conv_flops(model, lambda: model(state, env)) / T / 1e9,
            "latency_per_fine_step_ms": 1e3 * t_call / T,
            "sequential_calls_per_fine_step_parallel": 1.0 / T,
-           "sequential_calls_per_fine_step_one_process": (len(st.offsets) if st else 1)}
+           # one process: a loop over the sub-solvers (separate weights) or one batched call (shared)
+           "sequential_calls_per_fine_step_one_process": (len(st.offsets) if st and not st.shared_weights else 1)}
     if st:
         views = st.sub_views(env)
         one = st.decompose_state(state, env, [0])
@@ -138,26 +139,17 @@ def _worker(rank: int, world: int, port: int, model, env, calls: int, out) -> No
     torch.set_num_threads(1)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    mine = list(range(rank, model.sub_solvers, world))
-    views = model.sub_views(env)
-    sub = model.decompose_state(model.initial_state(env), env, mine)
-    sizes = [p.numel() + q.numel() for p, q in zip(sub.potential, sub.pressure)]
-    width = max(len(range(r, model.sub_solvers, world)) for r in range(world)) * max(sizes)
+    state = model.initial_state(env)
     times = []
     with torch.no_grad():
         for _ in range(calls + 2):
             dist.barrier()
             start = time.perf_counter()
-            sub = model.step_subset(sub, views) if mine else sub
-            flat = torch.zeros(width)
-            if mine:
-                cat = torch.cat([t.flatten() for pair in zip(sub.potential, sub.pressure) for t in pair])
-                flat[:cat.numel()] = cat
-            gathered = [torch.empty(width) for _ in range(world)]
-            dist.all_gather(gathered, flat)  # every rank holds every sub-field: the full resolution
+            state = model.distributed_forward(state, env)  # own sub-solvers, then one all-gather
             times.append(time.perf_counter() - start)
     if rank == 0:
         out.put(statistics.median(times[2:]))
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -325,17 +317,18 @@ def markdown(data: dict) -> str:
     out = ["# NeuralStagger against the vanilla flow solver", "", f"`{data['command']}` — {data['machine']}, "
            f"torch {data['torch']}.", "", "## Cost (cpu-size networks, held-out cylinder, batch 1 unless stated)", "",
            "| setting | s | T | sub-solvers | parameters | GFLOP / fine step | latency / fine step, one process (ms) "
-           "| one sub-solver / call (ms) | speed-up of one sub-solver's coarse simulation vs vanilla | "
-           f"{rows[0].get('workers', 2)} workers / call (ms) | ideal parallel / fine step vs vanilla | sequential calls / fine step (parallel) "
-           f"| throughput, batch {data.get('batch', 32)} (fine steps/s) |", "|" + "---|" * 13]
+           "| one sub-solver / call (ms) | one sub-solver per fine step vs vanilla (= the coarse simulation's speed-up "
+           "= the ideal fully parallel speed-up) | "
+           f"{rows[-1].get('workers', 2)} workers / call (ms) | sequential calls / fine step (parallel / one process) "
+           f"| throughput, batch {data.get('batch', 32)} (fine steps/s) |", "|" + "---|" * 12]
     v_lat = vanilla["latency_per_fine_step_ms"]
     for r in rows:
         coarse_speedup = v_lat * r["window"] / r["one_sub_solver_latency_per_call_ms"]
-        ideal = v_lat * r["window"] / r["one_sub_solver_latency_per_call_ms"]
         out.append(f"| {r['setting']} | {r['stride']} | {r['window']} | {r['sub_solvers']} | {r['parameters']} | "
                    f"{_f(r['gflop_per_fine_step'])} | {_f(r['latency_per_fine_step_ms'])} | "
                    f"{_f(r['one_sub_solver_latency_per_call_ms'])} | {_f(coarse_speedup)}× | "
-                   f"{_f(r.get('parallel_latency_per_call_ms'))} | {_f(ideal)}× | {_f(r['sequential_calls_per_fine_step_parallel'])} | "
+                   f"{_f(r.get('parallel_latency_per_call_ms'))} | {_f(r['sequential_calls_per_fine_step_parallel'])} / "
+                   f"{r['sequential_calls_per_fine_step_one_process'] / r['window']:g} | "
                    f"{_f(r['throughput_fine_steps_per_s'])} |")
     if data["accuracy"]:
         out += ["", "## Accuracy on held-out domains against MACFlowSolver", "",
