@@ -369,3 +369,30 @@ def test_a_killed_rank_stops_the_job_with_a_clear_message_and_resume_takes_anoth
     assert resumed.returncode == 0, resumed.stderr
     rows = _metrics(run)
     assert [int(r["epoch"]) for r in rows] == list(range(done + 2))
+
+
+FLOW = ["flow-2d", "--quiet", "physics.length=16", "physics.height=8", "pool.size=4", "pool.reset_every=2",
+        "net.hidden=4", "net.levels=2", "data.validation=2", "data.validation_steps=2", "train.steps_per_epoch=3",
+        "train.batch_size=2"]
+
+
+def test_flow_pool_trains_on_two_processes_and_resumes_in_one(tmp_path):
+    from pdeaccel.train import io
+
+    env, run = _env(tmp_path), tmp_path / "flow"
+    two = subprocess.run([sys.executable, "-m", "pdeaccel", "train", *FLOW, "train.epochs=2", "--nproc", "2", "--out",
+                          str(run)], env=env, capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr
+    _, state = io.latest_valid_checkpoint(run / "checkpoints")
+    pool = state["task"]["pool"]
+    assert state["world_size"] == 2 and len(pool["specs"]) == 4  # the union of two pools of 2
+    assert [s["size"] for s in pool["shards"]] == [2, 2]
+    assert not torch.equal(pool["shards"][0]["generator"], pool["shards"][1]["generator"])
+    # every rank drew its own environments (pool.seed + rank): the halves differ
+    assert pool["specs"][:2] != pool["specs"][2:]
+    one = subprocess.run([sys.executable, "-m", "pdeaccel", "train", "flow-2d", "--quiet", "--resume", str(run),
+                          "train.epochs=3"], env=env, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    _, state = io.latest_valid_checkpoint(run / "checkpoints")
+    assert state["epoch"] == 3 and len(state["task"]["pool"]["specs"]) == 4
+    assert [int(r["epoch"]) for r in _metrics(run)] == [0, 1, 2]
