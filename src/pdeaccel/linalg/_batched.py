@@ -22,6 +22,12 @@ def bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).flatten(1).sum(1)
 
 
+def sum_prod(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """⟨a_i, b_i⟩ per sample as one plain reduction: what the compiled path uses (the compiler
+    fuses it with the operations producing ``a`` and ``b``; :func:`bdot` picks eager kernels)."""
+    return (a * b).flatten(1).sum(1)
+
+
 def bnorm(a: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(a.flatten(1), dim=1)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div, xpay
+from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div, sum_prod, xpay
 from .operator import LinearOperator
 
 
@@ -48,3 +48,33 @@ def bicgstab(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tens
         rho = rho_new
         res = bnorm(r)
     return MethodOutput(x, iterations, res)
+
+
+# ---- the compiled path (see _compiled.py): one iteration as a pure function of the state -------
+
+
+def bicgstab_init(b: torch.Tensor, x: torch.Tensor, r: torch.Tensor) -> tuple:
+    """State ``(x, r, p, v, ρ, α, ω, ‖r‖)`` before the first iteration (r̂ = r0 is a constant)."""
+    one = torch.ones(b.shape[0], dtype=b.dtype, device=b.device)
+    zero = torch.zeros_like(b)
+    return x, r, zero, zero, one, one, one, sum_prod(r, r).sqrt()
+
+
+def bicgstab_step(matvec, consts: tuple, state: tuple, active: torch.Tensor) -> tuple:
+    """One iteration of :func:`bicgstab` without in-place updates (the body of the compiled loop);
+    ``consts = (r̂, inv_diag)``."""
+    r_hat, inv_diag = consts
+    x, r, p, v, rho, alpha, omega, _ = state
+    rho_new = sum_prod(r_hat, r)
+    beta = safe_div(rho_new, rho) * safe_div(alpha, omega)
+    p = r + bcast(beta, p) * (p - bcast(omega, v) * v)
+    p_hat = p if inv_diag is None else inv_diag * p
+    v = matvec(p_hat)
+    alpha = safe_div(rho_new, sum_prod(r_hat, v), active)
+    s = r - bcast(alpha, v) * v
+    s_hat = s if inv_diag is None else inv_diag * s
+    t = matvec(s_hat)
+    omega = safe_div(sum_prod(t, s), sum_prod(t, t), active)
+    x = x + bcast(alpha, x) * p_hat + bcast(omega, x) * s_hat
+    r = s - bcast(omega, t) * t
+    return x, r, p, v, rho_new, alpha, omega, sum_prod(r, r).sqrt()

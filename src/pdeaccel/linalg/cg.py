@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div, xpay
+from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div, sum_prod, xpay
 from .operator import LinearOperator
 
 
@@ -42,3 +42,31 @@ def cg(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, bu
         # ‖r‖ = √⟨r,r⟩ saves a pass over r when there is no preconditioner
         res = torch.sqrt(rz) if inv_diag is None else bnorm(r)
     return MethodOutput(x, iterations, res)
+
+
+# ---- the compiled path (see _compiled.py): one iteration as a pure function of the state -------
+
+
+def cg_init(b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, inv_diag: torch.Tensor | None) -> tuple:
+    """State ``(x, r, p, ⟨r,z⟩, ‖r‖)`` before the first iteration."""
+    z = r if inv_diag is None else inv_diag * r
+    rz = sum_prod(r, z)
+    res = torch.sqrt(rz) if inv_diag is None else sum_prod(r, r).sqrt()
+    return x, r, z, rz, res
+
+
+def cg_step(matvec, consts: tuple, state: tuple, active: torch.Tensor) -> tuple:
+    """One iteration of :func:`cg` without in-place updates or host synchronisation (the body of
+    the compiled loop); ``consts = (inv_diag,)``."""
+    (inv_diag,) = consts
+    x, r, p, rz, _ = state
+    Ap = matvec(p)
+    a = bcast(safe_div(rz, sum_prod(p, Ap), active), x)
+    x = x + a * p
+    r = r - a * Ap
+    z = r if inv_diag is None else inv_diag * r
+    rz_new = sum_prod(r, z)
+    beta = safe_div(rz_new, rz, active)
+    p = z + bcast(beta, p) * p
+    res = torch.sqrt(rz_new) if inv_diag is None else sum_prod(r, r).sqrt()
+    return x, r, p, rz_new, res

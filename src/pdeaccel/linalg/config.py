@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from ._compiled import validate_setting as validate_compile_setting
 from .operator import LinearOperator
 from .solve import Monitor, SolveResult, check_settings, solve
 
@@ -30,6 +31,10 @@ class SolverConfig:
     restart: int = 20
     omega: float = 1.0
     monitor: Monitor | None = None
+    #: run the solver loop compiled (``torch.compile``; K changes never recompile): ``"auto"``
+    #: (compile once the solves of an operator and shape would have repaid the compile time),
+    #: ``True`` (from the first solve) or ``False`` (always eager). See :func:`~pdeaccel.linalg.solve`.
+    compile: bool | str = "auto"
     #: budget of the nonlinear (Picard) iterations a stepper wraps around its linear solves;
     #: ``None`` leaves the stepper's own default. Not a linear-solver setting: ``solve`` ignores it.
     nonlinear_iters: int | None = None
@@ -38,6 +43,7 @@ class SolverConfig:
         # fail where the settings are made, not at the first solve deep inside a training step
         check_settings(self.method, self.max_iters, self.rtol, self.atol, self.grad, self.preconditioner,
                        self.adjoint_max_iters, self.restart, self.omega)
+        validate_compile_setting(self.compile)
         if self.monitor is not None and not callable(self.monitor):
             raise TypeError(f"monitor must be callable(direction, method, iterations), got {type(self.monitor).__name__}.")
         n = self.nonlinear_iters

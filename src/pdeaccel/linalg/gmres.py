@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div
+from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div, sum_prod
 from .operator import LinearOperator
 
 
@@ -90,3 +90,72 @@ def _hypot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     root = torch.sqrt(torch.where(positive, sq, 1.0))
     return torch.where(positive, root, 0.0)
 
+
+
+# ---- the compiled path (see _compiled.py): one cycle as a pure function of the state -----------
+
+
+def gmres_init(b: torch.Tensor, x: torch.Tensor, r: torch.Tensor) -> tuple:
+    """State ``(x, r, ‖r‖)`` before the first cycle."""
+    return x, r, sum_prod(r, r).sqrt()
+
+
+def gmres_cycle(matvec, consts: tuple, state: tuple, active: torch.Tensor, *, restart: int) -> tuple:
+    """One restart cycle of :func:`gmres` without in-place updates or host synchronisation (the
+    body of the compiled loop); ``consts = (b, inv_diag, stop_level)``.
+
+    All ``restart`` Arnoldi steps are traced; a sample that has stopped extending its basis gets
+    zero weights for the further steps, exactly as when the eager cycle ends early, so both give
+    the same iterate."""
+    b, inv_diag, stop_level = consts
+    x, r, res = state
+
+    def precond(v):
+        return v if inv_diag is None else inv_diag * v
+
+    beta = res
+    inv_beta = safe_div(torch.ones_like(beta), beta, active)
+    basis = [r * bcast(inv_beta, r)]
+    R_cols: list[list[torch.Tensor]] = []
+    cs: list[torch.Tensor] = []
+    sn: list[torch.Tensor] = []
+    g = [beta]
+    extends: list[torch.Tensor] = []
+    extending = active
+    for j in range(restart):
+        w = matvec(precond(basis[j]))
+        h = []
+        for i in range(j + 1):
+            hij = sum_prod(w, basis[i])
+            w = w - bcast(hij, w) * basis[i]
+            h.append(hij)
+        h_next = sum_prod(w, w).sqrt()
+        basis.append(w * bcast(safe_div(torch.ones_like(h_next), h_next), w))
+        for i in range(j):
+            hi, hi1 = h[i], h[i + 1]
+            h[i] = cs[i] * hi + sn[i] * hi1
+            h[i + 1] = -sn[i] * hi + cs[i] * hi1
+        denom = _hypot(h[j], h_next)
+        c = torch.where(denom == 0, 1.0, safe_div(h[j], denom))
+        s = safe_div(h_next, denom)
+        h[j] = denom
+        cs.append(c)
+        sn.append(s)
+        g.append(-s * g[j])
+        g[j] = c * g[j]
+        R_cols.append(h)
+        extends.append(extending)
+        extending = extending & (g[j + 1].abs() > stop_level)
+    m = len(R_cols)
+    y: list[torch.Tensor] = [torch.zeros_like(beta)] * m
+    for i in range(m - 1, -1, -1):
+        acc = g[i]
+        for k in range(i + 1, m):
+            acc = acc - R_cols[k][i] * y[k]
+        y[i] = safe_div(acc, R_cols[i][i], extends[i])
+    update = basis[0] * bcast(y[0], x)
+    for i in range(1, m):
+        update = update + bcast(y[i], x) * basis[i]
+    x = x + precond(update)
+    r = b - matvec(x)
+    return x, r, sum_prod(r, r).sqrt()

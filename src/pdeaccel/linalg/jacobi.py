@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._batched import Budget, MethodOutput, axpy, bcast, bnorm
+from ._batched import Budget, MethodOutput, axpy, bcast, bnorm, sum_prod
 from .operator import LinearOperator
 
 
@@ -30,3 +30,21 @@ def jacobi(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor
         r = b - op.matvec(x)  # never written into: a matvec may return (a view of) its input
         res = bnorm(r)
     return MethodOutput(x, iterations, res)
+
+
+# ---- the compiled path (see _compiled.py): one iteration as a pure function of the state -------
+
+
+def jacobi_init(b: torch.Tensor, x: torch.Tensor, r: torch.Tensor) -> tuple:
+    """State ``(x, r, ‖r‖)`` before the first iteration."""
+    return x, r, sum_prod(r, r).sqrt()
+
+
+def jacobi_step(matvec, consts: tuple, state: tuple, active: torch.Tensor) -> tuple:
+    """One iteration of :func:`jacobi` without in-place updates (the body of the compiled loop);
+    ``consts = (b, ω·D⁻¹)``."""
+    b, step = consts
+    x, r, _ = state
+    x = x + step * torch.where(bcast(active, r), r, 0.0)
+    r = b - matvec(x)
+    return x, r, sum_prod(r, r).sqrt()

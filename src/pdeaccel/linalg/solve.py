@@ -8,6 +8,7 @@ from typing import Callable, Literal
 
 import torch
 
+from . import _compiled
 from ._batched import Budget, MethodOutput, bnorm
 from .bicgstab import bicgstab
 from .cg import cg
@@ -62,6 +63,7 @@ class _Settings:
     preconditioner: str | None
     restart: int
     omega: float
+    compile: bool | str = False
 
 
 def solve(
@@ -79,6 +81,7 @@ def solve(
     restart: int = 20,
     omega: float = 1.0,
     monitor: Monitor | None = None,
+    compile: bool | Literal["auto"] = "auto",
 ) -> SolveResult:
     """Solve ``A x = b`` for every sample of a batch with a matrix-free iterative method.
 
@@ -106,6 +109,13 @@ def solve(
         restart: GMRES restart length m.
         omega: Jacobi relaxation weight.
         monitor: called with the iteration counts of every forward and adjoint solve.
+        compile: run the loop as one ``torch.compile``d graph (K stays a runtime value: changing it
+            never recompiles; a new shape, dtype or operator code compiles once). ``True``
+            compiles at the first solve, ``False`` never; ``"auto"`` solves eagerly until the
+            iterations run on this operator and shape would have repaid the estimated compile time,
+            then compiles (see :mod:`pdeaccel.linalg._compiled`). Only solves that record no
+            graph are compiled (everything but an unrolled solve that needs a gradient); a
+            failed compilation warns and solves eagerly.
 
     Non-convergence is reported in the result (``converged``), never raised.
 
@@ -119,8 +129,10 @@ def solve(
         True
     """
     op = as_operator(A)
+    _compiled.validate_setting(compile)
     settings, x0, r0 = _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner,
                                  adjoint_max_iters, restart, omega)
+    settings.compile = compile
     adjoint_budget = settings.max_iters if adjoint_max_iters is None else int(adjoint_max_iters)
 
     # r0 = b − A x0 carries the graph of b, x0 and every tensor A closes over
@@ -186,6 +198,19 @@ def _run(op: LinearOperator, b: torch.Tensor, x0: torch.Tensor, r0: torch.Tensor
     inv_diag = None
     if s.method == "jacobi" or s.preconditioner == "jacobi":
         inv_diag = 1.0 / op.get_diagonal()
+    note = None
+    if inplace:  # records no graph: the compiled loop may run it
+        out, note = _compiled.run(s.compile, s.method, op, b, x0, r0, budget, inv_diag, s.omega, s.restart)
+        if out is not None:
+            return out
+    out = _run_eager(op, b, x0, r0, s, budget, inv_diag, inplace=inplace)
+    if note is not None:
+        note(out)
+    return out
+
+
+def _run_eager(op: LinearOperator, b: torch.Tensor, x0: torch.Tensor, r0: torch.Tensor, s: _Settings, budget: Budget,
+               inv_diag: torch.Tensor | None, *, inplace: bool) -> MethodOutput:
     if s.method == "jacobi":
         return jacobi(op, b, x0, r0, budget, omega=s.omega, inv_diag=inv_diag, inplace=inplace)
     if s.method == "cg":

@@ -1,0 +1,284 @@
+"""The compiled path of the solvers: the whole budgeted loop as one ``torch.compile``d graph.
+
+Small problems (the PRDP grids: 30–64 points a side, small batches) are overhead-bound in eager
+PyTorch: a CG iteration is about 35 small operations, a few µs of dispatch each, while its
+arithmetic takes a few µs in all. Here each method's iteration is a pure function of its state
+(``*_step`` in the method's file) and the loop over the budget is a ``while_loop`` whose trip count
+is a *tensor* input: the budget K and the tolerance test live inside the graph, so
+
+* changing K never recompiles (K is data, not a constant of the graph), and the convergence
+  test costs no host round trip;
+* a new shape, dtype, device, operator code or method compiles once (``dynamic=False``:
+  fixed shapes give the fastest kernels) and is cached;
+* the implicit mode's adjoint solve runs the same compiled loop (for a symmetric operator the
+  very same graph as the forward solve).
+
+The operator's matvec is traced into the graph. A stencil operator is a closure created anew at
+every step (``HeatStepper.operator`` and friends); torch.compile guards a closure on its code
+object and on the values it captures, so a new closure of the same code over the same grid and
+coefficients reuses the compiled graph (``tests/test_compiled_solvers.py`` counts this).
+Captured *tensors* (a learned diffusivity) are graph inputs: their values may change freely.
+
+Only solves nobody differentiates through go this way (the forward solve of the implicit mode and
+every solve under ``no_grad``, the adjoint solve): an unrolled solve that records a graph stays
+eager. If compilation fails (no C++ compiler, an operator torch.compile cannot trace), the solve
+warns once per operator and shape and runs eagerly, with the same result.
+
+When the path is used is :func:`wants_compile`'s rule, documented there and in the README.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ._batched import Budget, MethodOutput
+from .bicgstab import bicgstab_init, bicgstab_step
+from .cg import cg_init, cg_step
+from .gmres import gmres_cycle, gmres_init
+from .jacobi import jacobi_init, jacobi_step
+from .operator import LinearOperator
+
+COMPILE_SETTINGS = ("auto", True, False)
+
+# ---- the "auto" rule: a ski-rental decision per cache key, from measured costs ----------------
+#
+# Compiling costs a one-off C seconds and then saves s seconds per iteration. Not knowing how long
+# a run will be, "auto" solves eagerly until the savings compiling *would* have made reach C, then
+# compiles: never more than twice the cost of the better fixed choice, whatever the run length,
+# and nothing for a short run (a test, a demo, a few hundred solves). The savings are counted
+# from the iterations actually run and a per-iteration estimate, not from timings, so the switch
+# happens at the same solve in every run of the same program (results are reproducible).
+# Figures from benchmarks/results/solvers.md ("Compiled path"; one thread, 2-core shared machine):
+#: estimated compile time (s) of one key; GMRES grows with its restart length (graph size ~ m²)
+COMPILE_SECONDS = {"jacobi": 6.0, "cg": 7.0, "bicgstab": 8.0, "gmres": 10.0}
+GMRES_COMPILE_SECONDS_PER_STEP2 = 0.1
+#: eager minus compiled time per iteration (µs) at the smallest sizes (per-operation overhead);
+#: larger problems save more (fewer passes over memory), which makes the rule conservative
+SAVING_US_PER_ITERATION = {"jacobi": 30.0, "cg": 70.0, "bicgstab": 140.0, "gmres": 60.0}  # gmres: per Arnoldi step
+
+
+def compile_cost_estimate(method: str, restart: int = 20) -> float:
+    """Estimated seconds to compile one key of ``method`` (see the constants above)."""
+    base = COMPILE_SECONDS[method]
+    return base + (GMRES_COMPILE_SECONDS_PER_STEP2 * restart * restart if method == "gmres" else 0.0)
+
+
+def saving_estimate(method: str, iterations: int, restart: int = 20) -> float:
+    """Estimated seconds the compiled loop saves over ``iterations`` eager iterations (GMRES: cycles)."""
+    steps = iterations * (restart + 1) if method == "gmres" else iterations
+    return steps * SAVING_US_PER_ITERATION[method] * 1e-6
+
+
+# ---- bookkeeping --------------------------------------------------------------------------------
+
+
+@dataclass
+class CompileStats:
+    """Process-wide counts of the compiled path (see :func:`compile_stats`)."""
+
+    compiles: int = 0  # graphs torch.compile built for solver loops (first compiles and recompiles)
+    compile_seconds: float = 0.0  # wall time of the calls that compiled (tracing + code generation + first run)
+    compiled_solves: int = 0  # solves that ran a compiled loop
+    eager_solves: int = 0  # solves that could have been compiled but ran eagerly ("auto" still warming up, or a fallback)
+    fallbacks: int = 0  # keys whose compilation failed (they run eagerly from then on)
+    keys: int = 0  # distinct (method, operator code, shape, dtype, device, ...) keys seen
+
+
+_STATS = CompileStats()
+
+
+def compile_stats() -> CompileStats:
+    """A copy of the process-wide counters of the compiled solver path."""
+    return CompileStats(**_STATS.__dict__)
+
+
+def reset_compile_stats() -> None:
+    for f in _STATS.__dataclass_fields__:
+        setattr(_STATS, f, type(getattr(_STATS, f))())
+
+
+@dataclass
+class _Entry:
+    driver: Callable | None = None  # the torch.compile'd loop, built on first use
+    failed: bool = False
+    saving: float = 0.0  # estimated seconds compiling would have saved so far ("auto")
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+_CACHE: dict[tuple, _Entry] = {}
+_AVAILABLE: bool | None = None
+
+
+def clear_cache() -> None:
+    """Forget every compiled loop (the next solve of each key compiles again under ``compile=True``)."""
+    _CACHE.clear()
+
+
+def available() -> bool:
+    """Whether this torch has ``torch.compile`` and the ``while_loop`` operator at all (a C++
+    compiler is only found out by compiling: a failure then falls back to eager with a warning)."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        try:
+            from torch._higher_order_ops.while_loop import while_loop  # noqa: F401
+            _AVAILABLE = hasattr(torch, "compile")
+        except Exception:  # pragma: no cover - depends on the torch build
+            _AVAILABLE = False
+    return _AVAILABLE
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+def _make_driver(step: Callable) -> Callable:
+    """The function torch.compile sees: the budgeted loop around ``step`` as a ``while_loop``.
+
+    Same stopping rule as :class:`~pdeaccel.linalg._batched.Budget`: before an iteration a sample
+    is active while its residual norm is above its stop level; with a tolerance the loop ends as
+    soon as none is (and counts only the active samples' iterations), without one it runs K."""
+    from torch._higher_order_ops.while_loop import while_loop
+
+    def driver(matvec, K, stop_level, checks_tolerance, consts, state):
+        # K and checks_tolerance are tensors: data of the graph, not constants baked into it
+        iterations = torch.zeros(stop_level.shape, dtype=torch.int64, device=stop_level.device)
+        i0 = torch.zeros((), dtype=torch.int64, device=stop_level.device)
+
+        def cond(i, iterations, *state):
+            return (i < K) & ((state[-1] > stop_level).any() | ~checks_tolerance)
+
+        def body(i, iterations, *state):
+            active = state[-1] > stop_level
+            iterations = iterations + torch.where(checks_tolerance, active.to(iterations.dtype), 1)
+            return (i + 1, iterations, *step(matvec, consts, state, active))
+
+        # the loop's carried tensors must not alias each other or its other inputs (p = r in CG,
+        # b = r0 in an adjoint solve): copies, made once per solve inside the graph
+        state = tuple(t.clone() for t in state)
+        out = while_loop(cond, body, (i0, iterations, *state))
+        return out[1], out[2], out[-1]  # iterations, x, residual norm
+
+    # a code object of its own per key: torch.compile keeps its cache (and its recompile limit)
+    # per code object, and one shared driver would run out of both across methods and shapes
+    code = driver.__code__.replace()
+    return types.FunctionType(code, driver.__globals__, driver.__name__, driver.__defaults__, driver.__closure__)
+
+
+def _compile(fn: Callable) -> Callable:
+    """torch.compile with fixed shapes (fastest kernels; a new shape is a new graph) and the whole
+    loop as one graph (a graph break would bring back the per-iteration overhead)."""
+    return torch.compile(fn, dynamic=False, fullgraph=True)
+
+
+def _code_of(fn: Any) -> Any:
+    fn = getattr(fn, "__func__", fn)
+    return getattr(fn, "__code__", type(fn))
+
+
+def _step(method: str, restart: int) -> Callable:
+    if method == "cg":
+        return cg_step
+    if method == "jacobi":
+        return jacobi_step
+    if method == "bicgstab":
+        return bicgstab_step
+    def gmres_step(matvec, consts, state, active):
+        return gmres_cycle(matvec, consts, state, active, restart=restart)
+    return gmres_step
+
+
+def _shape(t: torch.Tensor | None):
+    return None if t is None else (tuple(t.shape), t.dtype)
+
+
+Note = Callable[[MethodOutput], None]
+
+
+def run(setting: bool | str, method: str, op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
+        budget: Budget, inv_diag: torch.Tensor | None, omega: float, restart: int) -> tuple[MethodOutput | None, Note | None]:
+    """Run the compiled loop: ``(output, None)``; or ``(None, note)`` for the eager path (setting
+    off, compilation unavailable or failed, or "auto" still eager for this key), where ``note``,
+    when not ``None``, wants the eager output (the "auto" rule's account of this key).
+    Only call without autograd recording."""
+    if setting is False or not available():
+        return None, None
+    key = (method, restart if method == "gmres" else None, _code_of(op.matvec), tuple(b.shape), b.dtype, b.device,
+           _shape(inv_diag))
+    entry = _CACHE.get(key)
+    if entry is None:
+        entry = _CACHE[key] = _Entry()
+        _STATS.keys += 1
+    if entry.failed:
+        _STATS.eager_solves += 1
+        return None, None
+    if setting == "auto" and entry.driver is None and entry.saving < compile_cost_estimate(method, restart):
+        _STATS.eager_solves += 1
+
+        def note(out: MethodOutput) -> None:
+            iterations = int(out.iterations.max()) if out.iterations.numel() else 0
+            entry.saving += saving_estimate(method, iterations, restart)
+
+        return None, note
+
+    if entry.driver is None:
+        entry.driver = _compile(_make_driver(_step(method, restart)))
+    # distinct contiguous inputs: torch.compile guards on strides and on which inputs alias (an
+    # adjoint solve passes b = r0), so either would compile a second graph
+    b, x, r = _distinct(b.contiguous(), x.contiguous(), r.contiguous())
+    if method == "cg":
+        consts, state = (inv_diag,), cg_init(b, x, r, inv_diag)
+    elif method == "jacobi":
+        consts, state = (b, omega * inv_diag), jacobi_init(b, x, r)
+    elif method == "bicgstab":
+        consts, state = (r.clone(), inv_diag), bicgstab_init(b, x, r)
+    else:
+        consts, state = (b, inv_diag, budget.stop_level), gmres_init(b, x, r)
+    K = torch.tensor(budget.max_iters, dtype=torch.int64, device=b.device)
+    checks = torch.tensor(budget.checks_tolerance, device=b.device)
+    graphs = _graph_count()
+    started = time.perf_counter()
+    try:
+        iterations, x_out, res = entry.driver(op.matvec, K, budget.stop_level, checks, consts, state)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means: solve eagerly
+        entry.failed, entry.driver = True, None
+        _STATS.fallbacks += 1
+        _STATS.eager_solves += 1
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        warnings.warn(f"pdeaccel: compiling the {method} loop failed ({type(exc).__name__}: {first_line}); "
+                      "solving eagerly (compile=False silences this).", RuntimeWarning, stacklevel=4)
+        return None, None
+    new_graphs = _graph_count() - graphs
+    if new_graphs:
+        _STATS.compiles += new_graphs
+        _STATS.compile_seconds += time.perf_counter() - started
+    _STATS.compiled_solves += 1
+    return MethodOutput(x_out, iterations, res), None
+
+
+def _distinct(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    out: list[torch.Tensor] = []
+    for t in tensors:
+        if any(t.untyped_storage().data_ptr() == o.untyped_storage().data_ptr() for o in out):
+            t = t.clone()
+        out.append(t)
+    return tuple(out)
+
+
+def _graph_count() -> int:
+    """Graphs torch.compile has built in this process (its own counter; a recompile is a graph)."""
+    try:
+        from torch._dynamo.utils import counters
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # pragma: no cover
+        return 0
+
+
+def validate_setting(value: Any) -> None:
+    if isinstance(value, bool) or (isinstance(value, str) and value == "auto"):
+        return
+    raise ValueError(f"compile must be 'auto', True or False, got {value!r}.")
