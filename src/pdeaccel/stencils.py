@@ -76,8 +76,23 @@ def laplacian(u: torch.Tensor, grid: Grid, *, scale: float = 1.0) -> torch.Tenso
     Ghost values as in :func:`pad_axis`: periodic wrap, zero (dirichlet), mirrored (neumann).
     ``scale`` is folded into the stencil weights: ``laplacian(u, g, scale=-1.0)`` is ``-Δu``
     (the Poisson matvec) without the extra pass and allocation of ``-laplacian(u, g)``.
+
+    Three formulations of the same stencil, picked by context: in-place updates of one output
+    tensor through shifted views (eager, fastest), the same wrapped in an autograd function whose
+    backward is the stencil itself (the matrix is symmetric for every boundary kind; recording the
+    in-place view updates instead costs a copy of the output per update in backward), and a
+    shifted-sum expression under ``torch.compile``, which fuses it into one loop (the compiler
+    turns in-place updates of views into a chain of masked copies).
     """
     _check_axis(u, grid, "u", "laplacian")
+    if torch.compiler.is_compiling():
+        return _laplacian_shifted(u, grid, scale)
+    if torch.is_grad_enabled() and u.requires_grad and isinstance(scale, (int, float)):
+        return _SymmetricStencil.apply(u, grid, float(scale))
+    return _laplacian_views(u, grid, scale)
+
+
+def _laplacian_views(u: torch.Tensor, grid: Grid, scale: float) -> torch.Tensor:
     inv_h2 = [scale / (h * h) for h in grid.spacing]
     # One output tensor updated through shifted views: this is the matvec of every Poisson and
     # heat solve, and each extra full-size temporary costs as much as the arithmetic (CPU memory
@@ -96,6 +111,31 @@ def laplacian(u: torch.Tensor, grid: Grid, *, scale: float = 1.0) -> torch.Tenso
             out.narrow(dim, 0, 1).add_(u.narrow(dim, 0, 1), alpha=c)
             out.narrow(dim, n - 1, 1).add_(u.narrow(dim, n - 1, 1), alpha=c)
     return out
+
+
+def _laplacian_shifted(u: torch.Tensor, grid: Grid, scale) -> torch.Tensor:
+    """The stencil as one expression of shifted copies (ghosts by :func:`_neighbours`): what
+    ``torch.compile`` fuses into a single pass."""
+    inv_h2 = [scale / (h * h) for h in grid.spacing]
+    out = u * (-2.0 * sum(inv_h2))
+    for axis, c in enumerate(inv_h2):
+        left, right = _neighbours(u, axis, grid)
+        out = out + c * (left + right)
+    return out
+
+
+class _SymmetricStencil(torch.autograd.Function):
+    """:func:`laplacian` for recorded graphs: forward in place on views, backward = the stencil
+    (symmetric), so neither direction records per-view copies. Supports double backward."""
+
+    @staticmethod
+    def forward(ctx, u, grid, scale):
+        ctx.grid, ctx.scale = grid, scale
+        return _laplacian_views(u, grid, scale)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return laplacian(grad_out, ctx.grid, scale=ctx.scale), None, None
 
 
 def laplacian_diagonal(grid: Grid, dtype: torch.dtype = torch.float64) -> torch.Tensor:
