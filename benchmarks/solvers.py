@@ -23,7 +23,18 @@ forward+backward it is still divided by the *forward* K. GMRES runs K/10 restart
 m = 10 Arnoldi steps (its budget counts cycles) and its time is per Arnoldi step.
 
 Run: ``.venv/bin/python benchmarks/solvers.py [--quick]``; writes ``benchmarks/results/solvers.md``
-and ``solvers.json`` (``--out`` to change). ``--threads`` (default 1) sets torch's and BLAS's
+and ``solvers.json`` (``--out`` to change).
+
+``--compiled`` measures only the compiled path (``solve(..., compile=True)``) on the small
+problems of the PRDP experiments (1D 30 points, 32², 64², 32³; batch 1 and 8; K = 10 and 50;
+forward and implicit forward+backward), side by side in one run with our eager path, scipy and
+``jax.scipy.sparse.linalg.cg`` (jit-compiled, if JAX is installed: an optional benchmark
+dependency, ``pip install "jax[cpu]"``; without it that column is skipped with a note), plus the
+compile times (ours once per shape; JAX's again for every new K, as in the PRDP reference code
+where maxiter is static), the number of recompilations while K alternates, the other three
+methods, and the break-even point of a heat-2d training run. It stores its results under
+``"compiled"`` in the existing ``solvers.json`` and rewrites ``solvers.md``. The inductor cache
+goes to a fresh temporary directory, so the compile times are cold ones. ``--threads`` (default 1) sets torch's and BLAS's
 thread count: on a machine shared with other jobs, a second OpenMP thread that is not scheduled
 stalls every parallel kernel for a whole time slice, so one thread gives meaningful numbers.
 """
@@ -43,6 +54,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite solvers.md from an existing solvers.json in --out, measuring nothing")
+    parser.add_argument("--compiled", action="store_true",
+                        help="measure only the compiled path on small problems (see the docstring)")
     parser.add_argument("--max-graph-gib", type=float, default=1.5,
                         help="skip an unrolled run whose autograd graph would exceed this (estimated from the smaller K)")
     args = parser.parse_args(argv)
@@ -55,6 +68,12 @@ ARGS = _parse_args() if __name__ == "__main__" else None
 if ARGS is not None:  # thread counts must be set before numpy/scipy/torch load their BLAS
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
+    if ARGS.threads == 1:  # JAX's CPU backend: one thread as well
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1").strip()
+    if ARGS.compiled:  # cold compile times: no inductor cache from earlier runs
+        import tempfile
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="pdeaccel-inductor-")
 
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -551,11 +570,31 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {e['problem']} | {e['batch']} | {e['K']} | {e['ours_us_per_sample_iteration']:,.0f} | "
                      f"{e['scipy_us_per_sample_iteration']:,.0f} |")
     lines.append("")
+    if "compiled" in report:
+        from _compiled_bench import compiled_markdown
+        lines += compiled_markdown(report["compiled"])
     return "\n".join(lines)
 
 
 def main() -> int:
     args = ARGS
+    if args.compiled:
+        from _compiled_bench import compiled_targets, run_compiled_benchmark
+        path = args.out / "solvers.json"
+        report = json.loads(path.read_text()) if path.exists() else None
+        compiled = run_compiled_benchmark(args, scipy_poisson)
+        for t in compiled_targets(compiled):
+            print(("PASS" if t["pass"] else "FAIL"), t["target"], t["case"], t["detail"])
+        if report is None:  # nothing else measured yet: store the section alone
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "solvers_compiled.json").write_text(json.dumps(compiled, indent=1, ensure_ascii=False))
+            print(f"wrote {args.out / 'solvers_compiled.json'} (no solvers.json to add it to)")
+            return 0
+        report["compiled"] = compiled
+        path.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        (args.out / "solvers.md").write_text(to_markdown(report))
+        print(f"added the compiled section to {path} and {args.out / 'solvers.md'} ({compiled['wall_time_s']:.0f} s)")
+        return 0
     if args.render_only:
         report = json.loads((args.out / "solvers.json").read_text())
         (args.out / "solvers.md").write_text(to_markdown(report))

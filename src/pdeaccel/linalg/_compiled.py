@@ -53,14 +53,24 @@ COMPILE_SETTINGS = ("auto", True, False)
 # compiles: never more than twice the cost of the better fixed choice, whatever the run length,
 # and nothing for a short run (a test, a demo, a few hundred solves). The savings are counted
 # from the iterations actually run and a per-iteration estimate, not from timings, so the switch
-# happens at the same solve in every run of the same program (results are reproducible).
-# Figures from benchmarks/results/solvers.md ("Compiled path"; one thread, 2-core shared machine):
+# happens at the same solve in every run of the same program (results are reproducible; a
+# resumed training run counts afresh, though, so where a resumed run must be bit-identical to an
+# uninterrupted one, fix compile=True or False).
+# Figures from benchmarks/results/solvers.md ("Compiled path"; one thread on a shared, heavily loaded
+# 2-core machine). Compile: 4–10 s per shape for CG, Jacobi and BiCGStab once inductor is warm (the
+# first compile of a process with a cold cache took 40 s); GMRES traces its whole restart cycle,
+# and m = 10 took 90–200 s. Savings: eager minus compiled per iteration at the smallest sizes (1D, 30
+# points, batch 1): CG 150 µs, Jacobi 27 µs, BiCGStab 280 µs; the estimates below are about half
+# (an idle machine has less overhead to save), and larger problems save more per iteration, which
+# only makes the rule compile later than it could.
+#: "auto" leaves larger solves eager: at 32³ × batch 8 (262,144 unknowns in all) the compiled
+#: loop was no faster (×0.95–1.21), at 32,768 it was 1.1–4× faster
+AUTO_MAX_NUMEL = 2**17
 #: estimated compile time (s) of one key; GMRES grows with its restart length (graph size ~ m²)
-COMPILE_SECONDS = {"jacobi": 6.0, "cg": 7.0, "bicgstab": 8.0, "gmres": 10.0}
-GMRES_COMPILE_SECONDS_PER_STEP2 = 0.1
-#: eager minus compiled time per iteration (µs) at the smallest sizes (per-operation overhead);
-#: larger problems save more (fewer passes over memory), which makes the rule conservative
-SAVING_US_PER_ITERATION = {"jacobi": 30.0, "cg": 70.0, "bicgstab": 140.0, "gmres": 60.0}  # gmres: per Arnoldi step
+COMPILE_SECONDS = {"jacobi": 8.0, "cg": 10.0, "bicgstab": 10.0, "gmres": 10.0}
+GMRES_COMPILE_SECONDS_PER_STEP2 = 2.0
+#: eager minus compiled time per iteration (µs) at the smallest sizes (per-operation overhead)
+SAVING_US_PER_ITERATION = {"jacobi": 15.0, "cg": 70.0, "bicgstab": 140.0, "gmres": 60.0}  # gmres: per Arnoldi step
 
 
 def compile_cost_estimate(method: str, restart: int = 20) -> float:
@@ -170,9 +180,12 @@ def _make_driver(step: Callable) -> Callable:
 
 
 def _compile(fn: Callable) -> Callable:
-    """torch.compile with fixed shapes (fastest kernels; a new shape is a new graph) and the whole
-    loop as one graph (a graph break would bring back the per-iteration overhead)."""
-    return torch.compile(fn, dynamic=False, fullgraph=True)
+    """torch.compile with fixed shapes (fastest kernels; a new shape is a new graph), the whole
+    loop as one graph (a graph break would bring back the per-iteration overhead) and a C++
+    wrapper: with the default Python wrapper every trip of the loop runs Python code that
+    allocates and checks each buffer (≈ 3× the per-iteration time of a 30-point CG; the C++
+    wrapper costs a longer first compile)."""
+    return torch.compile(fn, dynamic=False, fullgraph=True, options={"cpp_wrapper": True, "size_asserts": False})
 
 
 def _code_of(fn: Any) -> Any:
@@ -205,7 +218,7 @@ def run(setting: bool | str, method: str, op: LinearOperator, b: torch.Tensor, x
     off, compilation unavailable or failed, or "auto" still eager for this key), where ``note``,
     when not ``None``, wants the eager output (the "auto" rule's account of this key).
     Only call without autograd recording."""
-    if setting is False or not available():
+    if setting is False or not available() or (setting == "auto" and b.numel() > AUTO_MAX_NUMEL):
         return None, None
     key = (method, restart if method == "gmres" else None, _code_of(op.matvec), tuple(b.shape), b.dtype, b.device,
            _shape(inv_diag))
