@@ -33,8 +33,10 @@ class SolverConfig:
     monitor: Monitor | None = None
     #: run the solver loop compiled (``torch.compile``; K changes never recompile): ``"auto"``
     #: (compile once the solves of an operator and shape would have repaid the compile time),
-    #: ``True`` (from the first solve) or ``False`` (always eager). See :func:`~pdeaccel.linalg.solve`.
-    compile: bool | str = "auto"
+    #: ``True`` (from the first solve) or ``False`` (always eager, the default: the compile time was
+    #: not repaid within a PRDP run of heat-2d, and a run that switches mid-way is not bit-identical
+    #: after a resume). See :func:`~pdeaccel.linalg.solve`.
+    compile: bool | str = False
     #: budget of the nonlinear (Picard) iterations a stepper wraps around its linear solves;
     #: ``None`` leaves the stepper's own default. Not a linear-solver setting: ``solve`` ignores it.
     nonlinear_iters: int | None = None

@@ -81,7 +81,7 @@ def solve(
     restart: int = 20,
     omega: float = 1.0,
     monitor: Monitor | None = None,
-    compile: bool | Literal["auto"] = "auto",
+    compile: bool | Literal["auto"] = False,
 ) -> SolveResult:
     """Solve ``A x = b`` for every sample of a batch with a matrix-free iterative method.
 
