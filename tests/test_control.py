@@ -16,8 +16,8 @@ import torch
 
 from pdeaccel.cli import main
 from pdeaccel.control import (ControlledEnvironment, ControlSettings, LearnedSimulator, NumericalSimulator, Probe,
-                              optimise, simulate, spectral_frequency)
-from pdeaccel.experiments.control import build_problem, get_problem
+                              evaluate, optimise, simulate, spectral_frequency)
+from pdeaccel.experiments.control import build_problem, control_target, get_problem
 from pdeaccel.experiments.flow import build_environment
 from pdeaccel.experiments.flow_eval import probe_window
 from pdeaccel.neural_flow import NeuralFlowSolver
@@ -238,6 +238,29 @@ def test_adam_reaches_the_target_frequency(target):
     assert all(h["gradient_seconds"] >= 0 for h in run.history)
 
 
+def test_it_stops_on_a_bound_the_gradient_pushes_beyond():
+    class Bounded(_ToyEnv):
+        bounds = {"rate": (0.8, 3.0)}  # f(0.8) = 0.0157: the target 0.012 lies below the bound
+
+    settings = ControlSettings(warmup=0, window=200, iterations=20, lr=0.5)
+    run = optimise(_ToySim(), Bounded(), {"rate": 1.5}, 0.012, None, settings)
+    assert run.stop_reason == "at a bound" and not run.converged
+    assert run.history[-1]["control.rate"] == pytest.approx(0.8)
+    assert len(run.history) < 20
+
+
+def test_the_learning_rate_halves_where_the_frequency_crosses_the_target():
+    settings = ControlSettings(warmup=0, window=160, iterations=8, tolerance=0.001, lr=0.3)
+    run = optimise(_ToySim(), _ToyEnv(), {"rate": 1.0}, 0.027, None, settings)
+    rows = run.history
+    crossings = 0
+    for prev, row in zip(rows, rows[1:]):
+        crossed = (row["frequency"] > 0.027) != (prev["frequency"] > 0.027)
+        crossings += crossed
+        assert row["lr"] == pytest.approx(prev["lr"] * (0.5 if crossed else 1.0))
+    assert crossings >= 1
+
+
 # ------------------------------------------------------------------------------ problems and the command
 def test_named_problems_build_at_both_sizes():
     for name in ("inflow", "magnus"):
@@ -256,6 +279,24 @@ TINY = ["physics.length=24", "physics.height=12", "obstacle.center=[6,6.24]", "o
         "settings.warmup=8", "settings.window=24", "settings.iterations=2", "numerical.substeps=2"]
 
 
+def test_a_control_found_through_a_learned_model_is_re_simulated_by_the_numerical_solver():
+    torch.manual_seed(0)
+    model = NeuralFlowSolver(2, hidden=4, levels=2, potential_scale=3.0).double()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    cenv, probe = _box_problem()
+    settings = ControlSettings(warmup=4, window=20, iterations=1)
+    verifier = NumericalSimulator(2)
+    row = control_target(LearnedSimulator(model), verifier, cenv, probe, settings, 0.05, {"inflow_scale": 0.8}, 1.0,
+                         progress=False)
+    with torch.no_grad():
+        ref = evaluate(verifier, cenv, row["best"], probe, settings)
+    assert row["frequency_numerical"] == pytest.approx(float(ref.frequency), rel=1e-12)
+    assert row["frequency_numerical"] != row["frequency_model"]
+    assert row["error_numerical"] == pytest.approx((row["frequency_numerical"] - 0.05) / 0.05)
+    assert np.allclose(row["_signals"]["numerical_best"], ref.signal)
+
+
 def test_cli_control_lists_runs_and_writes_a_run_directory(tmp_path, capsys):
     assert main(["control"]) == 0
     assert "inflow" in capsys.readouterr().out
@@ -270,6 +311,39 @@ def test_cli_control_lists_runs_and_writes_a_run_directory(tmp_path, capsys):
     assert row["target"] == 0.06 and 1 <= row["iterations"] <= 2
     assert row["frequency_numerical"] == row["frequency_model"]  # the model is the numerical solver here
     assert "f re-simulated" in (out / "report.md").read_text()
+
+
+def _untrained_run(tmp_path, length=24, height=12):
+    """A flow-2d run directory with an untrained (zero-output: it never sheds) tiny vanilla model."""
+    import yaml
+
+    from pdeaccel.experiments.flow import _CPU_2D, build_model
+    from pdeaccel.train import io
+
+    cfg = copy.deepcopy(_CPU_2D)
+    cfg["physics"].update({"length": length, "height": height})
+    cfg["net"].update({"hidden": 4, "levels": 2})
+    cfg.update({"experiment": "flow-2d", "size": "cpu"})
+    run = tmp_path / "model"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"config": cfg}))
+    io.save_checkpoint(run / "checkpoints" / "epoch_00000.ckpt", {"task": {"net": build_model(cfg).state_dict()},
+                                                                   "epoch": 0})
+    return run
+
+
+def test_a_learned_model_that_does_not_shed_is_reported_and_not_optimised(tmp_path, capsys):
+    run = _untrained_run(tmp_path)
+    out = tmp_path / "out"
+    assert main(["control", "inflow", "--model", str(run), "--out", str(out), "--quiet", *TINY]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert not report["initial_model"]["shedding"]
+    for row in report["targets"]:
+        assert "does not shed" in row["skipped"] and row["iterations"] == 0
+    assert "does not shed" in (out / "report.md").read_text()
+    # a model of another grid is refused, naming what differs
+    assert main(["control", "inflow", "--model", str(run), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "trained for length=24" in capsys.readouterr().err
 
 
 def test_cli_control_refuses_bad_arguments(tmp_path, capsys):

@@ -498,6 +498,7 @@ class ControlRun:
     last_signal: np.ndarray | None = None
     sample_dt: float = 1.0
     converged: bool = False
+    stop_reason: str = "iterations"
     seconds: float = 0.0
     best_evaluation: "Evaluation | None" = None
 
@@ -510,7 +511,8 @@ def optimise(simulator, cenv: ControlledEnvironment, initial: Mapping[str, float
     gradient's scale, so the step is about ``lr`` in the controls' own units; the learning rate is
     multiplied by ``settings.cross_decay`` each time the frequency crosses the target; after each
     step the controls are clipped to ``cenv.bounds``. Stops at ``settings.iterations`` objective
-    evaluations or as soon as one is within ``settings.tolerance`` of the target. The best
+    evaluations, as soon as one is within ``settings.tolerance`` of the target, or when every
+    control sits on a bound that the gradient pushes it beyond (``run.stop_reason``). The best
     evaluation (closest to the target) is kept in ``run.best_evaluation`` (detached)."""
     if not (target > 0 and math.isfinite(target)):
         raise ValueError(f"the target frequency must be a positive number, got {target!r}.")
@@ -546,11 +548,13 @@ def optimise(simulator, cenv: ControlledEnvironment, initial: Mapping[str, float
             run.first_signal = ev.signal
         run.last_signal, run.sample_dt = ev.signal, ev.sample_dt
         done = err <= settings.tolerance * target
+        stuck = not done and all((values[k] <= cenv.bounds[k][0] and grads[k] > 0)
+                                 or (values[k] >= cenv.bounds[k][1] and grads[k] < 0) for k in active)
         if above is not None and (fv > target) != above:
             for group in opt.param_groups:
                 group["lr"] *= settings.cross_decay
         above = fv > target
-        if not done and it < settings.iterations - 1:
+        if not done and not stuck and it < settings.iterations - 1:
             opt.step()
             with torch.no_grad():
                 for k in active:
@@ -568,7 +572,10 @@ def optimise(simulator, cenv: ControlledEnvironment, initial: Mapping[str, float
         if callback is not None:
             callback(row)
         if done:
-            run.converged = True
+            run.converged, run.stop_reason = True, "converged"
+            break
+        if stuck:
+            run.stop_reason = "at a bound"  # the target lies beyond it as far as the gradient says
             break
     run.seconds = time.perf_counter() - start
     return run
