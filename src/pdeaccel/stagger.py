@@ -233,6 +233,8 @@ class StaggeredFlowSolver(nn.Module):
         """Advance the sub-solvers in ``sub`` by one call (T fine steps); each reads only its own
         sub-field and its offset's view of the environment."""
         S = len(self.offsets)
+        if not sub.indices:  # a process with no sub-solvers of its own (more ranks than sub-solvers)
+            return SubState((), [], [])
         if self.shared_weights:
             return self._step_shared(sub, views)
         pots, press = [], []
