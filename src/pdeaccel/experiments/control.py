@@ -346,6 +346,7 @@ def run_control(problem: str, *, model: str = "numerical", size: str | None = No
                        for t in cfg["targets"]]
     report = {"problem": problem, "description": prob.description, "size": cfg["size"], "model": info,
               "simulator": sim.describe(), "verifier": verifier.describe(), "control": cfg["control"]["name"],
+              "bounds": cfg["control"]["bounds"],
               "settings": cfg["settings"], "numerical": cfg["numerical"], "obstacle": cfg["obstacle"],
               "inflow": inflow, "physics": cfg["physics"], "probe": vars(probe),
               "initial_numerical": _eval_record(before, settings, inflow), "initial_model": start_rec,
