@@ -273,6 +273,12 @@ def shutdown() -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # every rank reaches the end before any leaves: a gloo peer torn down while another is
+            # still sending aborts the process ("terminate called without an active exception")
+            try:
+                dist.barrier()
+            except RuntimeError:
+                pass  # a peer is gone already; leaving is all that is left to do
             dist.destroy_process_group()
     _CONTEXT = DistContext()
 
