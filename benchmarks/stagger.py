@@ -43,7 +43,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flow import evaluate  # noqa: E402  (benchmarks/flow.py: the held-out evaluation)
+from flow import evaluate, timed  # noqa: E402  (benchmarks/flow.py: the held-out evaluation, medians)
 
 from pdeaccel.experiments.flow import build_model, held_out_environment  # noqa: E402
 from pdeaccel.experiments.flow_eval import (cell_speed, load_flow_model, potential_of, reference_rollout,  # noqa: E402
@@ -56,15 +56,6 @@ from pdeaccel.stagger import StaggeredFlowSolver  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = ["flow-2d", "flow-2d-s1t1", "flow-2d-s2t1", "flow-2d-s4t1", "flow-2d-s2t2", "flow-2d-s4t2",
             "flow-2d-s1t4", "flow-3d-s2t1"]
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def conv_flops(model: torch.nn.Module, run) -> float:
