@@ -6,7 +6,7 @@
    CLI), then again while being SIGKILLed at random moments — uniform over the uninterrupted run's
    duration, or the instant a checkpoint's temporary file appears (a checkpoint write in progress) —
    and resumed with ``--resume`` after every kill. The finished directories are compared with
-   :func:`pdeaccel.train.faults.comparable_run` (final checkpoint bit for bit, metrics.csv,
+   :func:`pdeaccel.testing.faults.comparable_run` (final checkpoint bit for bit, metrics.csv,
    events.json, report.json; only wall-clock fields excluded).
 2. Corruptions. Random truncations, bit flips and appended bytes of a checkpoint (each must be
    refused by its checksum) and random bit flips anywhere in a cached HDF5 dataset (each must be
@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from pdeaccel.experiments import data as data_mod
-from pdeaccel.train import faults, io
+from pdeaccel.testing import faults
+from pdeaccel.train import io
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -18,7 +18,8 @@ from pdeaccel.experiments import data as data_mod
 from pdeaccel.experiments.runner import train_run
 from pdeaccel.linalg import SolverConfig, solve
 from pdeaccel.prdp import FixedSchedule
-from pdeaccel.train import faults, io
+from pdeaccel.testing import faults
+from pdeaccel.train import io
 from pdeaccel.train.trainer import DivergenceError, Trainer, TrainSettings
 from toy_tasks import OneParameterTask
 

@@ -16,7 +16,7 @@ from pdeaccel.experiments import runner
 from pdeaccel.experiments.flow import build_environment, held_out_environment, sample_spec
 from pdeaccel.neural_flow import NeuralFlowSolver
 from pdeaccel.stagger import StaggeredFlowSolver
-from pdeaccel.train import faults
+from pdeaccel.testing import faults
 
 PHYSICS = {"ndim": 2, "length": 16, "height": 8, "mu": 0.1, "rho": 4.0, "dt": 1.0, "inflow_min": 0.2,
            "inflow_max": 1.0, "obstacles": ["box", "cylinder"], "magnus_max": 1.0, "move_max": 0.3,

@@ -13,7 +13,7 @@ except the fields that time something (``train_seconds``, ``validation_seconds``
 ``wall_seconds_total``) and the run directory's own path. Work an interrupted process did after
 its last checkpoint is redone and counted once, as in the uninterrupted run.
 
-``python -m pdeaccel.train.faults --slow-writes S -- train NAME ...`` runs the CLI with every
+``python -m pdeaccel.testing.faults --slow-writes S -- train NAME ...`` runs the CLI with every
 fsync delayed by S seconds, which widens the window between writing a temporary file and renaming
 it, so that a kill lands inside a checkpoint write often enough to test it.
 """
@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import io
+from ..train import io
 
 #: fields that measure time (or name the directory) and legitimately differ between runs
 TIMING_KEYS = frozenset({"train_seconds", "validation_seconds", "seconds", "wall_seconds_total", "run_dir"})
@@ -123,7 +123,7 @@ def _command(train_args: Sequence[str], out: Path, slow_writes: float) -> tuple[
     resume = (out / "config.yaml").exists()
     name = train_args[0]
     rest = ["--resume", str(out)] if resume else ["--out", str(out), *train_args[1:]]
-    cmd = [sys.executable, "-m", "pdeaccel.train.faults", "--slow-writes", str(slow_writes), "--",
+    cmd = [sys.executable, "-m", "pdeaccel.testing.faults", "--slow-writes", str(slow_writes), "--",
            "train", name, "--quiet", *rest]
     return cmd, resume
 
@@ -191,7 +191,7 @@ def _slow_fsync(seconds: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 3 or argv[0] != "--slow-writes" or "--" not in argv:
-        print("usage: python -m pdeaccel.train.faults --slow-writes SECONDS -- CLI-ARGS...", file=sys.stderr)
+        print("usage: python -m pdeaccel.testing.faults --slow-writes SECONDS -- CLI-ARGS...", file=sys.stderr)
         return 2
     seconds = float(argv[1])
     if seconds > 0:
