@@ -201,12 +201,17 @@ def check_state(state: PotentialState, env: FlowEnvironment, P: int) -> None:
         raise ValueError(f"state.pressure must have shape {list(env.fluid.shape)}, got {list(state.pressure.shape)}.")
 
 
-def check_solver_args(ndim: int, **values: float) -> None:
+def scales_and_bounds(ndim: int, **values: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Check a flow network's dimension and its ``velocity_scale``, ``potential_scale``,
+    ``pressure_scale``, ``potential_bound`` and ``pressure_bound``; return them as the
+    ``scales`` and ``bounds`` mappings the encoder and the update read."""
     if ndim not in (2, 3):
         raise ValueError(f"the neural flow solver is 2D or 3D, got ndim={ndim!r}.")
     for name, value in values.items():
         if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return ({k: float(values[f"{k}_scale"]) for k in ("velocity", "potential", "pressure")},
+            {k: float(values[f"{k}_bound"]) for k in ("potential", "pressure")})
 
 
 def input_channels(ndim: int) -> int:
@@ -237,17 +242,14 @@ class NeuralFlowSolver(nn.Module):
                  velocity_scale: float = 1.0, potential_scale: float = 10.0, pressure_scale: float = 1.0,
                  potential_bound: float = 1000.0, pressure_bound: float = 100.0) -> None:
         super().__init__()
-        check_solver_args(ndim, velocity_scale=velocity_scale, potential_scale=potential_scale,
-                          pressure_scale=pressure_scale, potential_bound=potential_bound,
-                          pressure_bound=pressure_bound)
+        self.scales, self.bounds = scales_and_bounds(
+            ndim, velocity_scale=velocity_scale, potential_scale=potential_scale, pressure_scale=pressure_scale,
+            potential_bound=potential_bound, pressure_bound=pressure_bound)
         self.ndim = ndim
         self.P = 1 if ndim == 2 else 3
         self.in_channels = input_channels(ndim)
         self.net = UNet(ndim, self.in_channels, self.P + 1, hidden=hidden, levels=levels,
                         kernel_size=kernel_size, padding_mode="zeros")
-        self.scales = {"velocity": float(velocity_scale), "potential": float(potential_scale),
-                       "pressure": float(pressure_scale)}
-        self.bounds = {"potential": float(potential_bound), "pressure": float(pressure_bound)}
 
     def config(self) -> dict:
         return {"ndim": self.ndim, **{f"{k}_scale": v for k, v in self.scales.items()},

@@ -51,8 +51,9 @@ from torch import nn
 from .decompose import as_stride, assemble, decompose, offsets, staggered_shapes
 from .grid import Grid
 from .nets import UNet
-from .neural_flow import (FieldView, PotentialState, Velocity, advance_fields, check_solver_args, encode_fields,
-                          input_channels, node_shape, potential_mask, velocity_from_potential)
+from .neural_flow import (FieldView, PotentialState, Velocity, advance_fields, encode_fields,
+                          input_channels, node_shape, potential_mask, scales_and_bounds,
+                          velocity_from_potential)
 from .physics.environments import FlowEnvironment
 
 
@@ -101,9 +102,9 @@ class StaggeredFlowSolver(nn.Module):
                  velocity_scale: float = 1.0, potential_scale: float = 10.0, pressure_scale: float = 1.0,
                  potential_bound: float = 1000.0, pressure_bound: float = 100.0) -> None:
         super().__init__()
-        check_solver_args(ndim, velocity_scale=velocity_scale, potential_scale=potential_scale,
-                          pressure_scale=pressure_scale, potential_bound=potential_bound,
-                          pressure_bound=pressure_bound)
+        self.scales, self.bounds = scales_and_bounds(
+            ndim, velocity_scale=velocity_scale, potential_scale=potential_scale, pressure_scale=pressure_scale,
+            potential_bound=potential_bound, pressure_bound=pressure_bound)
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window (the temporal stride T) must be a positive integer, got {window!r}.")
         self.ndim = ndim
@@ -125,9 +126,6 @@ class StaggeredFlowSolver(nn.Module):
             for net in self.nets:
                 nn.init.zeros_(net.project.weight)
                 nn.init.zeros_(net.project.bias)
-        self.scales = {"velocity": float(velocity_scale), "potential": float(potential_scale),
-                       "pressure": float(pressure_scale)}
-        self.bounds = {"potential": float(potential_bound), "pressure": float(pressure_bound)}
 
     @property
     def sub_solvers(self) -> int:
