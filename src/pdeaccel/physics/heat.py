@@ -51,6 +51,12 @@ class HeatStepper:
         self.dt = float(positive_scalar(dt, "dt", allow_tensor=False))
         self.scheme = scheme
         self._theta = _IMPLICIT_FRACTION[scheme]
+        # beyond 1/eps of float64 the identity of I + ν·Δt·(−Δ_h) is lost in rounding: the system is
+        # numerically singular (periodic grids: the constant mode) and CG returns NaN
+        stiffness = float(torch.as_tensor(self.nu).max()) * self.dt / min(grid.spacing) ** 2
+        if stiffness > 1e15:
+            raise ValueError(f"nu·dt/h² = {stiffness:.3g} is above 1e15: the implicit heat step is numerically "
+                             "singular in floating point; use a smaller dt (or nu).")
 
     def operator(self, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> LinearOperator:
