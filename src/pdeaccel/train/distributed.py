@@ -165,6 +165,16 @@ class DistContext:
 
     def on_main(self, fn: Callable[[], T], what: str) -> T:
         """Run ``fn`` on rank 0 only; every rank returns its result or raises its exception."""
+        return self._main_then(fn, what, share_result=True)
+
+    def main_first(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn`` on rank 0, then (if it succeeded) on the other ranks; rank 0's exception is
+        raised on every rank. For work whose side effects the others reuse (a dataset cache)."""
+        return self._main_then(fn, what, share_result=False)
+
+    def _main_then(self, fn: Callable[[], T], what: str, share_result: bool) -> T:
+        """Rank 0 runs ``fn`` and broadcasts its outcome; the others receive its result
+        (``share_result``) or run ``fn`` themselves once rank 0 succeeded."""
         if not self.distributed:
             return fn()
         if self.is_main:
@@ -173,18 +183,12 @@ class DistContext:
             except Exception as exc:
                 self.broadcast_object(("error", _portable(exc)), what)
                 raise
-            self.broadcast_object(("ok", result), what)
+            self.broadcast_object(("ok", result if share_result else None), what)
             return result
         kind, value = self.broadcast_object(None, what)
         if kind == "error":
             raise _rebuilt(value)
-        return value
-
-    def main_first(self, fn: Callable[[], T], what: str) -> T:
-        """Run ``fn`` on rank 0, then (if it succeeded) on the other ranks; rank 0's exception is
-        raised on every rank. For work whose side effects the others reuse (a dataset cache)."""
-        if not self.distributed:
-            return fn()
+        return value if share_result else fn()
         if self.is_main:
             try:
                 result = fn()
