@@ -514,3 +514,35 @@ def test_flow_benchmark_script_writes_markdown_and_json(tmp_path, monkeypatch):
     assert "Does a developed wake survive?" in md and "wake amplitude" in md and "![flow](flow.png)" in md
     assert (tmp_path / "results" / "flow.png").stat().st_size > 0
     assert set(data["sustain"]["relative_std"]) == {"reference", "neural", "loss minimiser (no network)"}
+
+
+def test_young_slots_are_reset_round_robin_among_themselves_and_resume_identically():
+    physics = tiny_physics()
+    model = small_model()
+
+    def make():
+        return FlowPool(6, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s),
+                        model, reset_every=0, seed=3, young=2, young_reset_every=3)
+
+    pool = make()
+    pool.write_back(torch.arange(6), PotentialState(pool.potential + 1.0, pool.pressure + 1.0))
+    for _ in range(3):
+        pool.advance()
+    # one young reset after 3 steps: slot 0 is back at rest, every other slot kept its state
+    assert not pool.potential[0].any() and bool((pool.potential[1:] == 1.0).all())
+    assert pool.age.tolist() == [0, 1, 1, 1, 1, 1]
+    saved = pool.state_dict()
+    other = make()
+    other.load_state_dict(saved)
+    for p in (pool, other):
+        for _ in range(6):
+            p.advance()
+    # two more young resets: slot 1, then slot 0 again; the old slots were never reset
+    assert pool.next_young == other.next_young == 1 and pool.specs == other.specs
+    assert not pool.potential[:2].any() and bool((pool.potential[2:] == 1.0).all())
+    with pytest.raises(ValueError, match="young"):
+        FlowPool(2, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s), model,
+                 reset_every=0, young=3, young_reset_every=1)
+    with pytest.raises(ValueError, match="young_reset_every"):
+        FlowPool(2, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s), model,
+                 reset_every=0, young=1, young_reset_every=0)

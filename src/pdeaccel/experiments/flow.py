@@ -52,8 +52,10 @@ _CPU_2D: dict[str, Any] = {
     # added to one random pool state every perturb_every steps (0: never); see train/pool.py
     # warm_fraction: share of resets that start from a developed numerical state (a bank of warm_bank
     # environments run for warm_time time units with MACFlowSolver; 2D only) instead of rest
+    # young: the first `young` slots are also reset round-robin every young_reset_every steps, so the
+    # start-up from rest is trained on as often as the developed wake (see train/pool.py)
     "pool": {"size": 64, "reset_every": 100, "seed": 1234, "perturb": 0.0, "perturb_every": 0,
-             "warm_fraction": 0.0, "warm_bank": 8, "warm_time": 400.0},
+             "warm_fraction": 0.0, "warm_bank": 8, "warm_time": 400.0, "young": 0, "young_reset_every": 0},
     # the flow-model kind (pdeaccel.flow_model): "vanilla", or "staggered" (NeuralStagger) with spatial
     # stride s per axis and temporal stride T (window); (s, T) = (1, 1) staggered is the vanilla solver
     "model": {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False},
@@ -280,6 +282,12 @@ def validate_flow(cfg: dict[str, Any]) -> None:
             "an integer in [1, 256]")
     require(isinstance(pc["warm_time"], (int, float)) and 0 < pc["warm_time"] <= 1e5, "pool.warm_time",
             pc["warm_time"], "a number in (0, 1e5] (time units)")
+    require(isinstance(pc["young"], int) and not isinstance(pc["young"], bool) and 0 <= pc["young"] <= pc["size"],
+            "pool.young", pc["young"], f"an integer in [0, pool.size={pc['size']}] (0: no young slots)")
+    require(isinstance(pc["young_reset_every"], int) and not isinstance(pc["young_reset_every"], bool)
+            and pc["young_reset_every"] >= 0 and (pc["young"] > 0) == (pc["young_reset_every"] > 0),
+            "pool.young_reset_every", pc["young_reset_every"],
+            "an integer > 0 when pool.young > 0, and 0 when pool.young = 0")
     require(isinstance(cfg["loss"]["unroll"], int) and 1 <= cfg["loss"]["unroll"] <= 32, "loss.unroll",
             cfg["loss"]["unroll"], "an integer in [1, 32]")
     require(isinstance(cfg["pool"]["perturb_every"], int) and cfg["pool"]["perturb_every"] >= 0, "pool.perturb_every",
@@ -355,7 +363,8 @@ def build_flow(cfg: dict[str, Any]) -> Built:
                     perturb=lambda spec, env, g: random_potential_perturbation(env, pc["perturb"] * spec["inflow"], g),
                     perturb_every=pc["perturb_every"] if pc["perturb"] > 0 else 0,
                     warm=lambda specs, g: developed_states(p, specs, pc["warm_time"], model),
-                    warm_fraction=pc["warm_fraction"], warm_bank=pc["warm_bank"])
+                    warm_fraction=pc["warm_fraction"], warm_bank=pc["warm_bank"],
+                    young=pc["young"], young_reset_every=pc["young_reset_every"])
     gen = torch.Generator().manual_seed(d["validation_seed"])
     validation_env = FlowEnvironment.stack([build_environment(p, sample_spec(p, gen)) for _ in range(d["validation"])])
     lo, t = cfg["loss"], cfg["train"]

@@ -342,11 +342,15 @@ def rank_pool_config(cfg: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
     out = copy.deepcopy(cfg)
     out["pool"].update(size=pc["size"] // n, seed=pc["seed"] + ctx.rank, reset_every=pc["reset_every"] * n,
                        perturb_every=pc["perturb_every"] * n, warm_bank=max(1, pc["warm_bank"] // n))
+    if pc.get("young"):
+        # young / N slots per rank, reset N times less often: the same share of the pool and the
+        # same lifetime in model calls as the single pool's young slots
+        out["pool"].update(young=max(1, pc["young"] // n), young_reset_every=pc["young_reset_every"] * n)
     out["train"]["batch_size"] = t["batch_size"] // n
     return out
 
 
-_POOL_RANK_KEYS = ("generator", "steps", "next_reset", "rejected", "perturbed", "warm_specs", "warm_tensors")
+_POOL_RANK_KEYS = ("generator", "steps", "next_reset", "next_young", "rejected", "perturbed", "warm_specs", "warm_tensors")
 
 
 def _per_environment_keys(state: dict[str, Any]) -> list[str]:

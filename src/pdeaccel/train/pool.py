@@ -14,7 +14,12 @@ every state is a network rollout from rest, and a network that damps an instabil
 wake) never meets a developed one. A *warm* pool (``warm_fraction``) starts that fraction of its
 resets from developed states of the numerical solver instead of rest: a bank of ``warm_bank``
 environments with their developed states is computed once (``warm``: specs -> model states)
-and kept in the checkpoint. The loss stays the physics residual: the states are initial
+and kept in the checkpoint. *Young* slots (``young``) are the first ``young`` environments of the
+pool, reset again round-robin every ``young_reset_every`` optimiser steps on top of the pool-wide
+resets: with lifetimes long enough to develop a shedding wake, the start-up from rest is
+otherwise a tiny share of what the network meets (one reset per 100 steps in a pool of 64 at
+batch 8 puts about 1 in 800 samples at the first step from rest), and the network's first
+steps and start-up transient are the worst it predicts. The loss stays the physics residual: the states are initial
 conditions, never targets. A prediction that is not finite is never written back: that
 environment is reset instead, and the event is counted, so a diverged state cannot poison the
 pool.
@@ -56,6 +61,8 @@ class FlowPool:
         warm_fraction: the probability that a reset (and an initial environment) starts from a
             state of the warm bank instead of rest.
         warm_bank: number of environments in the warm bank.
+        young: number of young slots (0: none).
+        young_reset_every: optimiser steps between two round-robin resets among the young slots.
         move: ``spec -> spec`` one time step later (moving obstacles); called for every
             environment whose prediction is written back (``steps_per_call`` times), which is
             rebuilt when its spec changed.
@@ -68,13 +75,20 @@ class FlowPool:
                  perturb: Callable[[Spec, FlowEnvironment, torch.Generator], torch.Tensor] | None = None,
                  perturb_every: int = 0, move: Callable[[Spec], Spec] | None = None,
                  warm: Callable[[list[Spec], torch.Generator], list[tuple[Spec, Any]]] | None = None,
-                 warm_fraction: float = 0.0, warm_bank: int = 8) -> None:
+                 warm_fraction: float = 0.0, warm_bank: int = 8,
+                 young: int = 0, young_reset_every: int = 0) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"pool size must be a positive integer, got {size!r}.")
         if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 0:
             raise ValueError(f"reset_every must be a non-negative integer, got {reset_every!r}.")
         if isinstance(perturb_every, bool) or not isinstance(perturb_every, int) or perturb_every < 0:
             raise ValueError(f"perturb_every must be a non-negative integer, got {perturb_every!r}.")
+        if isinstance(young, bool) or not isinstance(young, int) or not 0 <= young <= size:
+            raise ValueError(f"young must be an integer in [0, size={size}], got {young!r}.")
+        if isinstance(young_reset_every, bool) or not isinstance(young_reset_every, int) or young_reset_every < 0 \
+                or (young > 0) != (young_reset_every > 0):
+            raise ValueError(f"young_reset_every must be a positive integer when young > 0 (and 0 otherwise), "
+                             f"got young={young!r}, young_reset_every={young_reset_every!r}.")
         if perturb_every and perturb is None:
             raise ValueError("perturb_every > 0 needs a perturb function.")
         if not 0.0 <= warm_fraction <= 1.0 or (warm_fraction > 0 and warm is None):
@@ -90,6 +104,8 @@ class FlowPool:
         self.build_env = build_env
         self.model = model
         self.reset_every = reset_every
+        self.young, self.young_reset_every = young, young_reset_every
+        self.next_young = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.specs: list[Spec] = [sample_spec(self.generator) for _ in range(size)]
         self.envs: list[FlowEnvironment] = [build_env(s) for s in self.specs]
@@ -153,6 +169,10 @@ class FlowPool:
         if self.reset_every and self.steps % self.reset_every == 0:
             self.reset(self.next_reset)
             self.next_reset = (self.next_reset + 1) % self.size
+        if self.young and self.steps % self.young_reset_every == 0:
+            i = self.next_young % self.young  # a pointer from a pool resumed with more young slots per rank
+            self.reset(i)
+            self.next_young = (i + 1) % self.young
         if self.perturb_every and self.steps % self.perturb_every == 0:
             self.perturb(int(torch.randint(self.size, (), generator=self.generator)))
 
@@ -193,7 +213,7 @@ class FlowPool:
     def state_dict(self) -> dict[str, Any]:
         return {"specs": copy.deepcopy(self.specs), **{k: t.clone() for k, t in self.tensors.items()},
                 "age": self.age.clone(), "steps": self.steps,
-                "next_reset": self.next_reset, "rejected": self.rejected, "perturbed": self.perturbed,
+                "next_reset": self.next_reset, "next_young": self.next_young, "rejected": self.rejected, "perturbed": self.perturbed,
                 "warm_specs": copy.deepcopy(self.warm_specs), "warm_tensors": {k: t.clone() for k, t in self.warm_tensors.items()},
                 "generator": self.generator.get_state()}
 
@@ -216,6 +236,7 @@ class FlowPool:
         self.age = state["age"].clone()
         self.steps = int(state["steps"])
         self.next_reset = int(state["next_reset"])
+        self.next_young = int(state.get("next_young", 0))  # absent in checkpoints from before young slots
         self.rejected = int(state["rejected"])
         self.perturbed = int(state.get("perturbed", 0))  # absent in checkpoints from before perturbations
         self.warm_specs = copy.deepcopy(state.get("warm_specs", []))
