@@ -120,8 +120,42 @@ def _scenario_stall(ctx, out):  # rank 1 stops answering; rank 0 must give up af
     return {}
 
 
+# a NeuralStagger model with 4 sub-solvers (stride 2, window 1, separate weights) on a 16 x 8 channel;
+# SGD because Adam's step hardly changes when every gradient is scaled by 2 (a double-counted
+# gradient must show), and an unroll of 2 calls so the gradient also flows from one call's
+# gathered window into the next call's sub-solvers
+STAGGER = ["physics.length=16", "physics.height=8", "pool.size=4", "pool.reset_every=2", "model.kind=staggered",
+           "model.stride=2", "model.window=1", "model.shared_weights=false", "net.hidden=4", "net.levels=2",
+           "data.validation=2", "data.validation_steps=2", "train.steps_per_epoch=3", "train.batch_size=2",
+           "train.optimizer=sgd", "train.lr=0.05", "loss.unroll=2"]
+
+
+def _stagger_trainer(ctx: DistContext, epochs: int = 2) -> Trainer:
+    from pdeaccel.experiments.flow import build_flow
+    from pdeaccel.experiments.runner import resolve_config
+    from pdeaccel.prdp import FixedSchedule as Fixed
+
+    cfg = resolve_config("flow-2d", overrides=STAGGER)
+    built = build_flow(distributed.rank_pool_config(cfg, ctx))
+    torch.manual_seed(0)
+    with torch.no_grad():  # the sub-solvers start from a zero output layer: give every one its own
+        for p in built.task.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    settings = TrainSettings(epochs=epochs, optimizer="sgd", lr=0.05, progress=False)
+    return Trainer(built.task, built.solver, built.validation_solver, Fixed(1), settings, seed=3, dist=ctx,
+                   shard_batches=False)
+
+
+def _scenario_stagger_split(ctx, out):  # both ranks share one model's 4 sub-solvers (2 each)
+    trainer = _stagger_trainer(DistContext(ctx.rank, ctx.world_size, ctx.local_rank, ctx.timeout_s,
+                                           sub_solver_ranks=2))
+    assert trainer.task.net.placement.shares[ctx.rank] == (ctx.rank, ctx.rank + 2)
+    trainer.fit()
+    return {**_outcome(trainer), "pool": trainer.task.pool.potential.clone()}
+
+
 SCENARIOS = {"fixed": _scenario_fixed, "prdp": _scenario_prdp, "first_half": _scenario_first_half,
-             "resume": _scenario_resume, "stall": _scenario_stall}
+             "resume": _scenario_resume, "stall": _scenario_stall, "stagger_split": _scenario_stagger_split}
 
 
 def _worker(rank: int, port: int, scenario: str, out: str, timeout: float) -> None:
@@ -396,3 +430,119 @@ def test_flow_pool_trains_on_two_processes_and_resumes_in_one(tmp_path):
     _, state = io.latest_valid_checkpoint(run / "checkpoints")
     assert state["epoch"] == 3 and len(state["task"]["pool"]["specs"]) == 4
     assert [int(r["epoch"]) for r in _metrics(run)] == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- NeuralStagger over ranks
+def test_staggered_sub_solvers_split_over_two_ranks_train_like_one_process(tmp_path):
+    results = _spawn("stagger_split", tmp_path)
+    assert "error" not in results[0], results[0].get("error")
+    _assert_ranks_agree(results)
+    single = _stagger_trainer(DistContext())
+    start = [p.detach().clone() for p in single.task.parameters()]
+    single.fit()
+    one = {**_outcome(single), "pool": single.task.pool.potential}
+    for a, b in zip(results[0]["rows"], one["rows"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_metric"] == pytest.approx(b["val_metric"], rel=1e-5)
+    moved = 0.0
+    for a, b, s0 in zip(results[0]["params"], one["params"], start):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        moved = max(moved, float((b - s0).abs().max()))
+    assert moved > 1e-3  # it trained: a gradient counted twice (or half) would show in every weight
+    torch.testing.assert_close(results[0]["pool"], one["pool"], rtol=1e-5, atol=1e-6)  # the same pool rollouts
+
+
+def test_rank_layout_of_sub_solver_groups_and_replicas():
+    from pdeaccel.config import ConfigError
+    from pdeaccel.experiments.runner import resolve_config
+
+    # 8 ranks, each model's sub-solvers split over 4 of them: 2 replicas of 4 consecutive ranks
+    layout = [distributed.rank_layout(r, 8, 4) for r in range(8)]
+    assert layout == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]
+    assert [distributed.replica_ranks(d, 8, 4) for d in range(2)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [distributed.rank_layout(r, 8, 1) for r in (0, 5)] == [(0, 0), (5, 0)]  # plain data parallelism
+    assert [distributed.rank_layout(r, 8, 8) for r in (0, 5)] == [(0, 0), (0, 5)]  # one model over all 8
+    ctx = DistContext(rank=6, world_size=8, sub_solver_ranks=4)
+    assert (ctx.replicas, ctx.replica, ctx.member) == (2, 1, 2)
+    # s2t2 in 2D has 8 sub-solvers: 2 per member; 6 of them over 4 members: 2, 2, 1, 1
+    assert distributed.sub_solver_shares(8, 4) == ((0, 4), (1, 5), (2, 6), (3, 7))
+    assert distributed.sub_solver_shares(6, 4) == ((0, 4), (1, 5), (2,), (3,))
+    with pytest.raises(ConfigError, match="more than the model's 4 sub-solvers"):
+        distributed.sub_solver_shares(4, 8)
+    with pytest.raises(ConfigError, match="multiple of it.*this job has 6"):
+        DistContext(rank=0, world_size=6, sub_solver_ranks=4)
+    with pytest.raises(ConfigError, match="positive integer"):
+        distributed.check_layout(4, 0)
+    # the replicas (not the ranks) share the pool and the batch; a replica's ranks build the same pool
+    cfg = resolve_config("flow-2d-s2t1")
+    cfg["pool"].update(size=64, seed=1234)
+    cfg["train"]["batch_size"] = 8
+    parts = [distributed.rank_pool_config(cfg, DistContext(rank=r, world_size=8, sub_solver_ranks=4)) for r in range(8)]
+    assert [p["pool"]["seed"] for p in parts] == [1234] * 4 + [1235] * 4
+    assert {(p["pool"]["size"], p["train"]["batch_size"]) for p in parts} == {(32, 4)}
+    assert distributed.rank_pool_config(cfg, DistContext(rank=1, world_size=2, sub_solver_ranks=2)) is cfg
+    with pytest.raises(ConfigError, match="model.kind=vanilla has none"):
+        distributed.rank_pool_config(resolve_config("flow-2d"), DistContext(rank=0, world_size=2, sub_solver_ranks=2))
+    with pytest.raises(ConfigError, match="more than the model's 4 sub-solvers"):
+        distributed.rank_pool_config(cfg, DistContext(rank=0, world_size=8, sub_solver_ranks=8))
+    with pytest.raises(ConfigError, match="has none"):  # a data experiment has no sub-solvers either
+        distributed.rank_pool_config(resolve_config("heat-1d"), DistContext(rank=0, world_size=2, sub_solver_ranks=2))
+
+
+def test_the_sub_solver_split_is_refused_clearly_on_the_command_line(tmp_path, capsys):
+    from pdeaccel.cli import main
+
+    assert main(["train", *FLOW, "--sub-solver-ranks", "2", "--nproc", "2", "--out", str(tmp_path / "a")]) == 2
+    assert "model.kind=vanilla has none" in capsys.readouterr().err
+    assert main(["train", "flow-2d-s2t1", "--quiet", "--sub-solver-ranks", "2", "--nproc", "3",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "multiple of it" in capsys.readouterr().err
+    assert main(["train", "flow-2d-s2t1", "--quiet", "--sub-solver-ranks", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "this job has 1" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_split_sub_solvers_train_from_the_command_line_and_resume_in_one_process(tmp_path):
+    from pdeaccel.train import io
+
+    env, run = _env(tmp_path), tmp_path / "split"
+    small = [o for o in FLOW[2:] if not o.startswith("net.levels")] + ["net.levels=1"]  # the sub-grid is 8 x 4
+    two = subprocess.run([sys.executable, "-m", "pdeaccel", "train", "flow-2d-s2t1", "--quiet", *small,
+                          "train.epochs=2", "--nproc", "2", "--sub-solver-ranks", "2", "--out", str(run)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr
+    _, state = io.latest_valid_checkpoint(run / "checkpoints")
+    assert state["world_size"] == 2 and state["sub_solver_ranks"] == 2
+    assert len(state["task"]["pool"]["specs"]) == 4 and "shards" not in state["task"]["pool"]  # one replica's pool
+    one = subprocess.run([sys.executable, "-m", "pdeaccel", "train", "flow-2d-s2t1", "--quiet", "--resume", str(run),
+                          "train.epochs=3"], env=env, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    assert [int(r["epoch"]) for r in _metrics(run)] == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- the device option
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no GPU")
+def test_device_cuda_without_a_gpu_is_refused_clearly(tmp_path, capsys, monkeypatch):
+    from pdeaccel.cli import main
+    from pdeaccel.config import ConfigError
+
+    monkeypatch.setenv("PDEACCEL_DATA", str(tmp_path / "data"))
+
+    assert distributed.resolve_device("cpu") == distributed.resolve_device("auto") == "cpu"
+    with pytest.raises(ConfigError, match="--device cuda: .*(no CUDA support|no CUDA GPU).*--device cpu"):
+        distributed.resolve_device("cuda")
+    with pytest.raises(ConfigError, match="allowed are cpu, cuda, auto"):
+        distributed.resolve_device("gpu")
+    for extra in ([], ["--nproc", "2"]):  # refused before anything is built, written or launched
+        assert main(["train", *HEAT, "train.epochs=1", "--device", "cuda", *extra, "--out", str(tmp_path / "r")]) == 2
+        assert "--device cuda:" in capsys.readouterr().err
+        assert not (tmp_path / "r").exists()
+    # --device cpu (the default) and auto train here
+    assert main(["train", *HEAT, "train.epochs=1", "--device", "auto", "--out", str(tmp_path / "auto")]) == 0
+
+
+def test_a_task_that_cannot_move_to_a_gpu_is_refused_by_name():
+    from pdeaccel.config import ConfigError
+
+    with pytest.raises(ConfigError, match="EmulatorTask.*trains on the CPU only.*--device cpu"):
+        _trainer(DistContext(device="cuda:0"), FixedSchedule(2), epochs=1)

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="data-parallel training in N processes on this machine (torchrun's launcher; gloo on CPU, "
                         "NCCL on GPUs); under torchrun the job's own size is used")
+    p.add_argument("--sub-solver-ranks", type=int, default=1, metavar="G",
+                   help="NeuralStagger (model.kind=staggered): split each model's sub-solvers over G processes, "
+                        "gathered for the full-resolution loss; the processes / G model replicas train data "
+                        "parallel (default 1: every process runs the whole model)")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda|auto",
+                   help="where to train: cpu (default), cuda (GPU LOCAL_RANK of each process, NCCL between them; an "
+                        "error if there is no GPU), auto (cuda where available); the flow experiments only")
     p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
                    help="with several processes: how long a rank waits for the others before the job stops "
                         "(default 1800; $PDEACCEL_DIST_TIMEOUT)")
@@ -194,7 +201,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                               "leave --nproc out under torchrun.")
         if world == 1 and args.nproc is not None and args.nproc > 1:
             return _launch(args)
-        distributed.init_from_environment()
+        distributed.init_from_environment(sub_solver_ranks=args.sub_solver_ranks, device=args.device)
         if args.resume:
             if args.out is not None and Path(args.out) != Path(args.resume):
                 raise ConfigError(f"--out {args.out} and --resume {args.resume} disagree; a resumed run stays "
@@ -252,6 +259,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace) -> int:
     """``pdeaccel train ... --nproc N``: check the command once here, then run it in N processes
     with torchrun's launcher (each process is ``python -m pdeaccel train ...`` without --nproc)."""
+    import torch
+
     from .experiments import runner
     from .train import distributed
 
@@ -260,8 +269,16 @@ def _launch(args: argparse.Namespace) -> int:
                           "in its directory (give --resume RUN_DIR only).")
     if args.restart_if_damaged and not args.resume:
         raise ConfigError("--restart-if-damaged only applies with --resume RUN_DIR.")
-    _, _, run_dir, _ = runner.plan_train(args.name, size=args.size, schedule=args.schedule, overrides=args.overrides,
-                                         out=args.resume or args.out, seed=args.seed, resume=bool(args.resume))
+    cfg, _, run_dir, _ = runner.plan_train(args.name, size=args.size, schedule=args.schedule,
+                                           overrides=args.overrides, out=args.resume or args.out, seed=args.seed,
+                                           resume=bool(args.resume))
+    # refused here, before any process starts
+    distributed.check_layout(args.nproc, args.sub_solver_ranks)
+    if distributed.resolve_device(args.device) != "cpu" and args.nproc > torch.cuda.device_count():
+        raise ConfigError(f"--device {args.device} --nproc {args.nproc}: this machine has "
+                          f"{torch.cuda.device_count()} GPU(s); give --nproc {torch.cuda.device_count()} or fewer.")
+    distributed.rank_pool_config(cfg, distributed.DistContext(world_size=args.nproc,
+                                                              sub_solver_ranks=args.sub_solver_ranks))
     argv, skip = [], False
     for item in args.argv:
         if skip:

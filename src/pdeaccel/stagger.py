@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -79,6 +79,52 @@ class SubState:
     indices: tuple[int, ...]
     potential: list[torch.Tensor]
     pressure: list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SubSolverPlacement:
+    """The sub-solvers of one model split over the members of a process group.
+
+    ``shares[m]`` are the sub-solvers member ``m`` runs, ``member`` is this process, and
+    ``all_gather(flat)`` returns every member's equally long 1-D tensor in member order (a
+    collective over the group; :mod:`pdeaccel.train.distributed` wraps it with its timeout and
+    failure handling).
+    """
+
+    shares: tuple[tuple[int, ...], ...]
+    member: int
+    all_gather: Callable[[torch.Tensor], list[torch.Tensor]]
+
+    def check(self, sub_solvers: int) -> None:
+        owned = sorted(j for share in self.shares for j in share)
+        if owned != list(range(sub_solvers)):
+            raise ValueError(f"a placement must give each of the {sub_solvers} sub-solvers to exactly one member; "
+                             f"got shares {[list(s) for s in self.shares]}.")
+        if not 0 <= self.member < len(self.shares):
+            raise ValueError(f"member {self.member} is not one of the {len(self.shares)} members of the placement.")
+
+
+class _GatherShares(torch.autograd.Function):
+    """All-gather of the members' new sub-fields whose backward sends nothing.
+
+    Every member of the group computes the loss from the same gathered window (identical
+    inputs, the same operations), so the gradient arriving at the gathered tensor is the same on
+    every member, and a member's own rows already carry the whole gradient of its sub-solvers'
+    outputs: the loss's direct dependence plus, in an unrolled loss, the dependence through the
+    next call, which reads sub-field ``j`` only in sub-solver ``j`` (on the same member). Summing
+    the members' gradients instead (the backward of ``torch.distributed.nn.all_gather``) would
+    count the direct part once per member; the trainer then sums the parameter gradients over
+    the members, each sub-solver's exactly once.
+    """
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, member: int, all_gather) -> torch.Tensor:  # noqa: D102
+        ctx.member = member
+        return torch.stack(all_gather(flat.contiguous()))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        return grad[ctx.member], None, None
 
 
 class StaggeredFlowSolver(nn.Module):
@@ -119,6 +165,7 @@ class StaggeredFlowSolver(nn.Module):
         count = 1 if shared_weights else len(self.offsets) * window
         self.nets = nn.ModuleList(UNet(ndim, self.in_channels, self.P + 1, hidden=hidden, levels=levels,
                                        kernel_size=kernel_size, padding_mode="zeros") for _ in range(count))
+        self.placement: SubSolverPlacement | None = None  # every sub-solver runs in this process
         if not self.remove_mean:
             # the sub-fields' levels carry the velocity between them (see the gauge note above): an
             # untrained network's constant output, different per sub-solver, would start training
@@ -170,7 +217,10 @@ class StaggeredFlowSolver(nn.Module):
         return WindowState(tensors["potential"], tensors["pressure"])
 
     def forward(self, state: WindowState, env: FlowEnvironment) -> WindowState:
-        """All sub-solvers, reassembled: the next window at full resolution."""
+        """All sub-solvers, reassembled: the next window at full resolution (with a placement,
+        :meth:`split_sub_solvers`, only this process's share runs here)."""
+        if self.placement is not None:
+            return self._placed_forward(state, env, self.placement)
         self._check(state, env)
         views = self.sub_views(env)
         sub = self.decompose_state(state, env)
@@ -310,32 +360,53 @@ class StaggeredFlowSolver(nn.Module):
         """The sub-solvers process ``rank`` of ``world`` runs (round-robin)."""
         return list(range(rank, self.sub_solvers, world))
 
+    def split_sub_solvers(self, placement: "SubSolverPlacement | None") -> None:
+        """From now on every call runs only this process's share of the sub-solvers and gathers
+        the others' outputs over ``placement`` (``None``: all of them here again). The training
+        loop (:mod:`pdeaccel.train.distributed`) places a model this way; every member of the
+        group must then call the model in lock-step and, in training, back-propagate the same
+        loss of the gathered window (see :class:`_GatherShares`)."""
+        if placement is not None:
+            placement.check(self.sub_solvers)
+        self.placement = placement
+
     def distributed_forward(self, state: WindowState, env: FlowEnvironment, group=None) -> WindowState:
         """:meth:`forward` with the sub-solvers spread over the processes of a ``torch.distributed``
-        group (gloo on CPU, nccl on GPU): each rank runs only its own sub-solvers on its own
-        sub-fields; the only communication is one all-gather of the new sub-fields, so that every
-        rank holds the full-resolution window. With fewer sub-solvers than ranks some ranks idle."""
+        group (gloo on CPU, nccl on GPU): each rank runs only its own sub-solvers
+        (:meth:`rank_indices`) on its own sub-fields; the only communication is one all-gather of
+        the new sub-fields, so that every rank holds the full-resolution window. With fewer
+        sub-solvers than ranks some ranks idle. Differentiable (see :meth:`split_sub_solvers`)."""
         import torch.distributed as dist
 
         rank, world = dist.get_rank(group), dist.get_world_size(group)
+
+        def all_gather(flat: torch.Tensor) -> list[torch.Tensor]:
+            out = [torch.empty_like(flat) for _ in range(world)]
+            dist.all_gather(out, flat, group=group)
+            return out
+
+        placement = SubSolverPlacement(tuple(tuple(self.rank_indices(r, world)) for r in range(world)), rank,
+                                       all_gather)
+        return self._placed_forward(state, env, placement)
+
+    def _placed_forward(self, state: WindowState, env: FlowEnvironment,
+                        placement: "SubSolverPlacement") -> WindowState:
         self._check(state, env)
-        mine = self.rank_indices(rank, world)
+        mine = placement.shares[placement.member]
         new = self.step_subset(self.decompose_state(state, env, mine), self.sub_views(env))
-        # equal-length flat buffers (every rank's share padded to the largest share)
-        shares = [self.rank_indices(r, world) for r in range(world)]
-        p_shape = self.decompose_state(state, env, [0]).potential[0].shape
-        q_shape = self.decompose_state(state, env, [0]).pressure[0].shape
+        # equal-length flat buffers (every member's share padded to the largest share)
+        probe = self.decompose_state(state, env, [0])
+        p_shape, q_shape = probe.potential[0].shape, probe.pressure[0].shape
         p_size, q_size = math.prod(p_shape), math.prod(q_shape)
-        width = max(len(sh) for sh in shares) * (p_size + q_size)
-        flat = torch.zeros(width, dtype=state.potential.dtype, device=state.potential.device)
-        if mine:
-            parts = [t.flatten() for pair in zip(new.potential, new.pressure) for t in pair]
-            flat[:sum(t.numel() for t in parts)] = torch.cat(parts)
-        gathered = [torch.empty_like(flat) for _ in range(world)]
-        dist.all_gather(gathered, flat, group=group)
+        width = max(len(sh) for sh in placement.shares) * (p_size + q_size)
+        parts = [t.flatten() for pair in zip(new.potential, new.pressure) for t in pair]
+        pad = width - sum(t.numel() for t in parts)
+        zeros = state.potential.new_zeros(pad)
+        flat = torch.cat(parts + [zeros]) if parts else zeros
+        gathered = _GatherShares.apply(flat, placement.member, placement.all_gather)
         indices, pots, press = [], [], []
-        for r, share in enumerate(shares):
-            buf = gathered[r]
+        for m, share in enumerate(placement.shares):
+            buf = gathered[m]
             for n, j in enumerate(share):
                 base = n * (p_size + q_size)
                 indices.append(j)

@@ -26,6 +26,15 @@ process:
   ledger's solver counts are summed over ranks (the work of all of them).
 * **Checkpoints** are written by rank 0 only (atomically), read by rank 0 and broadcast, so no
   shared file system is needed and any number of ranks can resume them.
+* **NeuralStagger split over ranks** (``--sub-solver-ranks G``): the sub-solvers of one model
+  replica run on ``G`` ranks (:func:`rank_layout`: replica ``d`` is ranks ``d·G … d·G+G-1``,
+  which talk every model call, so they are neighbours, on one node when the node has ``G``
+  devices); their outputs are all-gathered (differentiably, :class:`~pdeaccel.stagger._GatherShares`)
+  into the full-resolution window on which every member evaluates the physics loss.
+  ``world_size / G`` replicas train data parallel on their own pools: the members of a replica
+  build the same pool (seed ``pool.seed + replica``) and draw the same batch. Each parameter's
+  gradient is the sum over the members (each sub-solver's gradient comes from its own member
+  only) averaged over the replicas.
 * **Failure**: a collective that loses a peer (a rank died: gloo reports the broken connection
   at once) or waits longer than the timeout (``PDEACCEL_DIST_TIMEOUT`` seconds, default 1800)
   raises :class:`RankFailure`; torchrun's agent stops the other ranks of a job whose rank died.
@@ -76,10 +85,33 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     timeout_s: float = DEFAULT_TIMEOUT_S
+    #: ranks one model replica's NeuralStagger sub-solvers are split over (1: none split; every
+    #: rank runs the whole model). See :func:`rank_layout`.
+    sub_solver_ranks: int = 1
+    #: where this rank trains (:func:`resolve_device`): "cpu" or "cuda:<i>"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.sub_solver_ranks != 1:
+            check_layout(self.world_size, self.sub_solver_ranks)
 
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas of the model: each trains on its own share of every batch/pool."""
+        return self.world_size // self.sub_solver_ranks
+
+    @property
+    def replica(self) -> int:
+        return rank_layout(self.rank, self.world_size, self.sub_solver_ranks)[0]
+
+    @property
+    def member(self) -> int:
+        """This rank's place among the ranks that share its replica's sub-solvers."""
+        return rank_layout(self.rank, self.world_size, self.sub_solver_ranks)[1]
 
     @property
     def is_main(self) -> bool:
@@ -189,18 +221,6 @@ class DistContext:
         if kind == "error":
             raise _rebuilt(value)
         return value if share_result else fn()
-        if self.is_main:
-            try:
-                result = fn()
-            except Exception as exc:
-                self.broadcast_object(("error", _portable(exc)), what)
-                raise
-            self.broadcast_object(("ok", None), what)
-            return result
-        kind, value = self.broadcast_object(None, what)
-        if kind == "error":
-            raise _rebuilt(value)
-        return fn()
 
 
 def _portable(exc: BaseException) -> tuple[type, str]:
@@ -237,36 +257,69 @@ def environment_world_size() -> int:
         raise ValueError(f"$WORLD_SIZE={raw!r} is not an integer.") from None
 
 
-def init_from_environment() -> DistContext:
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(name: str, local_rank: int = 0) -> str:
+    """The device a rank trains on: ``"cpu"``; ``"cuda"`` (GPU ``local_rank`` modulo the GPUs
+    this process sees, as torchrun numbers a node's ranks; a ``ConfigError`` if there is none);
+    ``"auto"``: CUDA where available, else the CPU."""
+    from ..config import ConfigError
+
+    if name not in DEVICES:
+        raise ConfigError(f"--device {name!r}: allowed are {', '.join(DEVICES)}.")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if not torch.cuda.is_available():
+        why = ("this PyTorch build has no CUDA support (torch " + torch.__version__ + ")"
+               if torch.version.cuda is None else "no CUDA GPU is visible to this process"
+               + (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r})"
+                  if "CUDA_VISIBLE_DEVICES" in os.environ else ""))
+        raise ConfigError(f"--device cuda: {why}. Train on the CPU with --device cpu (the default), or "
+                          "--device auto to use a GPU only where there is one.")
+    count = torch.cuda.device_count()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if per_node > count:
+        # NCCL refuses two ranks on one GPU ("Duplicate GPU detected")
+        raise ConfigError(f"--device cuda: {per_node} processes on this node but {count} GPU(s) visible; start at "
+                          f"most {count} per node (torchrun --nproc_per_node={count}).")
+    return f"cuda:{local_rank % count}"
+
+
+def init_from_environment(sub_solver_ranks: int = 1, device: str = "cpu") -> DistContext:
     """Join the job torchrun started (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
     ``MASTER_PORT``); a single process if ``WORLD_SIZE`` is unset or 1.
 
-    Backend: gloo for CPU tensors, and NCCL for CUDA tensors where CUDA is available
-    (``"cpu:gloo,cuda:nccl"``; each rank then uses GPU ``LOCAL_RANK``).
+    ``device`` (:func:`resolve_device`): with ``cpu`` the backend is gloo; with a GPU each rank
+    uses GPU ``LOCAL_RANK`` and the backend is ``"cpu:gloo,cuda:nccl"`` (NCCL for the CUDA
+    tensors: gradients, parameters, NeuralStagger's sub-fields; gloo for the small CPU tensors and
+    objects: losses, flags, checkpoint parts).
     """
     global _CONTEXT
     world = environment_world_size()
+    check_layout(world, sub_solver_ranks)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    where = resolve_device(device, local_rank)
+    if where != "cpu":
+        torch.cuda.set_device(torch.device(where))
     if world == 1:
-        _CONTEXT = DistContext()
+        _CONTEXT = DistContext(device=where)
         return _CONTEXT
     import torch.distributed as dist
 
     if not dist.is_available():
         raise RuntimeError("this PyTorch build has no torch.distributed; run with one process.")
     timeout = timeout_seconds()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank = int(os.environ["RANK"])
     if not dist.is_initialized():
-        backend = "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank % torch.cuda.device_count())
-            backend = "cpu:gloo,cuda:nccl"
+        backend = "gloo" if where == "cpu" else "cpu:gloo,cuda:nccl"
         try:
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
         except RuntimeError as exc:
             raise RankFailure(f"rank {rank} of {world} could not join the job ({str(exc).splitlines()[0][:300]}); "
                               f"the other ranks did not start or did not answer within {timeout:g} s.") from exc
     _CONTEXT = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                           timeout_s=timeout)
+                           timeout_s=timeout, sub_solver_ranks=sub_solver_ranks, device=where)
     return _CONTEXT
 
 
@@ -289,14 +342,15 @@ def shutdown() -> None:
 
 # ---------------------------------------------------------------------- batches
 def shard_batch(batch: Any, ctx: DistContext) -> Any:
-    """Rank ``ctx.rank``'s contiguous chunk of a global minibatch (a tensor, or a tuple/list of
-    tensors of one length); ``None`` (a task without data, e.g. an inverse problem) is kept."""
-    if not ctx.distributed or batch is None:
+    """The contiguous chunk of a global minibatch (a tensor, or a tuple/list of tensors of one
+    length) that this rank's replica trains on; ``None`` (a task without data, e.g. an inverse
+    problem) is kept."""
+    if ctx.replicas == 1 or batch is None:
         return batch
     if isinstance(batch, torch.Tensor):
-        return batch.tensor_split(ctx.world_size)[ctx.rank]
+        return batch.tensor_split(ctx.replicas)[ctx.replica]
     if isinstance(batch, (tuple, list)) and batch and all(isinstance(b, torch.Tensor) for b in batch):
-        return type(batch)(b.tensor_split(ctx.world_size)[ctx.rank] for b in batch)
+        return type(batch)(b.tensor_split(ctx.replicas)[ctx.replica] for b in batch)
     raise TypeError(f"cannot split a training batch of type {type(batch).__name__} among ranks; a task trained "
                     "with several processes yields tensors (or tuples of tensors) with the samples first.")
 
@@ -318,36 +372,145 @@ def sample_count(batch: Any) -> int:
 # ---------------------------------------------------------------------- the flow pool
 def rank_pool_config(cfg: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
     """The config rank ``ctx.rank`` builds its experiment from: for a pool experiment with
-    ``N > 1`` ranks, its own pool of ``pool.size / N`` environments, seed ``pool.seed + rank``,
+    ``N > 1`` replicas (:attr:`DistContext.replicas`: ranks, or ranks / ``sub_solver_ranks``), the
+    replica's own pool of ``pool.size / N`` environments, seed ``pool.seed + replica``,
     ``reset_every``/``perturb_every`` ``N`` times longer, a warm bank of ``warm_bank / N``
-    (at least 1) and a batch of ``train.batch_size / N``.
+    (at least 1) and a batch of ``train.batch_size / N``. The ranks of one replica build the same.
 
-    What "the same result as one process" means for the pool: the union of the ``N`` rank pools
+    What "the same result as one process" means for the pool: the union of the ``N`` replica pools
     has the single pool's size, and every environment is advanced ``B / size`` model calls per
     optimiser step and reset once per ``size · reset_every`` steps on average, as in the single
     pool, so the distribution of states (their ages) is the same; each optimiser step averages the
     gradient over ``B`` environments drawn from it. The environments themselves are other samples
-    (other seeds), so the runs agree statistically, not number for number.
+    (other seeds), so the runs agree statistically, not number for number. With one replica
+    (one process, or every rank sharing one model's sub-solvers) the run is the single process's.
+
+    A job that splits sub-solvers (``ctx.sub_solver_ranks > 1``) is checked here too: it needs a
+    NeuralStagger model (``model.kind=staggered``) with at least as many sub-solvers as ranks share
+    them.
     """
-    if not ctx.distributed or "pool" not in cfg:
+    if ctx.sub_solver_ranks > 1:
+        check_sub_solver_split(cfg, ctx.sub_solver_ranks)
+    if ctx.replicas == 1 or "pool" not in cfg:
         return cfg
     from ..config import ConfigError
 
-    n = ctx.world_size
+    n = ctx.replicas
+    what = "number of processes" if ctx.sub_solver_ranks == 1 else \
+        f"number of model replicas ({ctx.world_size} processes / --sub-solver-ranks {ctx.sub_solver_ranks})"
     pc, t = cfg["pool"], cfg["train"]
     for key, value in (("pool.size", pc["size"]), ("train.batch_size", t["batch_size"])):
         if value % n:
-            raise ConfigError(f"{key}={value} must be divisible by the number of processes ({n}): each process "
+            raise ConfigError(f"{key}={value} must be divisible by the {what} ({n}): each one "
                               f"owns 1/{n} of it.")
     out = copy.deepcopy(cfg)
-    out["pool"].update(size=pc["size"] // n, seed=pc["seed"] + ctx.rank, reset_every=pc["reset_every"] * n,
+    out["pool"].update(size=pc["size"] // n, seed=pc["seed"] + ctx.replica, reset_every=pc["reset_every"] * n,
                        perturb_every=pc["perturb_every"] * n, warm_bank=max(1, pc["warm_bank"] // n))
     if pc.get("young"):
-        # young / N slots per rank, reset N times less often: the same share of the pool and the
+        # young / N slots per replica, reset N times less often: the same share of the pool and the
         # same lifetime in model calls as the single pool's young slots
         out["pool"].update(young=max(1, pc["young"] // n), young_reset_every=pc["young_reset_every"] * n)
     out["train"]["batch_size"] = t["batch_size"] // n
     return out
+
+
+# ---------------------------------------------------------------------- NeuralStagger over ranks
+def check_layout(world_size: int, sub_solver_ranks: int) -> None:
+    """Refuse a split of sub-solvers that the job's ranks cannot form (a ``ConfigError``)."""
+    from ..config import ConfigError
+
+    if isinstance(sub_solver_ranks, bool) or not isinstance(sub_solver_ranks, int) or sub_solver_ranks < 1:
+        raise ConfigError(f"--sub-solver-ranks must be a positive integer, got {sub_solver_ranks!r}.")
+    if world_size % sub_solver_ranks:
+        raise ConfigError(f"--sub-solver-ranks {sub_solver_ranks} needs a number of processes that is a multiple "
+                          f"of it (each model replica's sub-solvers are split over {sub_solver_ranks} processes); "
+                          f"this job has {world_size}.")
+
+
+def rank_layout(rank: int, world_size: int, sub_solver_ranks: int) -> tuple[int, int]:
+    """``(replica, member)`` of ``rank``: replica ``rank // G`` and its place ``rank % G`` among the
+    ``G = sub_solver_ranks`` ranks that share that replica's sub-solvers.
+
+    A replica's ranks are consecutive because they exchange the sub-fields at every model call
+    (forward) while the replicas meet once per optimiser step (the gradient all-reduce); torchrun
+    numbers the ranks of a node consecutively, so with ``G`` dividing the GPUs per node a replica
+    stays on one node.
+    """
+    check_layout(world_size, sub_solver_ranks)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a job of {world_size} processes.")
+    return rank // sub_solver_ranks, rank % sub_solver_ranks
+
+
+def replica_ranks(replica: int, world_size: int, sub_solver_ranks: int) -> list[int]:
+    """The ranks that share replica ``replica``'s sub-solvers (member order)."""
+    return [r for r in range(world_size) if rank_layout(r, world_size, sub_solver_ranks)[0] == replica]
+
+
+def sub_solver_shares(sub_solvers: int, sub_solver_ranks: int) -> tuple[tuple[int, ...], ...]:
+    """The sub-solvers each member of a replica runs: round-robin, so that with
+    ``sub_solvers % G != 0`` the shares differ by at most one."""
+    if sub_solver_ranks > sub_solvers:
+        from ..config import ConfigError
+
+        raise ConfigError(f"--sub-solver-ranks {sub_solver_ranks} is more than the model's {sub_solvers} "
+                          "sub-solvers: some processes would have none to run. Give at most "
+                          f"{sub_solvers}.")
+    return tuple(tuple(range(m, sub_solvers, sub_solver_ranks)) for m in range(sub_solver_ranks))
+
+
+def check_sub_solver_split(cfg: dict[str, Any], sub_solver_ranks: int) -> None:
+    """A ``ConfigError`` unless ``cfg`` trains a NeuralStagger model with at least
+    ``sub_solver_ranks`` sub-solvers."""
+    from ..config import ConfigError
+
+    model = cfg.get("model")
+    if not isinstance(model, dict) or model.get("kind") != "staggered":
+        kind = model.get("kind", "vanilla") if isinstance(model, dict) else None
+        what = f"model.kind={kind}" if kind else f"the experiment {cfg.get('experiment', '')!r}".replace(" ''", "")
+        raise ConfigError(f"--sub-solver-ranks {sub_solver_ranks} splits a NeuralStagger model's sub-solvers over "
+                          f"processes, but {what} has none (use a staggered flow experiment such as "
+                          "flow-2d-s2t1, or model.kind=staggered; leave --sub-solver-ranks out for plain data "
+                          "parallelism).")
+    ndim = cfg["physics"]["ndim"]
+    count = int(model["stride"]) ** ndim * int(model["window"])
+    sub_solver_shares(count, sub_solver_ranks)
+
+
+def place_sub_solvers(model: Any, ctx: DistContext) -> None:
+    """Split ``model``'s sub-solvers over the ranks of this rank's replica (:func:`rank_layout`).
+
+    Collective: every rank of the job calls it (``new_group`` is), in the same order. The
+    all-gather the model calls goes through :meth:`DistContext._collective`, so a lost peer raises
+    :class:`RankFailure` as every other collective does.
+    """
+    if ctx.sub_solver_ranks == 1:
+        return
+    from ..stagger import SubSolverPlacement
+
+    split = getattr(model, "split_sub_solvers", None)
+    if split is None:
+        from ..config import ConfigError
+
+        raise ConfigError(f"--sub-solver-ranks {ctx.sub_solver_ranks}: the model ({type(model).__name__}) has no "
+                          "sub-solvers to split; only a NeuralStagger model (model.kind=staggered) can be.")
+    import torch.distributed as dist
+
+    group = None  # one replica: its group is the whole job
+    if ctx.replicas > 1:
+        for d in range(ctx.replicas):  # every rank creates every group, in the same order
+            pg = ctx._collective("creating the sub-solver groups",
+                                 lambda d=d: dist.new_group(replica_ranks(d, ctx.world_size, ctx.sub_solver_ranks)))
+            if d == ctx.replica:
+                group = pg
+    size = ctx.sub_solver_ranks
+
+    def all_gather(flat: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(flat) for _ in range(size)]
+        ctx._collective("gathering the sub-solvers' outputs", lambda: dist.all_gather(out, flat, group=group))
+        return out
+
+    split(SubSolverPlacement(sub_solver_shares(model.sub_solvers, size), ctx.member, all_gather))
 
 
 _POOL_RANK_KEYS = ("generator", "steps", "next_reset", "next_young", "rejected", "perturbed", "warm_specs", "warm_tensors")

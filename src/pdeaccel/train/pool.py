@@ -100,6 +100,8 @@ class FlowPool:
         self.perturb_fn = perturb
         self.perturb_every = perturb_every
         self.move = move
+        # where batches are handed out (the model's device); the pool stays in host memory
+        self.device = torch.device("cpu")
         self.sample_spec = sample_spec
         self.build_env = build_env
         self.model = model
@@ -133,15 +135,26 @@ class FlowPool:
     def pressure(self) -> torch.Tensor:
         return self.tensors["pressure"]
 
+    def to(self, device: torch.device | str) -> "FlowPool":
+        """Hand out batches on ``device`` (a GPU): the pool's states and environments stay in
+        host memory, where a paper-size pool fits, and only each step's batch is copied over and
+        its predictions back."""
+        self.device = torch.device(device)
+        return self
+
     def batch(self, idx: torch.Tensor) -> tuple[FlowEnvironment, Any]:
         env = FlowEnvironment.stack([self.envs[int(i)] for i in idx])
-        return env, self.model.unpack({k: t[idx].clone() for k, t in self.tensors.items()})
+        state = {k: t[idx].clone() for k, t in self.tensors.items()}
+        if self.device.type != "cpu":
+            env = env.to(self.device)
+            state = {k: t.to(self.device) for k, t in state.items()}
+        return env, self.model.unpack(state)
 
     def write_back(self, idx: torch.Tensor, state: Any, calls: int = 1) -> int:
         """Store the predictions of a batch, ``calls`` model calls after the batch was drawn
         (moving obstacles advance that many calls' steps); returns how many were refused as
         non-finite."""
-        new = {k: t.detach() for k, t in self.model.pack(state).items()}
+        new = {k: t.detach().to(self.tensors[k].device) for k, t in self.model.pack(state).items()}
         finite = torch.ones(len(idx), dtype=torch.bool)
         for t in new.values():
             finite &= torch.isfinite(t.flatten(1)).all(1)

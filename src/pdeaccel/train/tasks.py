@@ -229,6 +229,15 @@ class FlowPoolTask(_NetTask):
         self.net.load_state_dict(state["net"])
         self.pool.load_state_dict(state["pool"])
 
+    def to(self, device: torch.device) -> "FlowPoolTask":
+        """Train on ``device`` (a GPU): the model and the validation environments move there; the
+        pool hands out each batch there and keeps its states in host memory."""
+        self.net.to(device)
+        self.validation_env = self.validation_env.to(device)
+        self._validation_residual = None
+        self.pool.to(device)
+        return self
+
     def train_batches(self, generator: torch.Generator) -> Iterable[torch.Tensor]:
         for _ in range(self.steps_per_epoch):
             yield self.pool.draw(self.batch_size, generator)

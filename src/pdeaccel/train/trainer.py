@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..linalg import NonFiniteError, SolverConfig
 from ..prdp import IterationLedger, Schedule
 from . import io
-from .distributed import RANK_LOCAL_STATE, DistContext, sample_count, shard_batch
+from .distributed import RANK_LOCAL_STATE, DistContext, place_sub_solvers, sample_count, shard_batch
 
 
 class Task(Protocol):
@@ -84,6 +84,8 @@ class Trainer:
         seed: seeds the minibatch order; the generator state is checkpointed.
         dist: this process's rank in a data-parallel job (default: a single process). Every rank
             builds the same task from the same seed; rank 0's parameters are broadcast at the start.
+            Its ``device`` other than the CPU moves the task there (``task.to(device)``); its
+            ``sub_solver_ranks`` > 1 splits the task's NeuralStagger model (``task.net``) over ranks.
         shard_batches: with several ranks, rank ``r`` trains on the ``r``-th chunk of every
             minibatch the task yields (data tasks); ``False`` when the task already yields this
             rank's own batch (a per-rank pool).
@@ -95,13 +97,22 @@ class Trainer:
                  shard_batches: bool = True) -> None:
         # gradients of tiny residuals reach the subnormal range, where x86 arithmetic is ~100× slower
         torch.set_flush_denormal(True)
+        self.dist = dist if dist is not None else DistContext()
+        if self.dist.device != "cpu":  # before the optimiser sees the parameters
+            move = getattr(task, "to", None)
+            if move is None:
+                from ..config import ConfigError
+
+                raise ConfigError(f"--device {self.dist.device}: this experiment's task ({type(task).__name__}) "
+                                  "trains on the CPU only; the flow experiments (flow-2d, flow-3d and the "
+                                  "NeuralStagger ones) train on a GPU. Use --device cpu.")
+            move(torch.device(self.dist.device))
         self.task = task
         self.solver = solver
         self.validation_solver = validation_solver
         self.schedule = schedule
         # optional second budget, refined by the same metric: Picard iterations per step
         self.nonlinear_schedule = nonlinear_schedule
-        self.dist = dist if dist is not None else DistContext()
         self.shard_batches = shard_batches
         if not self.dist.is_main:  # progress and logs from rank 0 only
             settings = dataclasses.replace(settings, progress=False)
@@ -129,6 +140,8 @@ class Trainer:
             with torch.no_grad():
                 for i, p in enumerate(params):
                     self.dist.broadcast_tensor(p.data, f"the initial parameter {i}")
+        if self.dist.sub_solver_ranks > 1:  # NeuralStagger's sub-solvers spread over the replica's ranks
+            place_sub_solvers(getattr(task, "net", None), self.dist)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -213,7 +226,7 @@ class Trainer:
         task = state["task"]
         for key, (_, split) in RANK_LOCAL_STATE.items():
             if isinstance(task, dict) and key in task:
-                task = {**task, key: split(task[key], self.dist.world_size)[self.dist.rank]}
+                task = {**task, key: split(task[key], self.dist.replicas)[self.dist.replica]}
         return {**state, "task": task}
 
     def _checkpoint(self) -> None:
@@ -243,9 +256,10 @@ class Trainer:
         for key, (merge, _) in RANK_LOCAL_STATE.items():
             if isinstance(task, dict) and key in task:
                 parts = self.dist.gather_object(task[key], f"gathering the ranks' {key}")
-                if parts is not None:
-                    task = {**task, key: merge(parts)}
-        return {**state, "task": task, "world_size": self.dist.world_size} if self.dist.is_main else None
+                if parts is not None:  # the ranks of a replica hold the same: one part per replica
+                    task = {**task, key: merge(parts[::self.dist.sub_solver_ranks])}
+        return ({**state, "task": task, "world_size": self.dist.world_size,
+                 "sub_solver_ranks": self.dist.sub_solver_ranks} if self.dist.is_main else None)
 
     def _write_logs(self) -> None:
         io.write_csv(self.run_dir / "metrics.csv", self.rows)
@@ -393,6 +407,12 @@ class Trainer:
         got a gradient. The optimiser steps with ``Σ n_r∇L_r / Σ n_r``: the gradient of the global
         minibatch's mean loss. The guard tests the reduced loss and gradient, so every rank stops
         (and rolls back) at the same step.
+
+        With NeuralStagger sub-solvers split over ``G`` ranks per replica, the ``G`` members of a
+        replica hold the same batch and loss but each only its own sub-solvers' part of the
+        gradient: the sum over all ranks is ``Σ_d n_d·∇L_d`` (each replica's whole gradient) while
+        ``Σ n_r`` counts every replica's samples ``G`` times, so the gradient is divided by
+        ``Σ n_r / G`` (the loss, the same on every member, by ``Σ n_r``).
         """
         losses: list[float] = []
         params = list(self.task.parameters())
@@ -429,8 +449,9 @@ class Trainer:
                 if self.reference_loss > 0 and value > self.settings.guard_factor * self.reference_loss:
                     return losses, {"where": f"loss ({self.settings.guard_factor:g}x the best epoch's at this K)",
                                     "step": step, "value": value}
+                samples = total / self.dist.sub_solver_ranks
                 for i, (p, g, has) in enumerate(zip(params, grads, stats[3:])):
-                    p.grad = (g / total).to(p.dtype).view_as(p) if has > 0 else None
+                    p.grad = (g / samples).to(p.dtype).view_as(p) if has > 0 else None
                     if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                         return losses, {"where": f"gradient of parameter {i} {list(p.shape)}", "step": step,
                                         "value": math.nan}
