@@ -333,6 +333,24 @@ class PRDPSchedule(Schedule):
     def metric(self) -> str:
         return self.config.metric
 
+    def observe_initial(self, metric: float) -> None:
+        """Put the untrained model's metric at the head of the history, before the first epoch.
+
+        The reference code does this (its error history starts with the epoch-0 validation error):
+        the EMA starts at that value, the plateau test needs one epoch fewer to start, and with
+        ``initial_checkpoint=None`` the checkpoint ck is that error (the paper's heat-2d setting).
+        Nothing is decided and K does not change. Only before the first :meth:`update`.
+        """
+        if self.metrics or self.ema:
+            raise ValueError("observe_initial must come before the first update (the history is not empty).")
+        value = _metric(metric, self._positive_metric)
+        self.ema.append(value)
+        if self.checkpoint is None:
+            self.checkpoint = value
+        self.trace.append({"epoch": None, "metric": value, "ema": value, "ratio_step": None,
+                           "ratio_checkpoint": None, "checkpoint": self.checkpoint, "action": "initial",
+                           "k": self._k})
+
     def _decide(self, epoch: int, metric: float) -> RefinementEvent | None:
         cfg = self.config
         alpha = cfg.ema_alpha

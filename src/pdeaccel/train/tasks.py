@@ -32,6 +32,37 @@ def normalised_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (num / den).mean()
 
 
+def paper_emulator_metric(rollout: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The PRDP reference code's heat validation metric (``val_loss`` of its heat notebooks).
+
+    With ``rollout`` the network's own states ``û_1 … û_R`` and ``reference`` the states
+    ``u_0 … u_R`` (both ``[m, ·, C, *space]``): the mean over samples of
+    ``‖û_R − u_R‖² / ‖u_{R−1}‖²`` — the last step's error, normalised (as the reference code
+    does for its 2-step error) by the norm of the state one step *before* it.
+    """
+    err = (rollout[:, -1] - reference[:, -1]).flatten(1).pow(2).sum(1)
+    den = reference[:, -2].flatten(1).pow(2).sum(1).clamp_min(1e-30)
+    return (err / den).mean()
+
+
+def paper_correction_metric(rollout: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The PRDP reference code's Navier–Stokes validation metric (what its controller reads):
+    the last rollout step's error of the x-velocity, normalised by that target's norm,
+    ``mean_samples ‖û_R,x − u_R,x‖² / ‖u_R,x‖²``."""
+    err = (rollout[:, -1, 0] - reference[:, -1, 0]).flatten(1).pow(2).sum(1)
+    den = reference[:, -1, 0].flatten(1).pow(2).sum(1).clamp_min(1e-30)
+    return (err / den).mean()
+
+
+VALIDATION_METRICS = ("ours", "paper")
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in VALIDATION_METRICS:
+        raise ValueError(f"validation metric must be one of {', '.join(VALIDATION_METRICS)}; got {metric!r}.")
+    return metric
+
+
 def _minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterable[torch.Tensor]:
     order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
@@ -61,12 +92,15 @@ class EmulatorTask(_NetTask):
         stepper: the differentiable numerical step ``(u, solver) -> u_next``.
         train: reference trajectories ``[n, T, C, *space]`` (T ≥ 3); every window of three
             consecutive states is one training sample.
-        validation: reference trajectories ``[m, R+1, C, *space]``; the metric is the nMSE of the
-            network's own R-step rollout from the first state, averaged over steps.
+        validation: reference trajectories ``[m, R+1, C, *space]``; the metric (``"ours"``) is
+            the nMSE of the network's own R-step rollout from the first state, each step
+            normalised by its own target, averaged over steps; ``"paper"``: the reference code's
+            (:func:`paper_emulator_metric`).
     """
 
     def __init__(self, net: nn.Module, stepper: Stepper, train: torch.Tensor, validation: torch.Tensor,
-                 batch_size: int) -> None:
+                 batch_size: int, metric: str = "ours") -> None:
+        self.metric = _check_metric(metric)
         if train.shape[1] < 3:
             raise ValueError(f"emulator training needs trajectories of at least 3 states, got {train.shape[1]}")
         self.net, self.stepper, self.batch_size = net, stepper, batch_size
@@ -88,10 +122,13 @@ class EmulatorTask(_NetTask):
     @torch.no_grad()
     def validate(self, solver: SolverConfig) -> float:
         u = self.validation[:, 0]
-        errors = []
+        errors, states = [], []
         for t in range(1, self.validation.shape[1]):
             u = self.net(u)
+            states.append(u)
             errors.append(normalised_mse(u, self.validation[:, t]))
+        if self.metric == "paper":
+            return float(paper_emulator_metric(torch.stack(states, 1), self.validation))
         return float(torch.stack(errors).mean())
 
 
@@ -105,10 +142,12 @@ class CorrectionTask(_NetTask):
         validation: reference trajectories ``[m, R+1, C, *space]``; metric = nMSE of the hybrid
             R-step rollout with the validation (converged) solver.
         unroll: steps unrolled in the training loss.
+        metric: ``"ours"`` (above) or ``"paper"`` (:func:`paper_correction_metric`).
     """
 
     def __init__(self, net: nn.Module, stepper: Stepper, train: torch.Tensor, validation: torch.Tensor,
-                 batch_size: int, unroll: int = 2) -> None:
+                 batch_size: int, unroll: int = 2, metric: str = "ours") -> None:
+        self.metric = _check_metric(metric)
         if train.shape[1] < unroll + 1:
             raise ValueError(f"need trajectories of at least unroll+1={unroll + 1} states, got {train.shape[1]}")
         self.net, self.stepper, self.batch_size, self.unroll = net, stepper, batch_size, unroll
@@ -135,10 +174,13 @@ class CorrectionTask(_NetTask):
     @torch.no_grad()
     def validate(self, solver: SolverConfig) -> float:
         u = self.validation[:, 0]
-        errors = []
+        errors, states = [], []
         for t in range(1, self.validation.shape[1]):
             u = self._hybrid_step(u, solver)
+            states.append(u)
             errors.append(normalised_mse(u, self.validation[:, t]))
+        if self.metric == "paper":
+            return float(paper_correction_metric(torch.stack(states, 1), self.validation))
         return float(torch.stack(errors).mean())
 
 
