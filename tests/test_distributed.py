@@ -405,6 +405,45 @@ def test_a_killed_rank_stops_the_job_with_a_clear_message_and_resume_takes_anoth
     assert [int(r["epoch"]) for r in rows] == list(range(done + 2))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not any(Path("/proc/self/task").glob("*/children")), reason="finds the ranks through /proc")
+def test_a_killed_launcher_takes_its_ranks_with_it_and_the_run_resumes(tmp_path):
+    env, run = _env(tmp_path), tmp_path / "run"
+    job = subprocess.Popen([sys.executable, "-m", "pdeaccel", "train", *HEAT, "train.epochs=2000", "--nproc", "2",
+                            "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks = []
+    try:
+        deadline = time.monotonic() + 90
+        while not (run / "checkpoints" / "epoch_00002.ckpt").exists() and time.monotonic() < deadline:
+            assert job.poll() is None
+            time.sleep(0.2)
+        ranks = [_rank_pid(job.pid, r) for r in range(2)]
+        assert None not in ranks
+        job.kill()  # SIGKILL: the launcher cannot stop its ranks itself
+        job.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(r) for r in ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # orphaned ranks would go on training and writing the directory the user now resumes
+        assert not any(_alive(r) for r in ranks)
+    finally:
+        for pid in [job.pid] + [r for r in ranks if r]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    done = len(_metrics(run))
+    resumed = subprocess.run([sys.executable, "-m", "pdeaccel", "train", "heat-1d", "--quiet", "--resume", str(run),
+                              f"train.epochs={done + 2}", "--nproc", "2"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [int(r["epoch"]) for r in _metrics(run)] == list(range(done + 2))
+
+
 FLOW = ["flow-2d", "--quiet", "physics.length=16", "physics.height=8", "pool.size=4", "pool.reset_every=2",
         "net.hidden=4", "net.levels=2", "data.validation=2", "data.validation_steps=2", "train.steps_per_epoch=3",
         "train.batch_size=2"]

@@ -320,7 +320,38 @@ def init_from_environment(sub_solver_ranks: int = 1, device: str = "cpu") -> Dis
                               f"the other ranks did not start or did not answer within {timeout:g} s.") from exc
     _CONTEXT = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                            timeout_s=timeout, sub_solver_ranks=sub_solver_ranks, device=where)
+    _exit_with_launcher(_CONTEXT)
     return _CONTEXT
+
+
+LAUNCHER_POLL_S = 0.2
+
+
+def _exit_with_launcher(ctx: DistContext) -> None:
+    """Stop this rank as soon as the process that started it (torchrun's agent, or
+    ``pdeaccel train --nproc``) is gone.
+
+    A SIGKILLed launcher cannot stop its ranks, and gloo does not need it after the rendezvous:
+    the orphaned ranks would train on, still writing the run directory, while the user (or a
+    supervisor) resumes the same directory with a new job. A daemon thread watches the parent
+    (re-parenting changes ``getppid()``) and ends the process at once; an interrupted checkpoint
+    write leaves only a temporary file, which a resume removes.
+    """
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(LAUNCHER_POLL_S)
+            if os.getppid() != parent:
+                print(f"pdeaccel [rank {ctx.rank}/{ctx.world_size}]: the launcher (pid {parent}) is gone; stopping "
+                      "this rank. Completed epochs are checkpointed: continue with `pdeaccel train NAME --resume "
+                      "RUN_DIR`.", file=sys.stderr, flush=True)
+                os._exit(RANK_FAILURE_EXIT)
+
+    threading.Thread(target=watch, name="pdeaccel-launcher-watch", daemon=True).start()
 
 
 def shutdown() -> None:
