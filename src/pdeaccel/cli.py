@@ -322,9 +322,16 @@ def _experiments(args: argparse.Namespace) -> int:
             print(f"{exp.name:20s} {exp.description}  (sizes: {', '.join(exp.sizes)})")
         return 0
     exp = get_experiment(args.name)
-    print(f"# {exp.name}: {exp.description}\n# size {args.size}; override any key with key=value\n")
-    print(to_yaml(exp.config(args.size)))
-    print("# keys: " + ", ".join(flatten(exp.config(args.size))))
+    cfg = exp.config(args.size)  # an unknown size fails here, naming the sizes
+    print(f"# {exp.name}: {exp.description}\n# size {args.size} (sizes: {', '.join(exp.sizes)}); override any key "
+          "with key=value\n")
+    print(to_yaml(cfg))
+    print("# keys: " + ", ".join(flatten(cfg)))
+    deviations = exp.deviations.get(args.size)
+    if deviations:
+        print(f"\n# deviations from the paper at size {args.size}:")
+        for line in deviations:
+            print(f"#  - {line}")
     return 0
 
 
