@@ -37,7 +37,9 @@ from pdeaccel.experiments.flow import held_out_environment, held_out_spec
 from pdeaccel.experiments.flow_eval import (cell_speed, load_flow_model, loss_optimal_steps, moving_environments,
                                             neural_rollout, outflow_wiggle, potential_of, probe_window,
                                             reference_rollout, reference_substeps, shedding_frequency,
-                                            velocity_error)
+                                            velocity_error, vorticity)
+
+VORTICITY_STEP = 500  # the figure's vorticity snapshot (the developed wake)
 from pdeaccel.losses import FlowResidual
 from pdeaccel.neural_flow import PotentialState
 from pdeaccel.physics.environments import FlowEnvironment
@@ -94,7 +96,9 @@ def evaluate(model, cfg: dict, kind: str, steps: int, error_steps: list[int], pr
     ref = reference_rollout(env, steps, save_steps=set(error_steps) | set(keep_reference), progress=progress,
                             env_at=env_at, average_from=average_from)
     reference_states = dict(zip(ref.snapshot_steps, ref.snapshots))
-    errors = {k: velocity_error(u, reference_states[k], env) for k, u in zip(neural.snapshot_steps, neural.snapshots)}
+    neural_states = dict(zip(neural.snapshot_steps, neural.snapshots))
+    errors = {k: velocity_error(u, reference_states[k], env) for k, u in neural_states.items()}
+    w_step = VORTICITY_STEP if VORTICITY_STEP in neural_states else None
     discard = steps // 5
     f_net, share_net = shedding_frequency(neural.probe, env.dt, discard)
     f_ref, share_ref = shedding_frequency(ref.probe, env.dt, discard)
@@ -123,6 +127,12 @@ def evaluate(model, cfg: dict, kind: str, steps: int, error_steps: list[int], pr
         "final_speed_net": _plane(cell_speed(neural.snapshots[-1])).tolist(),
         "final_speed_reference": _plane(cell_speed(reference_states[steps])).tolist(),
         "fluid": _plane(torch.from_numpy(1.0 - ref.snapshot_solids[-1].astype(np.float64))).tolist(),
+        # vorticity at VORTICITY_STEP (2D only), reference beside network, for the figure
+        "vorticity_step": w_step if physics["ndim"] == 2 else None,
+        "vorticity_net": vorticity(neural_states[w_step], env.spacing[0]).tolist()
+        if w_step and physics["ndim"] == 2 else None,
+        "vorticity_reference": vorticity(reference_states[w_step], env.spacing[0]).tolist()
+        if w_step and physics["ndim"] == 2 else None,
         "rollout_seconds_net": neural.wall_seconds, "rollout_seconds_reference": ref.wall_seconds,
         "_reference_states": reference_states,
     }
@@ -201,7 +211,9 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(results), 3, figsize=(16, 3.4 * len(results)), squeeze=False)
+    vort = any(r.get("vorticity_net") is not None for r in results)
+    cols = 5 if vort else 3
+    fig, axes = plt.subplots(len(results), cols, figsize=(5.3 * cols, 3.4 * len(results)), squeeze=False)
     for row, r in zip(axes, results):
         t = np.arange(1, len(r["probe_net"]) + 1) * r["dt"]
         row[0].plot(t, r["probe_reference"], label="reference (MAC, upwind3)", lw=1)
@@ -216,6 +228,16 @@ def plot(results: list[dict], path: Path) -> None:
             ax.contour(solid.T, levels=[0.5], colors="k", linewidths=0.8)
             ax.set(title=f"{r['kind']}: |u| at step {r['steps']}, {name}", xticks=[], yticks=[])
             fig.colorbar(im, ax=ax, shrink=0.8)
+        if vort and r.get("vorticity_net") is not None:
+            w_ref, w_net = np.asarray(r["vorticity_reference"]), np.asarray(r["vorticity_net"])
+            lim = float(np.percentile(np.abs(w_ref), 99)) or 1.0
+            for ax, w, name in ((row[3], w_ref, "reference"), (row[4], w_net, "neural")):
+                # corners between cells: the obstacle outline from the cell mask, shifted half a cell
+                im = ax.imshow(w.T, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
+                ax.contour(np.arange(solid.shape[0]) - 0.5, np.arange(solid.shape[1]) - 0.5, solid.T, levels=[0.5],
+                           colors="k", linewidths=0.8)
+                ax.set(title=f"{r['kind']}: vorticity at step {r['vorticity_step']}, {name}", xticks=[], yticks=[])
+                fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -361,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         r.pop("_reference_states")
     RESULTS.mkdir(exist_ok=True)
     plot(domains, RESULTS / f"{args.name}.png")
-    slim = {**data, "domains": [{k: v for k, v in r.items() if not k.startswith(("final_speed", "fluid"))}
+    slim = {**data, "domains": [{k: v for k, v in r.items() if not k.startswith(("final_speed", "fluid", "vorticity_"))}
                                 for r in domains]}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(slim, indent=1) + "\n")
     (RESULTS / f"{args.name}.md").write_text(markdown(data))

@@ -488,6 +488,7 @@ def test_flow_benchmark_script_writes_markdown_and_json(tmp_path, monkeypatch):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(bench, "VORTICITY_STEP", 6)  # the figure's vorticity panels, at the last step here
     runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "model", progress=False)
     assert bench.main(["--model", str(tmp_path / "model"), "--steps", "6", "--large-batch", "2",
                        "--sustain-start", "2", "--sustain-steps", "2", "--scheme-steps", "0", "--quiet"]) == 0
@@ -546,3 +547,57 @@ def test_young_slots_are_reset_round_robin_among_themselves_and_resume_identical
     with pytest.raises(ValueError, match="young_reset_every"):
         FlowPool(2, lambda g: sample_spec(physics, g), lambda s: build_environment(physics, s), model,
                  reset_every=0, young=1, young_reset_every=0)
+
+
+def test_flow_learning_curve_trains_in_exact_segments_and_reports_each(tmp_path, monkeypatch):
+    """benchmarks/flow_learning_curve.py at toy size: two segments of one run through the CLI (the second a
+    --resume), one evaluated row each with the optimiser steps the run had, the targets judged, and a
+    rerun of the same command skips what is done."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_learning_curve.py"
+    spec = importlib.util.spec_from_file_location("flow_learning_curve", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    run = tmp_path / "run"
+    argv = ["--out", str(run), "--epochs", "2", "--every", "1", "--steps", "50", "--name", "curve", *TINY]
+    assert bench.main(argv) == 0
+    data = json.loads((tmp_path / "results" / "curve.json").read_text())
+    assert [r["epochs"] for r in data["rows"]] == [1, 2]
+    assert [r["optimizer_steps"] for r in data["rows"]] == [3, 6]  # TINY: 3 steps per epoch
+    assert bench.done_epochs(run) == 2
+    for r in data["rows"]:
+        for kind in ("cylinder", "box"):
+            d = r["domains"][kind]
+            # a toy model barely moves the fluid: an error near 1 at t = 50
+            assert d["stable"] and 0.8 < d["error_t50"] < 1.2
+            assert 0.8 < d["error_t50"] < 1.2
+    md = (tmp_path / "results" / "curve.md").read_text()
+    assert "| 6 |" in md and "too few points for a trend" in md and (tmp_path / "results" / "curve.png").stat().st_size
+    monkeypatch.setattr(bench, "train_to", lambda *a: pytest.fail("a finished segment was trained again"))
+    assert bench.main(argv) == 0
+
+
+def test_learning_curve_trend_extrapolates_a_log_linear_metric_to_its_target():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_learning_curve.py"
+    spec = importlib.util.spec_from_file_location("flow_learning_curve", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def rows(values):
+        return [{"optimizer_steps": 10 ** (3 + i), "domains": {"box": {"amplitude_ratio": v, "error_t50": 0.3}}}
+                for i, v in enumerate(values)]
+
+    # amplitude 0.1 higher per decade, 0.6 at 1e7 steps: reaches 0.7 at 1e8; the first half of the points is ignored
+    t = bench.trend(rows([0.9, 0.0, 0.4, 0.5, 0.6]), "box", "amplitude_ratio")
+    assert t["slope_per_decade"] == pytest.approx(0.1) and t["steps_to_target"] == pytest.approx(1e8, rel=1e-6)
+    assert bench.trend(rows([0.9, 0.0, 0.6, 0.5, 0.4]), "box", "amplitude_ratio")["steps_to_target"] is None
+    assert bench.trend(rows([0.9, 0.0, 0.7, 0.8, 0.9]), "box", "amplitude_ratio")["met_now"] is True
+    flat = bench.trend(rows([0.3] * 5), "box", "error_t50")
+    assert flat["steps_to_target"] is None and not flat["met_now"]
