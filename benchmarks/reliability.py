@@ -1,6 +1,7 @@
 """Reliability benchmark: SIGKILLs at random moments, damaged files, malformed inputs.
 
     .venv/bin/python benchmarks/reliability.py [--kills-per-run 8] [--fuzz-examples 300]
+    .venv/bin/python benchmarks/reliability.py --only distributed [--kills-per-distributed-run 4]
 
 1. Kills. Each configuration is first trained once without interruption (in a subprocess, through the
    CLI), then again while being SIGKILLed at random moments — uniform over the uninterrupted run's
@@ -13,6 +14,12 @@
    detected and regenerated, or — if the flip hit unused bytes — load exactly the original data).
 3. Malformed inputs: tests/test_fuzz.py with more hypothesis examples; every rejected input must
    get a clear ValueError/TypeError raised by pdeaccel's own checks.
+4. Kills of 2-process jobs (``pdeaccel train ... --nproc 2``): each SIGKILL hits the launcher,
+   rank 0 (the checkpoint writer; every mid-write kill) or rank 1; the next command starts once
+   every process of the job is gone, and resumes with 2 processes. Compared bit for bit like 1
+   with an uninterrupted 2-process run (a resume with the same number of processes gets every
+   rank's own pool, generator and counters back, and gloo sums two ranks in a fixed order).
+   ``--only distributed`` runs this part alone and merges it into the existing results.
 
 Writes benchmarks/results/reliability.md and reliability.json.
 """
@@ -57,17 +64,31 @@ CONFIGS = {
 }
 
 
-def kill_campaign(work: Path, kills_per_run: int, rng: random.Random) -> list[dict]:
+# 2-process jobs: data-parallel (sharded batches), per-rank flow pools, NeuralStagger split over the ranks
+FLOW_SMALL = ["physics.length=16", "physics.height=8", "pool.size=4", "net.hidden=4", "data.validation=2",
+              "data.validation_steps=2", "train.steps_per_epoch=3", "train.batch_size=2", "train.epochs=8"]
+DIST_CONFIGS = {
+    "heat-1d prdp, 2 processes": CONFIGS["heat-1d prdp"],
+    "flow-2d pool, 2 processes": CONFIGS["flow-2d pool"],
+    "flow-2d-s2t1 sub-solvers split over 2 ranks": ["flow-2d-s2t1", *FLOW_SMALL, "net.levels=1", "--sub-solver-ranks",
+                                                    "2"],
+}
+DIST_TARGETS = ("launcher", "rank 0", "rank 1")
+
+
+def kill_campaign(work: Path, kills_per_run: int, rng: random.Random, configs: dict | None = None,
+                  nproc: int = 1) -> list[dict]:
     results = []
-    for label, args in CONFIGS.items():
-        ref = work / f"{label.replace(' ', '_')}-reference"
+    for label, args in (CONFIGS if configs is None else configs).items():
+        ref = work / f"{label.replace(' ', '_').replace(',', '')}-reference"
         start = time.perf_counter()
-        faults.run_with_kills(args, ref, [], slow_writes=SLOW_WRITES)
+        faults.run_with_kills(args, ref, [], slow_writes=SLOW_WRITES, nproc=nproc)
         duration = time.perf_counter() - start
-        killed = work / f"{label.replace(' ', '_')}-killed"
-        moments = faults.random_moments(kills_per_run, duration, rng, mid_write_share=0.35)
+        killed = work / f"{label.replace(' ', '_').replace(',', '')}-killed"
+        moments = faults.random_moments(kills_per_run, duration, rng, mid_write_share=0.35,
+                                        targets=DIST_TARGETS if nproc > 1 else ())
         start = time.perf_counter()
-        kills = faults.run_with_kills(args, killed, moments, slow_writes=SLOW_WRITES)
+        kills = faults.run_with_kills(args, killed, moments, slow_writes=SLOW_WRITES, nproc=nproc)
         diff = faults.differences(faults.comparable_run(ref), faults.comparable_run(killed))
         epochs = len(faults.comparable_run(ref)["metrics"])
         results.append({"config": label, "uninterrupted_seconds": duration,
@@ -188,8 +209,57 @@ def write_report(result: dict) -> None:
     for test, t in sorted(f["per_test"].items()):
         lines.append(f"| {test.removeprefix('test_')} | {t.get('rejected with a clear error', 0)} | "
                      f"{t.get('accepted', 0)} |")
+    lines += _distributed_section(result.get("distributed"))
     lines += ["", f"Nothing lost or silently accepted: **{'yes' if result['all_good'] else 'NO'}**.", ""]
     (RESULTS / "reliability.md").write_text("\n".join(lines))
+
+
+def _distributed_section(dist: dict | None) -> list[str]:
+    if not dist:
+        return []
+    kills = [k for r in dist["kills"] for k in r["kills"]]
+    landed = [k for k in kills if not k["finished_before_kill"]]
+    by_target = {t: sum(k["target"] == t for k in landed) for t in DIST_TARGETS}
+    ckpt_hits = [k for k in landed if any(w.endswith(".ckpt") for w in k["interrupted_writes"])]
+    gone = [k["job_gone_seconds"] for k in landed if k["job_gone_seconds"] is not None]
+    lines = ["", "## SIGKILL and resume, 2-process jobs", "",
+             f"`{dist['command']}` ({dist['date']}, {dist['seconds']:.0f} s; both ranks and the launcher on the same "
+             "2 shared cores, one torch thread each).", "",
+             f"{len(kills)} SIGKILLs in {len(dist['kills'])} `pdeaccel train ... --nproc 2` runs ({len(landed)} hit a "
+             f"live job: {by_target['launcher']} the launcher, {by_target['rank 0']} rank 0 (the checkpoint writer), "
+             f"{by_target['rank 1']} rank 1; {len(ckpt_hits)} inside a checkpoint write; "
+             f"{sum(k['resumed'] for k in landed)} killed a `--resume` itself). After each kill the next command "
+             "started only once every process of the job was gone "
+             f"(at most {max(gone, default=0):.1f} s after the kill; processes still alive after 30 s: "
+             f"{sum(k['leftovers_killed'] for k in kills)}); every run was resumed with 2 processes to the end and "
+             "compared with an uninterrupted 2-process run of the same command as above: final checkpoint bit for "
+             "bit (weights, optimiser, schedules, RNG, ledger, the merged pool with every rank's own generator), "
+             "metrics.csv, events.json, report.json, wall-clock fields excluded. A resume with *another* number of "
+             "processes is not compared bit for bit: its gradient sums run in another order and its pools are "
+             "re-split (tests/test_distributed.py checks it to float tolerance).", "",
+             "| configuration | epochs | kills (launcher / rank 0 / rank 1) | in a checkpoint write | "
+             "uninterrupted s | with kills s | differences |", "|---|---|---|---|---|---|---|"]
+    for r in dist["kills"]:
+        hit = [k for k in r["kills"] if not k["finished_before_kill"]]
+        split = " / ".join(str(sum(k["target"] == t for k in hit)) for t in DIST_TARGETS)
+        hits = sum(any(w.endswith(".ckpt") for w in k["interrupted_writes"]) for k in r["kills"])
+        lines.append(f"| {r['config']} | {r['epochs']} | {len(r['kills'])} ({split}) | {hits} | "
+                     f"{r['uninterrupted_seconds']:.1f} | {r['killed_seconds']:.1f} | {len(r['differences'])} |")
+    return lines
+
+
+def distributed_campaign(kills_per_run: int, seed: int) -> dict:
+    start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="pdeaccel-reliability-dist-"))
+    os.environ[data_mod.DATA_ENV] = str(work / "data")
+    try:
+        kills = kill_campaign(work, kills_per_run, random.Random(seed + 1), DIST_CONFIGS, nproc=2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"command": "python benchmarks/reliability.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+            "seconds": time.perf_counter() - start, "kills": kills,
+            "all_good": all(not r["differences"] and not any(k["leftovers_killed"] for k in r["kills"])
+                            for r in kills)}
 
 
 def main() -> int:
@@ -198,7 +268,19 @@ def main() -> int:
     parser.add_argument("--corruptions", type=int, default=300)
     parser.add_argument("--fuzz-examples", type=int, default=300)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--kills-per-distributed-run", type=int, default=4)
+    parser.add_argument("--only", choices=("distributed",), default=None,
+                        help="run only the 2-process kill campaign and merge it into the existing results")
     args = parser.parse_args()
+    if args.only == "distributed":
+        previous = json.loads((RESULTS / "reliability.json").read_text())
+        dist = distributed_campaign(args.kills_per_distributed_run, args.seed)
+        previous["distributed"] = dist
+        previous["single_all_good"] = previous.get("single_all_good", previous["all_good"])
+        previous["all_good"] = previous["single_all_good"] and dist["all_good"]
+        write_report(previous)
+        print((RESULTS / "reliability.md").read_text())
+        return 0 if previous["all_good"] else 1
     rng = random.Random(args.seed)
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="pdeaccel-reliability-"))
@@ -210,12 +292,14 @@ def main() -> int:
         fz = fuzz(args.fuzz_examples, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    all_good = (all(not r["differences"] for r in kills) and ckpt["accepted"] == 0
-                and data["wrong data loaded"] == 0 and fz["pytest_exit_code"] == 0)
+    single_good = (all(not r["differences"] for r in kills) and ckpt["accepted"] == 0
+                   and data["wrong data loaded"] == 0 and fz["pytest_exit_code"] == 0)
+    dist = distributed_campaign(args.kills_per_distributed_run, args.seed)
     result = {"command": "python benchmarks/reliability.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - start, "seed": args.seed,
               "slow_writes_seconds": SLOW_WRITES, "kills": kills, "checkpoint_corruptions": ckpt,
-              "dataset_corruptions": data, "fuzz": fz, "all_good": all_good}
+              "dataset_corruptions": data, "fuzz": fz, "single_all_good": single_good, "distributed": dist,
+              "all_good": single_good and dist["all_good"]}
     write_report(result)
     print((RESULTS / "reliability.md").read_text())
     return 0 if all_good else 1

@@ -444,6 +444,19 @@ def test_a_killed_launcher_takes_its_ranks_with_it_and_the_run_resumes(tmp_path)
     assert [int(r["epoch"]) for r in _metrics(run)] == list(range(done + 2))
 
 
+def test_a_rank_whose_launcher_died_before_it_started_stops_instead_of_waiting_at_the_rendezvous(tmp_path):
+    # the launcher was SIGKILLed while this rank was still importing torch: its parent is no longer
+    # the launcher pdeaccel train --nproc named, and the rendezvous it is about to join has no host
+    env = {**_env(tmp_path), "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), distributed.TIMEOUT_ENV: "120",
+           distributed.LAUNCHER_ENV: str(os.getpid() + 10 ** 6)}
+    start = time.monotonic()
+    rank = subprocess.run([sys.executable, "-c", "from pdeaccel.train import distributed as d; "
+                           "d.init_from_environment()"], env=env, capture_output=True, text=True, timeout=40)
+    assert time.monotonic() - start < 30  # not the 120 s rendezvous timeout
+    assert rank.returncode == distributed.RANK_FAILURE_EXIT and "the launcher (pid" in rank.stderr
+
+
 FLOW = ["flow-2d", "--quiet", "physics.length=16", "physics.height=8", "pool.size=4", "pool.reset_every=2",
         "net.hidden=4", "net.levels=2", "data.validation=2", "data.validation_steps=2", "train.steps_per_epoch=3",
         "train.batch_size=2"]

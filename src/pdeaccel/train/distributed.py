@@ -311,6 +311,8 @@ def init_from_environment(sub_solver_ranks: int = 1, device: str = "cpu") -> Dis
         raise RuntimeError("this PyTorch build has no torch.distributed; run with one process.")
     timeout = timeout_seconds()
     rank = int(os.environ["RANK"])
+    # from the start: a rank whose launcher died during the rendezvous would wait out the timeout
+    _exit_with_launcher(rank, world)
     if not dist.is_initialized():
         backend = "gloo" if where == "cpu" else "cpu:gloo,cuda:nccl"
         try:
@@ -320,14 +322,16 @@ def init_from_environment(sub_solver_ranks: int = 1, device: str = "cpu") -> Dis
                               f"the other ranks did not start or did not answer within {timeout:g} s.") from exc
     _CONTEXT = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                            timeout_s=timeout, sub_solver_ranks=sub_solver_ranks, device=where)
-    _exit_with_launcher(_CONTEXT)
     return _CONTEXT
 
 
 LAUNCHER_POLL_S = 0.2
+#: set by :func:`launch` for its ranks: the launcher's pid, so that a rank whose launcher died
+#: before the rank started watching it (while Python and torch were still loading) knows it
+LAUNCHER_ENV = "PDEACCEL_LAUNCHER_PID"
 
 
-def _exit_with_launcher(ctx: DistContext) -> None:
+def _exit_with_launcher(rank: int, world: int) -> None:
     """Stop this rank as soon as the process that started it (torchrun's agent, or
     ``pdeaccel train --nproc``) is gone.
 
@@ -335,21 +339,25 @@ def _exit_with_launcher(ctx: DistContext) -> None:
     the orphaned ranks would train on, still writing the run directory, while the user (or a
     supervisor) resumes the same directory with a new job. A daemon thread watches the parent
     (re-parenting changes ``getppid()``) and ends the process at once; an interrupted checkpoint
-    write leaves only a temporary file, which a resume removes.
+    write leaves only a temporary file, which a resume removes. Under ``pdeaccel train --nproc``
+    the launcher's pid comes from ``$PDEACCEL_LAUNCHER_PID``; under an external torchrun it is the
+    parent at the time of this call (a torchrun agent killed in the second before leaves its
+    ranks waiting at the rendezvous until the timeout, without writing anything).
     """
     import threading
     import time
 
-    parent = os.getppid()
+    raw = os.environ.get(LAUNCHER_ENV, "")
+    parent = int(raw) if raw.isdigit() else os.getppid()
 
     def watch() -> None:
         while True:
-            time.sleep(LAUNCHER_POLL_S)
             if os.getppid() != parent:
-                print(f"pdeaccel [rank {ctx.rank}/{ctx.world_size}]: the launcher (pid {parent}) is gone; stopping "
+                print(f"pdeaccel [rank {rank}/{world}]: the launcher (pid {parent}) is gone; stopping "
                       "this rank. Completed epochs are checkpointed: continue with `pdeaccel train NAME --resume "
                       "RUN_DIR`.", file=sys.stderr, flush=True)
                 os._exit(RANK_FAILURE_EXIT)
+            time.sleep(LAUNCHER_POLL_S)
 
     threading.Thread(target=watch, name="pdeaccel-launcher-watch", daemon=True).start()
 
@@ -635,6 +643,7 @@ def launch(argv: Sequence[str], nproc: int, *, run_dir: str | None = None, name:
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
                           start_method="spawn")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: N ranks share the cores
+    os.environ[LAUNCHER_ENV] = str(os.getpid())  # the ranks' parent: they stop if it is gone
     try:
         elastic_launch(config, sys.executable)("-m", "pdeaccel", *argv)
     except ChildFailedError as exc:
