@@ -130,12 +130,12 @@ STAGGER = ["physics.length=16", "physics.height=8", "pool.size=4", "pool.reset_e
            "train.optimizer=sgd", "train.lr=0.05", "loss.unroll=2"]
 
 
-def _stagger_trainer(ctx: DistContext, epochs: int = 2) -> Trainer:
+def _stagger_trainer(ctx: DistContext, epochs: int = 2, shared: bool = False) -> Trainer:
     from pdeaccel.experiments.flow import build_flow
     from pdeaccel.experiments.runner import resolve_config
     from pdeaccel.prdp import FixedSchedule as Fixed
 
-    cfg = resolve_config("flow-2d", overrides=STAGGER)
+    cfg = resolve_config("flow-2d", overrides=STAGGER + [f"model.shared_weights={str(shared).lower()}"])
     built = build_flow(distributed.rank_pool_config(cfg, ctx))
     torch.manual_seed(0)
     with torch.no_grad():  # the sub-solvers start from a zero output layer: give every one its own
@@ -147,11 +147,14 @@ def _stagger_trainer(ctx: DistContext, epochs: int = 2) -> Trainer:
 
 
 def _scenario_stagger_split(ctx, out):  # both ranks share one model's 4 sub-solvers (2 each)
-    trainer = _stagger_trainer(DistContext(ctx.rank, ctx.world_size, ctx.local_rank, ctx.timeout_s,
-                                           sub_solver_ranks=2))
-    assert trainer.task.net.placement.shares[ctx.rank] == (ctx.rank, ctx.rank + 2)
-    trainer.fit()
-    return {**_outcome(trainer), "pool": trainer.task.pool.potential.clone()}
+    result = {}
+    for shared in (False, True):  # separate networks; one network called on each rank's share
+        trainer = _stagger_trainer(DistContext(ctx.rank, ctx.world_size, ctx.local_rank, ctx.timeout_s,
+                                               sub_solver_ranks=2), shared=shared)
+        assert trainer.task.net.placement.shares[ctx.rank] == (ctx.rank, ctx.rank + 2)
+        trainer.fit()
+        result[str(shared)] = {**_outcome(trainer), "pool": trainer.task.pool.potential.clone()}
+    return result
 
 
 SCENARIOS = {"fixed": _scenario_fixed, "prdp": _scenario_prdp, "first_half": _scenario_first_half,
@@ -486,22 +489,24 @@ def test_flow_pool_trains_on_two_processes_and_resumes_in_one(tmp_path):
 
 # --------------------------------------------------------------------------- NeuralStagger over ranks
 def test_staggered_sub_solvers_split_over_two_ranks_train_like_one_process(tmp_path):
-    results = _spawn("stagger_split", tmp_path)
-    assert "error" not in results[0], results[0].get("error")
-    _assert_ranks_agree(results)
-    single = _stagger_trainer(DistContext())
-    start = [p.detach().clone() for p in single.task.parameters()]
-    single.fit()
-    one = {**_outcome(single), "pool": single.task.pool.potential}
-    for a, b in zip(results[0]["rows"], one["rows"]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val_metric"] == pytest.approx(b["val_metric"], rel=1e-5)
-    moved = 0.0
-    for a, b, s0 in zip(results[0]["params"], one["params"], start):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        moved = max(moved, float((b - s0).abs().max()))
-    assert moved > 1e-3  # it trained: a gradient counted twice (or half) would show in every weight
-    torch.testing.assert_close(results[0]["pool"], one["pool"], rtol=1e-5, atol=1e-6)  # the same pool rollouts
+    spawned = _spawn("stagger_split", tmp_path)
+    assert "error" not in spawned[0], spawned[0].get("error")
+    for shared in (False, True):
+        results = [r[str(shared)] for r in spawned]
+        _assert_ranks_agree(results)
+        single = _stagger_trainer(DistContext(), shared=shared)
+        start = [p.detach().clone() for p in single.task.parameters()]
+        single.fit()
+        one = {**_outcome(single), "pool": single.task.pool.potential}
+        for a, b in zip(results[0]["rows"], one["rows"]):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+            assert a["val_metric"] == pytest.approx(b["val_metric"], rel=1e-5)
+        moved = 0.0
+        for a, b, s0 in zip(results[0]["params"], one["params"], start):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            moved = max(moved, float((b - s0).abs().max()))
+        assert moved > 1e-3  # it trained: a gradient counted twice (or half) would show in every weight
+        torch.testing.assert_close(results[0]["pool"], one["pool"], rtol=1e-5, atol=1e-6)  # the same rollouts
 
 
 def test_rank_layout_of_sub_solver_groups_and_replicas():
