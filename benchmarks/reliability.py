@@ -227,7 +227,9 @@ def _distributed_section(dist: dict | None) -> list[str]:
              "2 shared cores, one torch thread each).", "",
              f"{len(kills)} SIGKILLs in {len(dist['kills'])} `pdeaccel train ... --nproc 2` runs ({len(landed)} hit a "
              f"live job: {by_target['launcher']} the launcher, {by_target['rank 0']} rank 0 (the checkpoint writer), "
-             f"{by_target['rank 1']} rank 1; {len(ckpt_hits)} inside a checkpoint write; "
+             f"{by_target['rank 1']} rank 1; after {len(ckpt_hits)} an interrupted checkpoint write, a temporary file, was "
+             "left in the directory (a kill in the write, or the leftover of an earlier one the killed resume had not "
+             "cleared yet); "
              f"{sum(k['resumed'] for k in landed)} killed a `--resume` itself). After each kill the next command "
              "started only once every process of the job was gone "
              f"(at most {max(gone, default=0):.1f} s after the kill; processes still alive after 30 s: "
@@ -237,7 +239,7 @@ def _distributed_section(dist: dict | None) -> list[str]:
              "metrics.csv, events.json, report.json, wall-clock fields excluded. A resume with *another* number of "
              "processes is not compared bit for bit: its gradient sums run in another order and its pools are "
              "re-split (tests/test_distributed.py checks it to float tolerance).", "",
-             "| configuration | epochs | kills (launcher / rank 0 / rank 1) | in a checkpoint write | "
+             "| configuration | epochs | kills (launcher / rank 0 / rank 1) | checkpoint .tmp left | "
              "uninterrupted s | with kills s | differences |", "|---|---|---|---|---|---|---|"]
     for r in dist["kills"]:
         hit = [k for k in r["kills"] if not k["finished_before_kill"]]

@@ -81,6 +81,12 @@ class SubState:
     pressure: list[torch.Tensor]
 
 
+def member_shares(sub_solvers: int, members: int) -> tuple[tuple[int, ...], ...]:
+    """The sub-solvers each of ``members`` processes runs: round-robin (``m, m + members, …``), so
+    the shares differ in size by at most one."""
+    return tuple(tuple(range(m, sub_solvers, members)) for m in range(members))
+
+
 @dataclass(frozen=True)
 class SubSolverPlacement:
     """The sub-solvers of one model split over the members of a process group.
@@ -357,8 +363,8 @@ class StaggeredFlowSolver(nn.Module):
 
     # ------------------------------------------------------------------ across processes
     def rank_indices(self, rank: int, world: int) -> list[int]:
-        """The sub-solvers process ``rank`` of ``world`` runs (round-robin)."""
-        return list(range(rank, self.sub_solvers, world))
+        """The sub-solvers process ``rank`` of ``world`` runs (:func:`member_shares`)."""
+        return list(member_shares(self.sub_solvers, world)[rank])
 
     def split_sub_solvers(self, placement: "SubSolverPlacement | None") -> None:
         """From now on every call runs only this process's share of the sub-solvers and gathers

@@ -495,7 +495,9 @@ def sub_solver_shares(sub_solvers: int, sub_solver_ranks: int) -> tuple[tuple[in
         raise ConfigError(f"--sub-solver-ranks {sub_solver_ranks} is more than the model's {sub_solvers} "
                           "sub-solvers: some processes would have none to run. Give at most "
                           f"{sub_solvers}.")
-    return tuple(tuple(range(m, sub_solvers, sub_solver_ranks)) for m in range(sub_solver_ranks))
+    from ..stagger import member_shares
+
+    return member_shares(sub_solvers, sub_solver_ranks)
 
 
 def check_sub_solver_split(cfg: dict[str, Any], sub_solver_ranks: int) -> None:
