@@ -601,3 +601,57 @@ def test_learning_curve_trend_extrapolates_a_log_linear_metric_to_its_target():
     assert bench.trend(rows([0.9, 0.0, 0.7, 0.8, 0.9]), "box", "amplitude_ratio")["met_now"] is True
     flat = bench.trend(rows([0.3] * 5), "box", "error_t50")
     assert flat["steps_to_target"] is None and not flat["met_now"]
+
+
+def _mirrored_spec(spec: dict, height: float) -> dict:
+    """The environment description reflected in y → H − y, built from the geometry (not by flipping arrays)."""
+    out = dict(spec, center=[spec["center"][0], height - spec["center"][1]])
+    if "omega" in spec:
+        out["omega"] = -spec["omega"]  # a reflection reverses the sense of rotation
+    return out
+
+
+@pytest.mark.parametrize("kind", ["box", "magnus"])
+def test_mirror_step_is_exactly_equivariant_under_the_channel_reflection(kind):
+    physics = dict(tiny_physics(), obstacles=[kind])
+    spec = sample_spec(physics, torch.Generator().manual_seed(3))
+    env = build_environment(physics, spec)
+    env_m = build_environment(physics, _mirrored_spec(spec, physics["height"]))
+    assert torch.equal(env_m.fluid, torch.flip(env.fluid, dims=[-1]))  # the rasterisation is reflection-exact
+    torch.manual_seed(0)
+    model = NeuralFlowSolver(2, hidden=4, levels=2, potential_scale=2.0, potential_bound=5.0, pressure_bound=3.0,
+                             mirror=True)
+    plain = NeuralFlowSolver(2, hidden=4, levels=2, potential_scale=2.0, potential_bound=5.0, pressure_bound=3.0)
+    plain.load_state_dict(model.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    state = model.initial_state(env)
+    state = PotentialState(torch.randn(state.potential.shape, generator=gen) * potential_mask(env.grid),
+                           torch.randn(state.pressure.shape, generator=gen) * env.fluid)
+    flip = lambda t: torch.flip(t, dims=[-1])  # noqa: E731
+    mirrored = PotentialState(-flip(state.potential), flip(state.pressure))
+    with torch.no_grad():
+        new, new_m = model(state, env), model(mirrored, env_m)
+        # F(M s, M env) = M F(s, env): stream function odd, pressure even
+        torch.testing.assert_close(new_m.potential, -flip(new.potential), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(new_m.pressure, flip(new.pressure), atol=1e-6, rtol=1e-5)
+        # the plain network with the same weights is not equivariant (so the check above can fail)
+        a, b = plain(state, env), plain(mirrored, env_m)
+        assert float((b.potential + flip(a.potential)).abs().max()) > 1e-3
+        # and the mirror step is the mean of the plain step and its mirror image
+        torch.testing.assert_close(new.potential, 0.5 * (a.potential - flip(b.potential)), atol=1e-6, rtol=1e-5)
+
+
+def test_mirror_option_is_2d_vanilla_only_and_read_from_the_config():
+    with pytest.raises(ValueError, match="2D only"):
+        NeuralFlowSolver(3, hidden=4, levels=2, mirror=True)
+    cfg = runner.resolve_config("flow-2d", overrides=["model.mirror=true"])
+    from pdeaccel.experiments.flow import build_model
+
+    assert build_model(cfg).mirror is True and build_model(runner.resolve_config("flow-2d")).mirror is False
+    from pdeaccel.config import ConfigError
+
+    from pdeaccel.experiments.flow import build_flow
+
+    for bad in (["model.mirror=true", "model.kind=staggered", "model.stride=2"], ["model.mirror=2"]):
+        with pytest.raises((ConfigError, ValueError), match="model.mirror"):
+            build_flow(runner.resolve_config("flow-2d", overrides=TINY + bad))

@@ -68,10 +68,14 @@ def _vanilla(ndim: int, model: dict[str, Any], net: dict[str, Any], scales: dict
     if model.get("stride", 1) != 1 or model.get("window", 1) != 1:
         raise ValueError(f"model.kind=vanilla has no stride or window (got stride={model.get('stride')}, "
                          f"window={model.get('window')}); use model.kind=staggered to decompose the solver.")
-    return NeuralFlowSolver(ndim, hidden=net["hidden"], levels=net["levels"], kernel_size=net["kernel_size"], **scales)
+    return NeuralFlowSolver(ndim, hidden=net["hidden"], levels=net["levels"], kernel_size=net["kernel_size"],
+                            mirror=bool(model.get("mirror", False)), **scales)
 
 
 def _staggered(ndim: int, model: dict[str, Any], net: dict[str, Any], scales: dict[str, float]) -> nn.Module:
+    if model.get("mirror", False):
+        raise ValueError("model.mirror=true is a vanilla-solver option: a reflection maps one staggered sub-field "
+                         "onto another offset's, so the sub-solvers would no longer run independently; leave it false.")
     return StaggeredFlowSolver(ndim, stride=model["stride"], window=model["window"], hidden=net["hidden"],
                                levels=net["levels"], kernel_size=net["kernel_size"],
                                shared_weights=model.get("shared_weights", False), **scales)

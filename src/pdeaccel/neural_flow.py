@@ -231,6 +231,12 @@ class NeuralFlowSolver(nn.Module):
         potential_scale, pressure_scale: typical sizes of ``a`` and ``p`` (inputs are divided
             by them; outputs are increments in these units).
         potential_bound, pressure_bound: the tanh bounds ``A``, ``P_max`` of the state.
+        mirror: (2D) make the step exactly equivariant under the reflection y → H − y: the step is
+            the mean of the network's step and the mirrored network step on the mirrored state and
+            environment (group averaging over the reflection; both run as one batch). The
+            numerical reference is equivariant, so a symmetric wake stays symmetric until the
+            geometry's own asymmetry grows; a plain U-Net is not, and its own asymmetry starts the
+            shedding about 300 time units early on the held-out cylinder (benchmarks/results/flow.md).
 
     It implements the flow-model interface (:class:`pdeaccel.flow_model.FlowModel`): one call
     advances one time step, and a pool stores its state as ``potential`` and ``pressure``.
@@ -240,8 +246,12 @@ class NeuralFlowSolver(nn.Module):
 
     def __init__(self, ndim: int, hidden: int = 20, levels: int = 4, kernel_size: int = 3, *,
                  velocity_scale: float = 1.0, potential_scale: float = 10.0, pressure_scale: float = 1.0,
-                 potential_bound: float = 1000.0, pressure_bound: float = 100.0) -> None:
+                 potential_bound: float = 1000.0, pressure_bound: float = 100.0, mirror: bool = False) -> None:
         super().__init__()
+        if mirror and ndim != 2:
+            raise ValueError(f"mirror=True (reflection-equivariant step) is implemented in 2D only; this solver is "
+                             f"{ndim}D: leave model.mirror at false.")
+        self.mirror = bool(mirror)
         self.scales, self.bounds = scales_and_bounds(
             ndim, velocity_scale=velocity_scale, potential_scale=potential_scale, pressure_scale=pressure_scale,
             potential_bound=potential_bound, pressure_bound=pressure_bound)
@@ -293,5 +303,37 @@ class NeuralFlowSolver(nn.Module):
     def forward(self, state: PotentialState, env: FlowEnvironment) -> PotentialState:
         check_state(state, env, self.P)
         view = FieldView.of(env)
-        out = self.net(self.encode(state, env))
-        return advance_fields(state.potential, state.pressure, out, view, self.scales, self.bounds, remove_mean=True)
+        if not self.mirror:
+            out = self.net(self.encode(state, env))
+            return advance_fields(state.potential, state.pressure, out, view, self.scales, self.bounds,
+                                  remove_mean=True)
+        if env.ndim != 2:
+            raise ValueError("a mirror-equivariant solver steps 2D environments only.")
+        m_state, m_view = mirror_state(state), mirror_view(view)
+        x = torch.cat([self.encode(state, env),
+                       encode_fields(m_state.potential, m_state.pressure, m_view, self.scales, self.ndim)])
+        out, m_out = self.net(x).chunk(2)
+        new = advance_fields(state.potential, state.pressure, out, view, self.scales, self.bounds, remove_mean=True)
+        back = mirror_state(advance_fields(m_state.potential, m_state.pressure, m_out, m_view, self.scales,
+                                           self.bounds, remove_mean=True))
+        # the mean of two bounded, masked, mean-free states is one too
+        return PotentialState(0.5 * (new.potential + back.potential), 0.5 * (new.pressure + back.pressure))
+
+
+def _flip_y(t: torch.Tensor) -> torch.Tensor:
+    # every array is stored at its own size along y (cells ny, nodes and y-faces ny + 1), so one
+    # flip maps cell j to ny − 1 − j and node j to ny − j: the same reflection y → H − y for both
+    return torch.flip(t, dims=[-1])
+
+
+def mirror_state(state: PotentialState) -> PotentialState:
+    """The 2D state reflected in y → H − y: the stream function is odd (u even, v odd), the
+    pressure even."""
+    return PotentialState(-_flip_y(state.potential), _flip_y(state.pressure))
+
+
+def mirror_view(view: FieldView) -> FieldView:
+    """The 2D environment reflected in y → H − y (prescribed v changes sign)."""
+    fm, fv = view.face_mask, view.face_velocity
+    return FieldView(view.grid, _flip_y(view.fluid), (_flip_y(fm[0]), _flip_y(fm[1])),
+                     (_flip_y(fv[0]), -_flip_y(fv[1])), view.mu, view.rho, _flip_y(view.potential_mask))

@@ -57,8 +57,9 @@ _CPU_2D: dict[str, Any] = {
     "pool": {"size": 64, "reset_every": 100, "seed": 1234, "perturb": 0.0, "perturb_every": 0,
              "warm_fraction": 0.0, "warm_bank": 8, "warm_time": 400.0, "young": 0, "young_reset_every": 0},
     # the flow-model kind (pdeaccel.flow_model): "vanilla", or "staggered" (NeuralStagger) with spatial
-    # stride s per axis and temporal stride T (window); (s, T) = (1, 1) staggered is the vanilla solver
-    "model": {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False},
+    # stride s per axis and temporal stride T (window); (s, T) = (1, 1) staggered is the vanilla solver.
+    # mirror: (2D, vanilla) a step exactly equivariant under y → H − y (neural_flow.NeuralFlowSolver)
+    "model": {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False, "mirror": False},
     # init_from: a flow run directory whose newest checkpoint's weights start this run ("" = random init)
     "net": {"hidden": 16, "levels": 3, "kernel_size": 3, "init_from": ""},
     # upwind3 is our design (the paper's loss is "central"): the exact minimiser of the central-difference
@@ -298,6 +299,10 @@ def validate_flow(cfg: dict[str, Any]) -> None:
             "an integer in [1, 8] (the spatial stride s, the same on every axis)")
     require(isinstance(m["window"], int) and 1 <= m["window"] <= 16, "model.window", m["window"],
             "an integer in [1, 16] (the temporal stride T)")
+    require(isinstance(m.get("mirror", False), bool), "model.mirror", m.get("mirror"), "true or false")
+    if m.get("mirror", False):
+        require(p["ndim"] == 2 and m["kind"] == "vanilla", "model.mirror", m["mirror"],
+                "false unless physics.ndim=2 and model.kind=vanilla (the reflection-equivariant step is 2D, vanilla)")
     if m["kind"] == "vanilla":
         require(m["stride"] == 1 and m["window"] == 1, "model.stride/model.window", (m["stride"], m["window"]),
                 "1 and 1 for model.kind=vanilla (use model.kind=staggered to decompose the solver)")
