@@ -655,3 +655,24 @@ def test_mirror_option_is_2d_vanilla_only_and_read_from_the_config():
     for bad in (["model.mirror=true", "model.kind=staggered", "model.stride=2"], ["model.mirror=2"]):
         with pytest.raises((ConfigError, ValueError), match="model.mirror"):
             build_flow(runner.resolve_config("flow-2d", overrides=TINY + bad))
+
+
+def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_behaviour(tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=run, progress=False)
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    del stored["config"]["model"]["mirror"]
+    del stored["config"]["pool"]["young"], stored["config"]["pool"]["young_reset_every"]
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    runner.train_run("flow-2d", overrides=["train.epochs=2"], out=run, resume=True, progress=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())["config"]
+    assert cfg["model"]["mirror"] is False and cfg["pool"]["young"] == 0 and cfg["train"]["epochs"] == 2
+    # a key that is not a known addition is still refused as missing
+    del cfg["loss"]["beta"]
+    (run / "config.yaml").write_text(yaml.safe_dump({**stored, "config": cfg}))
+    from pdeaccel.config import ConfigError
+
+    with pytest.raises(ConfigError, match="loss.beta"):
+        runner.train_run("flow-2d", overrides=["train.epochs=3"], out=run, resume=True, progress=False)

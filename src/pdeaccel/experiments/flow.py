@@ -382,13 +382,18 @@ def build_flow(cfg: dict[str, Any]) -> Built:
 
 
 _PAPER = {"net": "U-Net", "steps_per_second_gpu": 311}
+# keys added since the first flow runs, with the values that keep those runs' behaviour on --resume
+_ADDED_KEYS = {"model.kind": "vanilla", "model.stride": 1, "model.window": 1, "model.shared_weights": False,
+               "model.mirror": False, "pool.warm_fraction": 0.0, "pool.warm_bank": 8, "pool.warm_time": 400.0,
+               "pool.young": 0, "pool.young_reset_every": 0, "loss.unroll": 1}
 
 register(Experiment(
     "flow-2d", "physics-constrained neural flow solver, 2D channel with obstacles (trained without data)",
-    {"cpu": copy.deepcopy(_CPU_2D), "paper": _paper_2d()}, build_flow, _PAPER, solver_in_loop=False))
+    {"cpu": copy.deepcopy(_CPU_2D), "paper": _paper_2d()}, build_flow, _PAPER, solver_in_loop=False,
+    added_keys=_ADDED_KEYS))
 register(Experiment(
     "flow-3d", "physics-constrained neural flow solver, 3D channel with obstacles, μ and ρ per environment",
-    {"cpu": _cpu_3d(), "paper": _paper_3d()}, build_flow, _PAPER, solver_in_loop=False))
+    {"cpu": _cpu_3d(), "paper": _paper_3d()}, build_flow, _PAPER, solver_in_loop=False, added_keys=_ADDED_KEYS))
 
 
 # NeuralStagger settings of benchmarks/stagger.py: (ndim, spatial stride s, temporal stride T). Each is
@@ -419,4 +424,4 @@ for _name, (_ndim, _s, _T) in STAGGER_SETTINGS.items():
         _name, f"NeuralStagger: the {_ndim}D flow solver split into s^d·T = {_s ** _ndim * _T} coarse sub-solvers "
                f"(stride s={_s}, window T={_T}), trained jointly with the vanilla physics loss",
         {"cpu": _staggered(_base[0], _s, _T), "paper": _staggered(_base[1], _s, _T)}, build_flow, _PAPER,
-        solver_in_loop=False))
+        solver_in_loop=False, added_keys=_ADDED_KEYS))

@@ -44,6 +44,10 @@ class Experiment:
     # per size: every remaining difference from the paper's experiment and why (printed by
     # `pdeaccel experiments NAME` and in the benchmark tables)
     deviations: dict[str, list[str]] = field(default_factory=dict)
+    # config keys added after runs of this experiment were written, each with the value that keeps
+    # the old behaviour: a resumed run whose config.yaml lacks one continues with that value
+    # (recorded in its config.yaml) instead of failing on a "missing" key
+    added_keys: dict[str, Any] = field(default_factory=dict)
 
     def config(self, size: str = "cpu") -> dict[str, Any]:
         if size not in self.sizes:

@@ -6,6 +6,8 @@ Each call writes a run directory another person can reopen: the resolved ``confi
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import math
 import statistics
@@ -298,8 +300,23 @@ def _stored_config(exp: Experiment, run_dir: Path) -> tuple[dict[str, Any], str]
         cfg, schedule = stored["config"], stored["schedule"]
     except (yaml.YAMLError, TypeError, KeyError) as exc:
         raise ConfigError(f"--resume {run_dir}: config.yaml is not a pdeaccel run config ({exc}).") from None
+    _add_missing_keys(exp, cfg)
     validate_config(exp, cfg)
     return cfg, schedule
+
+
+def _add_missing_keys(exp: Experiment, cfg: dict[str, Any]) -> None:
+    """Give a stored config the keys added to the experiment since it was written (their
+    old-behaviour values, :attr:`Experiment.added_keys`)."""
+    if not isinstance(cfg, dict):
+        return
+    for key, value in exp.added_keys.items():
+        *sections, leaf = key.split(".")
+        node = cfg
+        for name in sections:
+            node = node.setdefault(name, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = copy.deepcopy(value)
 
 
 def _default_schedule(exp: Experiment, schedule: str | None) -> str:
