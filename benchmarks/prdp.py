@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated basenames of earlier result files to merge into --name (no training)")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the markdown from the existing JSON without training")
+    parser.add_argument("--assemble", default=None, metavar="ROW=DIR",
+                        help="write a row from the seeds an interrupted `compare` into DIR completed (both arms' "
+                             "report.json), without training; the row says how many seeds it has")
+    parser.add_argument("--runs-root", default=str(REPO),
+                        help="where the rows' run directories (stored relative to the repository) lie, for the "
+                             "accuracy details when merging results made in another checkout")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: on a shared machine a second OpenMP thread that has to "
                              "wait for a busy core made small steps up to 50x slower)")
@@ -82,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    if args.assemble:
+        row, _, run_dir = args.assemble.partition("=")
+        d = assemble(row, Path(run_dir), results_dir / f"{args.name}_{row.replace(':', '_')}.png")
+        d["accuracy_detail"] = accuracy_detail(Path(run_dir), d)
+        write(results_dir, args, [row], {row: d}, started, commands=[" ".join(sys.argv)])
+        return 0
     if args.merge or args.render_only:
         sources = args.merge.split(",") if args.merge else [args.name]
         data, commands, machine = {}, [], None
@@ -96,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             commands.append(" ".join(stored["command"]) if isinstance(stored["command"], list) else stored["command"])
             machine = machine or stored.get("machine")
         order = [r for r in ROWS if r in data] + [r for r in data if r not in ROWS]
+        for row in order:
+            detail = accuracy_detail(Path(args.runs_root) / data[row]["run_dir"], data[row])
+            if detail:
+                data[row]["accuracy_detail"] = detail
         write(results_dir, args, order, data, started, machine, commands)
         return 0
     rows = [r for r in args.rows.split(",") if r]
@@ -111,11 +127,76 @@ def main(argv: list[str] | None = None) -> int:
         d = compare(name, seeds=args.seeds, size=size, out=out, progress=True)
         d["benchmark_seconds"] = time.time() - t0
         d["run_dir"] = repo_relative(d["run_dir"])
+        d["accuracy_detail"] = accuracy_detail(out, d)
         data[row] = d
         shutil.copyfile(out / "comparison.png", results_dir / f"{args.name}_{row.replace(':', '_')}.png")
         print(f"{row}: done in {d['benchmark_seconds']:.0f} s", flush=True)
         write(results_dir, args, rows[: len(data)], data, started, commands=[" ".join(sys.argv)])
     return 0
+
+
+def assemble(row: str, run_dir: Path, figure: Path) -> dict:
+    """The compare data of ``row`` from the completed seeds in ``run_dir`` (an interrupted compare)."""
+    from pdeaccel.experiments.runner import aggregate, savings, solver_share
+    from pdeaccel.train.report import plot_comparison, read_metrics
+
+    name, size = row.split(":")
+    exp = get_experiment(name)
+    per_seed, runs = [], {"converged": [], "PRDP": []}
+    for seed_dir in sorted(run_dir.glob("seed*")):
+        reports = {arm: seed_dir / arm / "report.json" for arm in ("converged", "prdp")}
+        if not all(p.exists() for p in reports.values()):
+            continue  # this seed did not finish
+        conv, prdp = (json.loads(reports[arm].read_text()) for arm in ("converged", "prdp"))
+        r = savings(prdp, conv)
+        r.update(solver_share(prdp["ledger"], conv["ledger"], conv["k_converged"]))
+        r["k_converged_measured"] = conv.get("k_converged_measured")
+        r["prdp_final_at_k_final"] = prdp.get("final_val_metric_at_k_final")
+        per_seed.append(r)
+        runs["converged"].append(read_metrics(seed_dir / "converged"))
+        runs["PRDP"].append(read_metrics(seed_dir / "prdp"))
+    if not per_seed:
+        raise SystemExit(f"{run_dir}: no seed with both arms finished")
+    cfg_text = (run_dir / f"seed{per_seed[0]['seed']}" / "converged" / "config.yaml").read_text()
+    import yaml
+
+    setting = yaml.safe_load(cfg_text)["config"].get("prdp", {}).get("k_converged", "measured")
+    d = {"experiment": name, "size": size, "overrides": [], "seeds": per_seed, "interleaved": True,
+         "aggregate": aggregate(per_seed), "paper": exp.paper, "k_converged": per_seed[0]["k_converged"],
+         "k_converged_measured": per_seed[0]["k_converged_measured"], "k_converged_setting": setting,
+         "run_dir": repo_relative(run_dir), "assembled_from_completed_seeds": len(per_seed)}
+    plot_comparison(runs, figure,
+                    f"{name}: PRDP vs converged ({len(per_seed)} seed(s))", k_converged=d["k_converged"])
+    return d
+
+
+def accuracy_detail(run_dir: Path, d: dict) -> dict | None:
+    """Per arm, over seeds: the final, the best and the last-10-epoch mean validation error, the
+    epoch of the best, and PRDP's refinements by the controller's reason ("plateau": the last
+    refinement paid off; "worse": the metric rose above the checkpoint). None if the runs are gone."""
+    import csv
+    import statistics
+
+    out: dict = {"converged": {}, "prdp": {}}
+    reasons: dict[str, int] = {}
+    last_refinement = []
+    for s in d["seeds"]:
+        for arm in ("converged", "prdp"):
+            path = run_dir / f"seed{s['seed']}" / arm / "metrics.csv"
+            if not path.exists():
+                return None
+            with open(path) as fh:
+                vals = [float(r["val_metric"]) for r in csv.DictReader(fh)]
+            for key, value in (("final", vals[-1]), ("best", min(vals)), ("best_epoch", vals.index(min(vals))),
+                               ("last10", statistics.fmean(vals[-10:]))):
+                out[arm].setdefault(key, []).append(value)
+        events = json.loads((run_dir / f"seed{s['seed']}" / "prdp" / "events.json").read_text())["refinements"]
+        for e in events:
+            reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+        last_refinement.append(events[-1]["epoch"] if events else None)
+    out["refinements_by_reason"] = reasons
+    out["last_refinement_epoch"] = last_refinement
+    return out
 
 
 def robust_wall(d: dict) -> list[float]:
@@ -238,10 +319,36 @@ def write(results_dir: Path, args, names, data, started, machine: str | None = N
                "Reference-code and 'before' figures: the paper's public code and ours on the same configurations, "
                "measured earlier on this CPU with one thread (issue 16). 'Now' is the mean training time per epoch "
                "of this table's interleaved runs (two runs share the process, on a shared machine).", ""]
-    md += ["## Targets", "", *checks(names, data), "", "## Deviations from the paper, per row", ""]
+    md += ["## Targets", "", *checks(names, data), ""]
+    detailed = [n for n in names if data[n].get("accuracy_detail")]
+    if detailed:
+        def mean(v):
+            return sum(v) / len(v)
+
+        rows = []
+        for n in detailed:
+            a = data[n]["accuracy_detail"]
+            rows.append([n, *(f"{mean(a[arm][k]):.4g}" for arm in ("converged", "prdp") for k in ("final", "best", "last10")),
+                         ", ".join(str(e) for e in a["converged"]["best_epoch"]) + " / "
+                         + ", ".join(str(e) for e in a["prdp"]["best_epoch"]),
+                         ", ".join(f"{k} {v}" for k, v in sorted(a["refinements_by_reason"].items())) or "–",
+                         ", ".join(str(e) for e in a["last_refinement_epoch"])])
+        md += ["## Accuracy in detail", "",
+               markdown_table(["row", "conv final", "conv best", "conv mean of last 10 epochs", "PRDP final",
+                               "PRDP best", "PRDP mean of last 10", "epoch of the best (conv / PRDP, per seed)",
+                               "PRDP refinements by reason (all seeds)", "PRDP's last refinement (epoch, per seed)"],
+                              rows), ""]
+    notes = results_dir / f"{args.name}_notes.md"
+    if notes.exists():
+        md += [notes.read_text(), ""]
+    md += ["## Deviations from the paper, per row", ""]
     for n in names:
         name, size = n.split(":")
         devs = get_experiment(name).deviations.get(size) or []  # the registry's current list
+        seeds = data[n].get("assembled_from_completed_seeds")
+        if seeds:
+            devs = [f"{seeds} seed(s) only: the completed seeds of an interrupted 3-seed run (time on this shared "
+                    "CPU).", *devs]
         md.append(f"- **{n}**: " + (" ".join(devs) if devs else "none listed (the paper's setting)."))
     md.append("")
     for n in names:
