@@ -157,12 +157,20 @@ def _scenario_stagger_split(ctx, out):  # both ranks share one model's 4 sub-sol
     return result
 
 
-SCENARIOS = {"fixed": _scenario_fixed, "prdp": _scenario_prdp, "first_half": _scenario_first_half,
+def _scenario_replicas(ctx, out):  # 4 ranks = 2 replicas x 2 members, or 2 ranks = 2 replicas of 1
+    groups = ctx.world_size // 2
+    trainer = _stagger_trainer(DistContext(ctx.rank, ctx.world_size, ctx.local_rank, ctx.timeout_s,
+                                           sub_solver_ranks=groups), shared=True)
+    trainer.fit()
+    return {**_outcome(trainer), "pool": trainer.task.pool.potential.clone()}
+
+
+SCENARIOS = {"replicas": _scenario_replicas, "fixed": _scenario_fixed, "prdp": _scenario_prdp, "first_half": _scenario_first_half,
              "resume": _scenario_resume, "stall": _scenario_stall, "stagger_split": _scenario_stagger_split}
 
 
-def _worker(rank: int, port: int, scenario: str, out: str, timeout: float) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+def _worker(rank: int, port: int, scenario: str, out: str, timeout: float, world: int = WORLD) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), PDEACCEL_DIST_TIMEOUT=str(timeout))
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
@@ -184,13 +192,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(scenario: str, out: Path, timeout: float = 60.0) -> list[dict]:
+def _spawn(scenario: str, out: Path, timeout: float = 60.0, world: int = WORLD) -> list[dict]:
     import torch.multiprocessing as mp
 
     out.mkdir(parents=True, exist_ok=True)
-    mp.start_processes(_worker, args=(_free_port(), scenario, str(out), timeout), nprocs=WORLD, join=True,
+    mp.start_processes(_worker, args=(_free_port(), scenario, str(out), timeout, world), nprocs=world, join=True,
                        start_method="spawn")
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
 def _assert_ranks_agree(results: list[dict]) -> None:
@@ -603,3 +611,24 @@ def test_a_task_that_cannot_move_to_a_gpu_is_refused_by_name():
 
     with pytest.raises(ConfigError, match="EmulatorTask.*trains on the CPU only.*--device cpu"):
         _trainer(DistContext(device="cuda:0"), FixedSchedule(2), epochs=1)
+
+
+@pytest.mark.slow
+def test_four_ranks_as_two_replicas_of_two_sub_solver_groups_train_like_two_data_parallel_ranks(tmp_path):
+    # replica d of the 4-rank job builds the pool of rank d of the 2-rank job (seed pool.seed + d) and
+    # trains on the same half of each batch: only the sub-solvers' placement differs
+    four = _spawn("replicas", tmp_path / "four", world=4)
+    assert all("error" not in r for r in four), [r.get("error") for r in four]
+    two = _spawn("replicas", tmp_path / "two", world=2)
+    assert "error" not in two[0], two[0].get("error")
+    for r in four[1:]:  # every rank holds the same model
+        for a, b in zip(r["params"], four[0]["params"]):
+            assert torch.equal(a, b)
+    assert torch.equal(four[0]["pool"], four[1]["pool"]) and torch.equal(four[2]["pool"], four[3]["pool"])
+    assert not torch.equal(four[0]["pool"], four[2]["pool"])  # the replicas' own pools
+    for a, b in zip(four[0]["rows"], two[0]["rows"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    for a, b in zip(four[0]["params"], two[0]["params"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for four_pool, two_pool in ((four[0]["pool"], two[0]["pool"]), (four[2]["pool"], two[1]["pool"])):
+        torch.testing.assert_close(four_pool, two_pool, rtol=1e-5, atol=1e-6)
