@@ -38,6 +38,9 @@ process:
 * **Failure**: a collective that loses a peer (a rank died: gloo reports the broken connection
   at once) or waits longer than the timeout (``PDEACCEL_DIST_TIMEOUT`` seconds, default 1800)
   raises :class:`RankFailure`; torchrun's agent stops the other ranks of a job whose rank died.
+  A rank whose launcher died stops itself (:func:`_exit_with_launcher`).
+* **Devices** (``--device``, :func:`resolve_device`): the CPU with gloo, or GPU ``LOCAL_RANK``
+  per rank with NCCL for CUDA tensors (the trainer moves the task there with ``task.to``).
 """
 
 from __future__ import annotations
