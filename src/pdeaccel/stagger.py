@@ -119,8 +119,9 @@ class _GatherShares(torch.autograd.Function):
     outputs: the loss's direct dependence plus, in an unrolled loss, the dependence through the
     next call, which reads sub-field ``j`` only in sub-solver ``j`` (on the same member). Summing
     the members' gradients instead (the backward of ``torch.distributed.nn.all_gather``) would
-    count the direct part once per member; the trainer then sums the parameter gradients over
-    the members, each sub-solver's exactly once.
+    count the direct part once per member, and dividing the loss by the number of members to
+    compensate would shrink the part through the next call, which only the owner computes. The
+    trainer then sums the parameter gradients over the members, each sub-solver's exactly once.
     """
 
     @staticmethod
