@@ -2,7 +2,8 @@
 
     pdeaccel demo                         PRDP vs converged on heat-2d (cpu size), savings table + figures
     pdeaccel experiments [NAME]           list the built-in experiments, or show one's config keys
-    pdeaccel train NAME [--schedule prdp|converged|fixed:K|linear:K0:K1] [--nproc N] [key=value ...]
+    pdeaccel train NAME [--schedule prdp|converged|fixed:K|linear:K0:K1] [--nproc N] [--device cpu|cuda|auto]
+                   [--sub-solver-ranks G] [key=value ...]
     pdeaccel compare NAME --seeds N       PRDP vs converged over N seeds
     pdeaccel sweep NAME --k 1,2,4,8       final validation error against a fixed K
     pdeaccel simulate NAME [--steps N]    run a named numerical simulation, write HDF5 + figures
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "parallel (default 1: every process runs the whole model)")
     p.add_argument("--device", default="cpu", metavar="cpu|cuda|auto",
                    help="where to train: cpu (default), cuda (GPU LOCAL_RANK of each process, NCCL between them; an "
-                        "error if there is no GPU), auto (cuda where available); the flow experiments only")
+                        "error if there is no GPU), auto (cuda where available); a GPU trains the flow experiments only")
     p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
                    help="with several processes: how long a rank waits for the others before the job stops "
                         "(default 1800; $PDEACCEL_DIST_TIMEOUT)")
