@@ -25,7 +25,7 @@ from .config import ConfigError, flatten, to_yaml
 
 def _add_common(p: argparse.ArgumentParser, out_default: str = "runs/<experiment>/<timestamp>") -> None:
     # default None (= cpu) so that a --size typed with --resume can be checked against the run's
-    p.add_argument("--size", default=None, help="experiment size: cpu (default; minutes on a laptop) or paper (GPU)")
+    p.add_argument("--size", default=None, help="experiment size: cpu (default; minutes on a laptop), paper (the paper's setting) or, where an experiment has it, paper-cpu (the paper's setting at a CPU-affordable size); `pdeaccel experiments NAME --size S` lists what differs from the paper")
     p.add_argument("--out", default=None, help=f"run directory (default {out_default})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value",
