@@ -64,6 +64,22 @@ def train_to(run: Path, experiment: str, epochs: int, overrides: list[str]) -> f
     return time.perf_counter() - start
 
 
+def same_trajectory(run: Path, other: Path) -> None:
+    """Refuse ``other`` unless its metrics.csv (training loss and validation metric per epoch) equals
+    ``run``'s over their common epochs: then it is the same training, continued."""
+    import csv
+
+    def log(path: Path) -> dict[str, tuple[str, str]]:
+        with open(path / "metrics.csv") as f:
+            return {r["epoch"]: (r["train_loss"], r["val_metric"]) for r in csv.DictReader(f)}
+
+    a, b = log(run), log(other)
+    common = sorted(set(a) & set(b), key=int)
+    if not common or any(a[e] != b[e] for e in common):
+        raise SystemExit(f"--final-from {other}: its training log differs from {run}'s over their common epochs "
+                         f"({len(common)}): not the same recipe and seed, so it is not a later point of this curve.")
+
+
 def references(cfg: dict, kinds: list[str], steps: int) -> dict:
     """The numerical reference of each held-out domain (probe, mean flow, t = 50 state, wake states)."""
     t50 = max(1, round(50 / cfg["physics"]["dt"]))
@@ -180,8 +196,13 @@ def markdown(data: dict) -> str:
             cells += [f"{st} / {st_ref}", f"{d['amplitude_ratio']:.0%}",
                       f"{d['mean_flow_error']:.3f}", f"{d['error_t50']:.3f}"]
         one = r["domains"].get("cylinder", {}).get("one_step_error", math.nan)
-        lines.append(f"| {r['optimizer_steps']} | {r.get('train_seconds', math.nan):.0f} | " + " | ".join(cells)
+        steps = f"{r['optimizer_steps']} (`{r['source']}`)" if r.get("source") else str(r["optimizer_steps"])
+        lines.append(f"| {steps} | {r.get('train_seconds', math.nan):.0f} | " + " | ".join(cells)
                      + f" | {one:.3f} |")
+    if any(r.get("source") for r in data["rows"]):
+        lines += ["", "A row marked with a run directory is that run's newest checkpoint: the same recipe and seed "
+                  "trained further (its training log equals this run's over every common epoch), evaluated "
+                  "the same way."]
     lines += ["", "## Trend over the second half of the points (least squares against log10 steps)", "",
               "| domain | metric | target | now | slope per decade of steps | steps at which the trend reaches the target |",
               "|---|---|---|---|---|---|"]
@@ -204,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2000, help="rollout length of each evaluation")
     ap.add_argument("--domains", default="cylinder,box")
     ap.add_argument("--name", default="flow_learning_curve")
+    ap.add_argument("--final-from", metavar="RUN",
+                    help="a run of the same recipe trained further (e.g. the shipped model's run): its training log "
+                         "must equal this run's over their common epochs (the same trajectory, bit for bit), and its "
+                         "newest checkpoint becomes the curve's last point")
     ap.add_argument("overrides", nargs="*", help="config overrides of the first segment (key=value)")
     args = ap.parse_args(argv)
     if args.every < 1 or args.epochs < args.every:
@@ -230,6 +255,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} St {v['strouhal_net']:.3f}/{v['strouhal_reference']:.3f} amp {v['amplitude_ratio']:.0%} "
             f"t50 {v['error_t50']:.3f}" for k, v in d.items()), flush=True)
         write(args, argv, run, kinds, rows)  # after every segment: a stopped run keeps what it measured
+    if args.final_from:
+        final = Path(args.final_from)
+        same_trajectory(run, final)
+        if not any(r.get("source") == str(final) for r in rows):
+            if refs is None:
+                cfg = yaml.safe_load((run / "config.yaml").read_text())["config"]
+                refs = references(cfg, kinds, args.steps)
+            row = evaluate(final, refs, args.steps)
+            row.update(source=str(final), train_seconds=math.nan)
+            rows = sorted([r for r in rows if r["epochs"] != row["epochs"]] + [row], key=lambda r: r["epochs"])
     if rows:  # also when every segment was done: the tables follow this script's current rules
         write(args, argv, run, kinds, rows)
     return 0

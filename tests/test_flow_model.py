@@ -676,3 +676,21 @@ def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_behaviou
 
     with pytest.raises(ConfigError, match="loss.beta"):
         runner.train_run("flow-2d", overrides=["train.epochs=3"], out=run, resume=True, progress=False)
+
+
+def test_learning_curve_accepts_a_later_point_only_from_the_same_training(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_learning_curve.py"
+    spec = importlib.util.spec_from_file_location("flow_learning_curve", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    header = "epoch,train_loss,val_metric\n"
+    for name, rows in (("a", "1,0.5,0.1\n2,0.4,0.09\n"), ("b", "1,0.5,0.1\n2,0.4,0.09\n3,0.3,0.08\n"),
+                       ("c", "1,0.5,0.1\n2,0.41,0.09\n3,0.3,0.08\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text(header + rows)
+    bench.same_trajectory(tmp_path / "a", tmp_path / "b")  # b continues a
+    with pytest.raises(SystemExit, match="differs"):
+        bench.same_trajectory(tmp_path / "a", tmp_path / "c")
