@@ -55,6 +55,15 @@ def repo_relative(path: str | Path) -> str:
         return str(path)
 
 
+def portable(text: str) -> str:
+    """A command or path as it may be stored: no absolute path into a checkout (``.../benchmarks/x``
+    becomes ``benchmarks/x``) and no ``--results``/``--runs-root`` (where this machine kept things)."""
+    import re
+
+    text = re.sub(r"\s--(results|runs-root)[ =]\S+", "", text)
+    return re.sub(r"(?<![\w.])/\S*?/(benchmarks/\S*)", r"\1", text)
+
+
 def pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
@@ -164,7 +173,7 @@ def assemble(row: str, run_dir: Path, figure: Path) -> dict:
     d = {"experiment": name, "size": size, "overrides": [], "seeds": per_seed, "interleaved": True,
          "aggregate": aggregate(per_seed), "paper": exp.paper, "k_converged": per_seed[0]["k_converged"],
          "k_converged_measured": per_seed[0]["k_converged_measured"], "k_converged_setting": setting,
-         "run_dir": repo_relative(run_dir), "assembled_from_completed_seeds": len(per_seed)}
+         "run_dir": portable(repo_relative(run_dir)), "assembled_from_completed_seeds": len(per_seed)}
     plot_comparison(runs, figure,
                     f"{name}: PRDP vs converged ({len(per_seed)} seed(s))", k_converged=d["k_converged"])
     return d
@@ -290,7 +299,7 @@ def write(results_dir: Path, args, names, data, started, machine: str | None = N
     paper = [n for n in names if is_paper_row(n)]
     ours = [n for n in names if not is_paper_row(n)]
     md = ["# PRDP vs converged training (benchmarks/prdp.py)", "",
-          "Commands: " + "; ".join(f"`{c}`" for c in (commands or [" ".join(sys.argv)])) + ". "
+          "Commands: " + "; ".join(f"`{portable(c)}`" for c in (commands or [" ".join(sys.argv)])) + ". "
           f"Seeds per row: {sorted({len(data[n]['seeds']) for n in names})}, mean (± population std). "
           f"Machine: {machine}.", "",
           "## At the paper's configuration", "",
@@ -354,7 +363,8 @@ def write(results_dir: Path, args, names, data, started, machine: str | None = N
     for n in names:
         md += [f"![{n}]({args.name}_{n.replace(':', '_')}.png)", ""]
     (results_dir / f"{args.name}.md").write_text("\n".join(md))
-    (results_dir / f"{args.name}.json").write_text(json.dumps({"command": commands or sys.argv, "machine": machine,
+    commands = [portable(c) for c in (commands or [" ".join(sys.argv)])]
+    (results_dir / f"{args.name}.json").write_text(json.dumps({"command": commands, "machine": machine,
                                                                "rows": data}, indent=2, default=str))
 
 

@@ -46,14 +46,15 @@ def test_the_prdp_benchmark_writes_run_dirs_relative_to_the_repository(tmp_path,
     monkeypatch.setattr(prdp, "compare", lambda name, **kw: real_compare(name, overrides=["train.epochs=3"], **kw))
     monkeypatch.setenv("PDEACCEL_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    assert prdp.main(["--experiments", "poisson-inverse", "--seeds", "1", "--results", str(tmp_path / "results")]) == 0
+    assert prdp.main(["--rows", "poisson-inverse:cpu", "--seeds", "1", "--results", str(tmp_path / "results")]) == 0
     stored = json.loads((tmp_path / "results" / "prdp.json").read_text())
-    run_dir = stored["experiments"]["poisson-inverse"]["run_dir"]
+    assert not any(str(tmp_path) in c for c in stored["command"])  # where this machine kept the results
+    run_dir = stored["rows"]["poisson-inverse:cpu"]["run_dir"]
     assert run_dir.startswith("benchmarks/cache/prdp/poisson-inverse-"), run_dir
     assert (repo / run_dir / "compare.json").exists()
     # the stored (relative) run directory is still found when the markdown is rendered again
     monkeypatch.chdir(REPO)
-    d = stored["experiments"]["poisson-inverse"]
+    d = stored["rows"]["poisson-inverse:cpu"]
     for s in d["seeds"]:
         s.pop("wall_train_savings_robust")  # forces robust_wall to read the runs' ledgers
     assert len(prdp.robust_wall(d)) == 1
