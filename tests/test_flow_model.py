@@ -694,3 +694,29 @@ def test_learning_curve_accepts_a_later_point_only_from_the_same_training(tmp_pa
     bench.same_trajectory(tmp_path / "a", tmp_path / "b")  # b continues a
     with pytest.raises(SystemExit, match="differs"):
         bench.same_trajectory(tmp_path / "a", tmp_path / "c")
+
+
+def test_flow_recipes_benchmark_charges_a_fine_tuned_recipe_its_whole_budget(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_recipes.py"
+    spec = importlib.util.spec_from_file_location("flow_recipes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "base", progress=False)
+    runner.train_run("flow-2d", overrides=TINY + ["train.epochs=2", "model.mirror=true",
+                                                  f"net.init_from={tmp_path / 'base'}"],
+                     out=tmp_path / "tuned", progress=False)
+    steps, seconds, chain = bench.budget(tmp_path / "tuned")
+    assert steps == 3 + 6 and chain == [str(tmp_path / "tuned"), str(tmp_path / "base")] and seconds > 0
+    assert bench.main([f"base={tmp_path / 'base'}", f"tuned={tmp_path / 'tuned'}", "--steps", "50"]) == 0
+    data = json.loads((tmp_path / "results" / "flow_recipes.json").read_text())
+    assert [r["label"] for r in data["rows"]] == ["base", "tuned"] and data["rows"][1]["optimizer_steps"] == 9
+    assert "model.mirror=True" in data["rows"][1]["command"]
+    md = (tmp_path / "results" / "flow_recipes.md").read_text()
+    assert "| tuned |" in md and "| 9 |" in md
+    with pytest.raises(SystemExit):
+        bench.main(["no-label-here"])
