@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for src in sources:
             stored = json.loads((results_dir / f"{src}.json").read_text())
             for row, d in stored["rows"].items():
+                d["run_dir"] = portable(d["run_dir"])
                 data[row] = d
                 png = results_dir / f"{src}_{row.replace(':', '_')}.png"
                 target = results_dir / f"{args.name}_{row.replace(':', '_')}.png"
