@@ -72,6 +72,7 @@ def test_our_improvements_are_not_the_paper_rows():
     ns = resolve_config("ns-2d", "paper-cpu")
     assert ns["train"]["lr_schedule"] == "cosine" and ns["train"]["lr_final_fraction"] == 0.1
     assert ns["validation"]["metric"] == "paper" and ns["prdp"]["tau_step"] == 0.95
+    assert ns["train"]["epochs"] == 60 and resolve_config("ns-2d", "paper")["train"]["epochs"] == 100
     assert resolve_config("ns-2d", "cpu")["train"]["lr_schedule"] == "exponential"
     assert resolve_config("ns-2d", "paper")["net"] == {"hidden": 64, "blocks": 3}
 
