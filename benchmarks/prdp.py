@@ -68,8 +68,20 @@ def pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def slug(row: str) -> str:
+    """A row as a file-name part: ``ns-2d:paper-cpu@30 epochs`` → ``ns-2d_paper-cpu_30-epochs``."""
+    return row.replace(":", "_").replace("@", "_").replace(" ", "-")
+
+
+def row_parts(row: str) -> tuple[str, str]:
+    """``EXPERIMENT:SIZE`` of a row; a label after ``@`` (``ns-2d:paper-cpu@30 epochs``) marks a
+    variant of that row, run with the override it names."""
+    name, _, size = row.partition("@")[0].partition(":")
+    return name, size
+
+
 def is_paper_row(row: str) -> bool:
-    name, size = row.split(":")
+    name, size = row_parts(row)
     return size in ("paper", "paper-cpu") or name.startswith("poisson-inverse")
 
 
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.assemble:
         row, _, run_dir = args.assemble.partition("=")
-        d = assemble(row, Path(run_dir), results_dir / f"{args.name}_{row.replace(':', '_')}.png")
+        d = assemble(row, Path(run_dir), results_dir / f"{args.name}_{slug(row)}.png")
         d["accuracy_detail"] = accuracy_detail(Path(run_dir), d)
         write(results_dir, args, [row], {row: d}, started, commands=[" ".join(sys.argv)])
         return 0
@@ -111,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             for row, d in stored["rows"].items():
                 d["run_dir"] = portable(d["run_dir"])
                 data[row] = d
-                png = results_dir / f"{src}_{row.replace(':', '_')}.png"
-                target = results_dir / f"{args.name}_{row.replace(':', '_')}.png"
+                png = results_dir / f"{src}_{slug(row)}.png"
+                target = results_dir / f"{args.name}_{slug(row)}.png"
                 if png.exists() and png != target:
                     shutil.copyfile(png, target)
             commands.append(" ".join(stored["command"]) if isinstance(stored["command"], list) else stored["command"])
@@ -139,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         d["run_dir"] = repo_relative(d["run_dir"])
         d["accuracy_detail"] = accuracy_detail(out, d)
         data[row] = d
-        shutil.copyfile(out / "comparison.png", results_dir / f"{args.name}_{row.replace(':', '_')}.png")
+        shutil.copyfile(out / "comparison.png", results_dir / f"{args.name}_{slug(row)}.png")
         print(f"{row}: done in {d['benchmark_seconds']:.0f} s", flush=True)
         write(results_dir, args, rows[: len(data)], data, started, commands=[" ".join(sys.argv)])
     return 0
@@ -150,7 +162,7 @@ def assemble(row: str, run_dir: Path, figure: Path) -> dict:
     from pdeaccel.experiments.runner import aggregate, savings, solver_share
     from pdeaccel.train.report import plot_comparison, read_metrics
 
-    name, size = row.split(":")
+    name, size = row_parts(row)
     exp = get_experiment(name)
     per_seed, runs = [], {"converged": [], "PRDP": []}
     for seed_dir in sorted(run_dir.glob("seed*")):
@@ -258,7 +270,7 @@ def checks(names, data) -> list[str]:
     for row in names:
         d = data[row]
         a, p = d["aggregate"], d["paper"]
-        name = row.split(":")[0]
+        name = row_parts(row)[0]
         kind = "paper config" if is_paper_row(row) else "ours"
         if p.get("total") is not None:
             ok = a["total"]["mean"] >= p["total"]
@@ -353,16 +365,18 @@ def write(results_dir: Path, args, names, data, started, machine: str | None = N
         md += [notes.read_text(), ""]
     md += ["## Deviations from the paper, per row", ""]
     for n in names:
-        name, size = n.split(":")
-        devs = get_experiment(name).deviations.get(size) or []  # the registry's current list
+        name, size = row_parts(n)
+        devs = list(get_experiment(name).deviations.get(size) or [])  # the registry's current list
+        if "@" in n:
+            devs = [f"Variant: run with `{n.partition('@')[2]}` (the size's default differs).", *devs]
         seeds = data[n].get("assembled_from_completed_seeds")
         if seeds:
-            devs = [f"{seeds} seed(s) only: the completed seeds of an interrupted 3-seed run (time on this shared "
-                    "CPU).", *devs]
+            devs = [f"{seeds} seed(s), assembled from completed per-seed `pdeaccel compare` runs (see Provenance).",
+                    *devs]
         md.append(f"- **{n}**: " + (" ".join(devs) if devs else "none listed (the paper's setting)."))
     md.append("")
     for n in names:
-        md += [f"![{n}]({args.name}_{n.replace(':', '_')}.png)", ""]
+        md += [f"![{n}]({args.name}_{slug(n)}.png)", ""]
     (results_dir / f"{args.name}.md").write_text("\n".join(md))
     commands = [portable(c) for c in (commands or [" ".join(sys.argv)])]
     (results_dir / f"{args.name}.json").write_text(json.dumps({"command": commands, "machine": machine,
