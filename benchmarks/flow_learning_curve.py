@@ -153,6 +153,7 @@ def trend(rows: list[dict], kind: str, key: str) -> dict:
 
 def plot(rows: list[dict], kinds: list[str], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -169,6 +170,7 @@ def plot(rows: list[dict], kinds: list[str], path: Path) -> None:
                 ax.plot(steps, vals, "o-", label=kind, ms=3)
         ax.axhline(TARGETS[key], color="k", ls="--", lw=0.8, label="target")
         ax.set(xlabel="optimiser steps", title=label, xscale="log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short log axis
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
