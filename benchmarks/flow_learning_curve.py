@@ -91,8 +91,14 @@ def references(cfg: dict, kinds: list[str], steps: int) -> dict:
     return out
 
 
-def evaluate(run: Path, refs: dict, steps: int) -> dict:
+def evaluate(run: Path, refs: dict, steps: int, mirror: bool = False) -> dict:
+    """``mirror``: step with the mirror-equivariant average of the trained network (model.mirror)
+    whatever it was trained with (2D vanilla models)."""
     model, cfg, epochs = load_flow_model(run)
+    if mirror:
+        if not hasattr(model, "mirror") or cfg["physics"]["ndim"] != 2:
+            raise SystemExit(f"{run}: mirroring at inference needs a 2D vanilla flow model.")
+        model.mirror = True
     t50 = max(1, round(50 / cfg["physics"]["dt"]))
     row = {"epochs": epochs, "optimizer_steps": epochs * cfg["train"]["steps_per_epoch"], "domains": {}}
     for kind, (env, ref) in refs.items():

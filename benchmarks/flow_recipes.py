@@ -9,6 +9,7 @@ run it was initialised from (``net.init_from``), so fine-tuned recipes are charg
 budget.
 
     .venv/bin/python benchmarks/flow_recipes.py default=runs/shed-dt1 mirror=runs/mirror-ft [--steps 2000]
+    .venv/bin/python benchmarks/flow_recipes.py mirrored=runs/shed-dt1+mirror   # mirror-stepped at inference only
 
 Writes benchmarks/results/NAME.md and NAME.json (NAME defaults to flow_recipes).
 """
@@ -29,6 +30,8 @@ import yaml
 from pdeaccel.experiments.flow_eval import training_command
 
 HERE = Path(__file__).resolve().parent
+#: LABEL=RUN+mirror: the run's network stepped mirror-equivariantly (model.mirror) at inference only
+MIRROR_SUFFIX = "+mirror"
 RESULTS = HERE / "results"
 
 
@@ -97,23 +100,27 @@ def main(argv: list[str] | None = None) -> int:
     pairs = []
     for item in args.runs:
         label, sep, path = item.partition("=")
+        mirror = path.endswith(MIRROR_SUFFIX)
+        path = path.removesuffix(MIRROR_SUFFIX)
         if not sep or not label or not (Path(path) / "config.yaml").exists():
-            ap.error(f"{item!r}: give LABEL=RUN with RUN a flow run directory (config.yaml, metrics.csv, checkpoints)")
-        pairs.append((label, Path(path)))
+            ap.error(f"{item!r}: give LABEL=RUN (or LABEL=RUN{MIRROR_SUFFIX}) with RUN a flow run directory "
+                     "(config.yaml, metrics.csv, checkpoints)")
+        pairs.append((label, Path(path), mirror))
     torch.set_num_threads(1)
     curve = _curve_module()
     kinds = args.domains.split(",")
     refs: dict[float, dict] = {}  # one reference per time step
     rows = []
-    for label, run in pairs:
+    for label, run, mirror in pairs:
         cfg = yaml.safe_load((run / "config.yaml").read_text())["config"]
         dt = float(cfg["physics"]["dt"])
         if dt not in refs:
             refs[dt] = curve.references(cfg, kinds, args.steps)
-        row = curve.evaluate(run, refs[dt], args.steps)
+        row = curve.evaluate(run, refs[dt], args.steps, mirror=mirror)
         steps, seconds, chain = budget(run)
         row.update(label=label, run=str(run), optimizer_steps=steps, train_seconds=seconds, chain=chain,
-                   command=training_command(cfg))
+                   command=training_command(cfg) + ("  (stepped with model.mirror=true at inference only)"
+                                                    if mirror else ""), mirrored_at_inference=mirror)
         rows.append(row)
         print(f"{label}: " + "; ".join(f"{k} amp {v['amplitude_ratio']:.0%} t50 {v['error_t50']:.3f}"
                                        for k, v in row["domains"].items()), flush=True)

@@ -712,9 +712,13 @@ def test_flow_recipes_benchmark_charges_a_fine_tuned_recipe_its_whole_budget(tmp
                      out=tmp_path / "tuned", progress=False)
     steps, seconds, chain = bench.budget(tmp_path / "tuned")
     assert steps == 3 + 6 and chain == [str(tmp_path / "tuned"), str(tmp_path / "base")] and seconds > 0
-    assert bench.main([f"base={tmp_path / 'base'}", f"tuned={tmp_path / 'tuned'}", "--steps", "50"]) == 0
+    assert bench.main([f"base={tmp_path / 'base'}", f"tuned={tmp_path / 'tuned'}", f"sym={tmp_path / 'base'}+mirror",
+                       "--steps", "50"]) == 0
     data = json.loads((tmp_path / "results" / "flow_recipes.json").read_text())
-    assert [r["label"] for r in data["rows"]] == ["base", "tuned"] and data["rows"][1]["optimizer_steps"] == 9
+    assert [r["label"] for r in data["rows"]] == ["base", "tuned", "sym"] and data["rows"][1]["optimizer_steps"] == 9
+    # the same network stepped mirror-equivariantly at inference gives other numbers (so the flag took effect)
+    assert data["rows"][2]["mirrored_at_inference"] and not data["rows"][0]["mirrored_at_inference"]
+    assert data["rows"][2]["domains"]["box"]["error_t50"] != data["rows"][0]["domains"]["box"]["error_t50"]
     assert "model.mirror=True" in data["rows"][1]["command"]
     md = (tmp_path / "results" / "flow_recipes.md").read_text()
     assert "| tuned |" in md and "| 9 |" in md
