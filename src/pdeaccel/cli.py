@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default="full",
                    help="with a NeuralStagger --model: full | R | R:Q (R times coarser in space, Q in time: only "
                         "those sub-solvers run)")
+    p.add_argument("--mirror", action="store_true",
+                   help="with a 2D vanilla --model: step it mirror-equivariantly (model.mirror) whatever it was "
+                        "trained with: a symmetric wake stays symmetric until the geometry breaks it")
     p.add_argument("--out", default=None)
     p.add_argument("--no-animation", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -346,10 +349,13 @@ def _simulate(args: argparse.Namespace, progress: bool) -> int:
             raise ConfigError("with --model, give the environment with --env (and --steps, --inflow), "
                               "not a simulation name or key=value overrides.")
         report = simulate_trained(args.model, args.env, steps=args.steps or 200, inflow=args.inflow, out=args.out,
-                                  animate=not args.no_animation, progress=progress, resolution=args.resolution)
+                                  animate=not args.no_animation, progress=progress, resolution=args.resolution,
+                                  mirror=args.mirror)
         print((Path(report["run_dir"]) / "report.md").read_text())
         print(f"run directory: {report['run_dir']}")
         return 0
+    if args.mirror:
+        raise ConfigError("--mirror applies to a trained flow model: give --model RUN_DIR|MODEL.")
     if args.name is None:
         for name, sim in SIMULATIONS.items():
             print(f"{name:20s} {sim.description}")

@@ -435,14 +435,19 @@ def vorticity(u: Velocity, h: float) -> torch.Tensor:
 
 def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps: int = 200,
                      inflow: float | None = None, out: str | Path | None = None, animate: bool = True,
-                     progress: bool = True, resolution: str = "full") -> dict[str, Any]:
+                     progress: bool = True, resolution: str = "full", mirror: bool = False) -> dict[str, Any]:
     """Roll a trained flow model out on an environment and write a run directory. With a
     NeuralStagger model, ``resolution`` ``"R"`` or ``"R:Q"`` runs only the sub-solvers of a
-    simulation R times coarser in space and Q in time (:func:`coarse_rollout`)."""
+    simulation R times coarser in space and Q in time (:func:`coarse_rollout`). ``mirror``
+    steps a 2D vanilla model mirror-equivariantly (``model.mirror``) whatever it was trained with."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {steps!r}.")
     space, time_ = parse_resolution(resolution)
     model, cfg, _ = load_flow_model(model_dir)
+    if mirror:
+        if not hasattr(model, "mirror") or model.ndim != 2:
+            raise ValueError("--mirror needs a 2D vanilla flow model (a NeuralStagger or 3D model has no mirror step).")
+        model.mirror = True
     env, spec = _environment(cfg, env_name, inflow)
     if (space, time_) != (1, 1):
         model.resolution_indices(space, time_)  # a clear error before anything is written
@@ -478,6 +483,7 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
         sl = tuple(c[..., mid] for c in roll.snapshots[-1][:2])  # u, v in the z = mid plane
         _plot_fields(run_dir / "final.png", sl, solid[..., mid], h, "mid-depth slice")
     report = {"model": str(model_dir), "environment": spec, "steps": steps, "dt": env.dt,
+              "mirror": bool(getattr(model, "mirror", False)),
               "resolution": {"space": space, "time": time_, "sub_solvers": len(model.resolution_indices(space, time_))
                              if hasattr(model, "resolution_indices") else 1},
               "stable": roll.stable, "first_unstable_step": roll.first_unstable_step,
