@@ -733,3 +733,22 @@ def test_flow_recipes_benchmark_charges_a_fine_tuned_recipe_its_whole_budget(tmp
     assert "| tuned |" in md and "| 9 |" in md
     with pytest.raises(SystemExit):
         bench.main(["no-label-here"])
+
+
+def test_mirror_cost_benchmark_times_both_steps_side_by_side(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_mirror_cost.py"
+    spec = importlib.util.spec_from_file_location("flow_mirror_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "model", progress=False)
+    assert bench.main(["--model", str(tmp_path / "model"), "--batches", "1,2", "--steps", "2", "--repeats", "2"]) == 0
+    data = json.loads((tmp_path / "results" / "flow_mirror_cost.json").read_text())
+    assert [r["batch"] for r in data["rows"]] == [1, 2]
+    for r in data["rows"]:
+        assert r["ratio"] == pytest.approx(r["mirror_seconds_per_step"] / r["plain_seconds_per_step"])
+    assert "| 2 |" in (tmp_path / "results" / "flow_mirror_cost.md").read_text()
