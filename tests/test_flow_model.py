@@ -156,6 +156,18 @@ def test_3d_step_trains_and_stays_divergence_free():
     assert float(terms.divergence_abs.detach().max()) < 1e-5
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_physics() -> dict:
     return {"ndim": 2, "length": 16, "height": 8, "mu": 0.1, "rho": 4.0, "dt": 4.0, "inflow_min": 0.5,
             "inflow_max": 1.0, "obstacles": ["box", "cylinder", "magnus"], "magnus_max": 1.0,
@@ -488,14 +500,8 @@ def test_flow_benchmark_script_writes_markdown_and_json(tmp_path, monkeypatch):
     """benchmarks/flow.py end to end at toy size: every table it promises is written, as markdown and the
     same numbers as JSON, and the numbers a toy model can be judged by are (stability, divergence at
     round-off, an error near 1 for a model that barely moves the fluid, consistent speed columns)."""
-    import importlib.util
     import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow.py"
-    spec = importlib.util.spec_from_file_location("flow_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("flow")
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(bench, "VORTICITY_STEP", 6)  # the figure's vorticity panels, at the last step here
     runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "model", progress=False)
@@ -562,14 +568,8 @@ def test_flow_learning_curve_trains_in_exact_segments_and_reports_each(tmp_path,
     """benchmarks/flow_learning_curve.py at toy size: two segments of one run through the CLI (the second a
     --resume), one evaluated row each with the optimiser steps the run had, the targets judged, and a
     rerun of the same command skips what is done."""
-    import importlib.util
     import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_learning_curve.py"
-    spec = importlib.util.spec_from_file_location("flow_learning_curve", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("flow_learning_curve")
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     run = tmp_path / "run"
     argv = ["--out", str(run), "--epochs", "2", "--every", "1", "--steps", "50", "--name", "curve", *TINY]
@@ -591,13 +591,7 @@ def test_flow_learning_curve_trains_in_exact_segments_and_reports_each(tmp_path,
 
 
 def test_learning_curve_trend_extrapolates_a_log_linear_metric_to_its_target():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_learning_curve.py"
-    spec = importlib.util.spec_from_file_location("flow_learning_curve", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("flow_learning_curve")
 
     def rows(values):
         return [{"optimizer_steps": 10 ** (3 + i), "domains": {"box": {"amplitude_ratio": v, "error_t50": 0.3}}}
@@ -688,13 +682,7 @@ def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_behaviou
 
 
 def test_learning_curve_accepts_a_later_point_only_from_the_same_training(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_learning_curve.py"
-    spec = importlib.util.spec_from_file_location("flow_learning_curve", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("flow_learning_curve")
     header = "epoch,train_loss,val_metric\n"
     for name, rows in (("a", "1,0.5,0.1\n2,0.4,0.09\n"), ("b", "1,0.5,0.1\n2,0.4,0.09\n3,0.3,0.08\n"),
                        ("c", "1,0.5,0.1\n2,0.41,0.09\n3,0.3,0.08\n")):
@@ -706,14 +694,8 @@ def test_learning_curve_accepts_a_later_point_only_from_the_same_training(tmp_pa
 
 
 def test_flow_recipes_benchmark_charges_a_fine_tuned_recipe_its_whole_budget(tmp_path, monkeypatch):
-    import importlib.util
     import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_recipes.py"
-    spec = importlib.util.spec_from_file_location("flow_recipes", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("flow_recipes")
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "base", progress=False)
     runner.train_run("flow-2d", overrides=TINY + ["train.epochs=2", "model.mirror=true",
@@ -736,14 +718,8 @@ def test_flow_recipes_benchmark_charges_a_fine_tuned_recipe_its_whole_budget(tmp
 
 
 def test_mirror_cost_benchmark_times_both_steps_side_by_side(tmp_path, monkeypatch):
-    import importlib.util
     import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flow_mirror_cost.py"
-    spec = importlib.util.spec_from_file_location("flow_mirror_cost", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("flow_mirror_cost")
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     runner.train_run("flow-2d", overrides=TINY + ["train.epochs=1"], out=tmp_path / "model", progress=False)
     assert bench.main(["--model", str(tmp_path / "model"), "--batches", "1,2", "--steps", "2", "--repeats", "2"]) == 0
