@@ -183,6 +183,25 @@ def plot(rows: list[dict], kinds: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def metric_header(kinds: list[str]) -> str:
+    """The metric columns of a table of :func:`evaluate` rows (shared with flow_recipes.py)."""
+    return (" | ".join(f"{k}: St net / ref | {k}: amplitude | {k}: mean-flow err | {k}: err t=50" for k in kinds)
+            + " | one-step err (cyl.) |")
+
+
+def metric_cells(row: dict, kinds: list[str]) -> str:
+    """The metric cells of one :func:`evaluate` row, ending the table line."""
+    cells = []
+    for k in kinds:
+        d = row["domains"][k]
+        st, st_ref = ("no shedding" if not math.isfinite(x) else f"{x:.3f}"
+                      for x in (d["strouhal_net"], d["strouhal_reference"]))
+        cells += [f"{st} / {st_ref}", f"{d['amplitude_ratio']:.0%}", f"{d['mean_flow_error']:.3f}",
+                  f"{d['error_t50']:.3f}"]
+    one = row["domains"].get("cylinder", {}).get("one_step_error", math.nan)
+    return " | ".join(cells) + f" | {one:.3f} |"
+
+
 def markdown(data: dict) -> str:
     kinds = data["domains"]
     lines = [f"# Learning curve of the flow solver (benchmarks/flow_learning_curve.py)", "",
@@ -191,22 +210,12 @@ def markdown(data: dict) -> str:
              "domains against the float64 reference; amplitude and mean flow over the last 60%; one-step error from "
              f"the reference's developed wake at step {WAKE_START} (cylinder). Training wall time is per segment, on a "
              "shared 2-core machine (one thread).", "",
-             "| optimiser steps | train wall s (segment) | " + " | ".join(
-                 f"{k}: St net / ref | {k}: amplitude | {k}: mean-flow err | {k}: err t=50" for k in kinds)
-             + " | one-step err (cyl.) |",
+             "| optimiser steps | train wall s (segment) | " + metric_header(kinds),
              "|---|---|" + "---|" * (4 * len(kinds) + 1)]
     for r in data["rows"]:
-        cells = []
-        for k in kinds:
-            d = r["domains"][k]
-            st, st_ref = ("no shedding" if not math.isfinite(x) else f"{x:.3f}"
-                          for x in (d["strouhal_net"], d["strouhal_reference"]))
-            cells += [f"{st} / {st_ref}", f"{d['amplitude_ratio']:.0%}",
-                      f"{d['mean_flow_error']:.3f}", f"{d['error_t50']:.3f}"]
-        one = r["domains"].get("cylinder", {}).get("one_step_error", math.nan)
+        cells = metric_cells(r, kinds)
         steps = f"{r['optimizer_steps']} (`{r['source']}`)" if r.get("source") else str(r["optimizer_steps"])
-        lines.append(f"| {steps} | {r.get('train_seconds', math.nan):.0f} | " + " | ".join(cells)
-                     + f" | {one:.3f} |")
+        lines.append(f"| {steps} | {r.get('train_seconds', math.nan):.0f} | {cells}")
     if any(r.get("source") for r in data["rows"]):
         lines += ["", "A row marked with a run directory is that run's newest checkpoint: the same recipe and seed "
                   "trained further (its training log equals this run's over every common epoch), evaluated "

@@ -59,6 +59,7 @@ def budget(run: Path) -> tuple[int, float, list[str]]:
 
 
 def markdown(data: dict) -> str:
+    curve = _curve_module()
     kinds = data["domains"]
     lines = ["# Flow-solver training recipes side by side (benchmarks/flow_recipes.py)", "",
              f"Command: `{data['command']}`. Rollouts of {data['steps']} steps from rest against the float64 reference "
@@ -66,21 +67,12 @@ def markdown(data: dict) -> str:
              "10% of the reference's); one-step error from the reference's developed cylinder wake at step 600. "
              "Steps and wall time include the runs a recipe was initialised from; wall time is training only, on a "
              "shared 2-core machine (one thread per run, other jobs running), so compare it loosely.", "",
-             "| recipe | run (initialised from) | optimiser steps | train wall h | "
-             + " | ".join(f"{k}: St net / ref | {k}: amplitude | {k}: mean-flow err | {k}: err t=50" for k in kinds)
-             + " | one-step err (cyl.) |",
+             "| recipe | run (initialised from) | optimiser steps | train wall h | " + curve.metric_header(kinds),
              "|---|---|---|---|" + "---|" * (4 * len(kinds) + 1)]
     for r in data["rows"]:
-        cells = []
-        for k in kinds:
-            d = r["domains"][k]
-            st = "no shedding" if not math.isfinite(d["strouhal_net"]) else f"{d['strouhal_net']:.3f}"
-            cells += [f"{st} / {d['strouhal_reference']:.3f}", f"{d['amplitude_ratio']:.0%}",
-                      f"{d['mean_flow_error']:.3f}", f"{d['error_t50']:.3f}"]
-        one = r["domains"].get("cylinder", {}).get("one_step_error", math.nan)
         chain = " ← ".join(f"`{c}`" for c in r["chain"])
         lines.append(f"| {r['label']} | {chain} | {r['optimizer_steps']} | {r['train_seconds'] / 3600:.2f} | "
-                     + " | ".join(cells) + f" | {one:.3f} |")
+                     + curve.metric_cells(r, kinds))
     lines += ["", "Recipes (each run's `pdeaccel train` command, its overrides of the defaults):", ""]
     lines += [f"- {r['label']}: `{r['command']}`" for r in data["rows"]]
     targets = data["targets"]
