@@ -33,7 +33,7 @@ import yaml
 
 from pdeaccel.experiments.flow import held_out_environment, held_out_spec
 from pdeaccel.experiments.flow_eval import (load_flow_model, neural_rollout, potential_of, reference_rollout,
-                                            shedding_frequency, velocity_error)
+                                            shedding_frequency, step_mirrored, velocity_error)
 from pdeaccel.neural_flow import PotentialState
 from pdeaccel.train import io
 
@@ -96,9 +96,7 @@ def evaluate(run: Path, refs: dict, steps: int, mirror: bool = False) -> dict:
     whatever it was trained with (2D vanilla models)."""
     model, cfg, epochs = load_flow_model(run)
     if mirror:
-        if not hasattr(model, "mirror") or cfg["physics"]["ndim"] != 2:
-            raise SystemExit(f"{run}: mirroring at inference needs a 2D vanilla flow model.")
-        model.mirror = True
+        step_mirrored(model)
     t50 = max(1, round(50 / cfg["physics"]["dt"]))
     row = {"epochs": epochs, "optimizer_steps": epochs * cfg["train"]["steps_per_epoch"], "domains": {}}
     for kind, (env, ref) in refs.items():

@@ -85,6 +85,14 @@ def load_flow_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any
     return model, cfg, epochs
 
 
+def step_mirrored(model: torch.nn.Module) -> None:
+    """Make a trained 2D vanilla model step mirror-equivariantly (``model.mirror``), whatever it
+    was trained with."""
+    if not hasattr(model, "mirror") or model.ndim != 2:
+        raise ValueError("--mirror needs a 2D vanilla flow model (a NeuralStagger or 3D model has no mirror step).")
+    model.mirror = True
+
+
 def training_command(cfg: dict[str, Any]) -> str:
     """The ``pdeaccel train`` command that reproduces a run's config (its overrides of the defaults)."""
     from ..config import flatten
@@ -445,9 +453,7 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
     space, time_ = parse_resolution(resolution)
     model, cfg, _ = load_flow_model(model_dir)
     if mirror:
-        if not hasattr(model, "mirror") or model.ndim != 2:
-            raise ValueError("--mirror needs a 2D vanilla flow model (a NeuralStagger or 3D model has no mirror step).")
-        model.mirror = True
+        step_mirrored(model)
     env, spec = _environment(cfg, env_name, inflow)
     if (space, time_) != (1, 1):
         model.resolution_indices(space, time_)  # a clear error before anything is written
