@@ -133,7 +133,7 @@ def test_a_sub_solver_run_alone_reproduces_its_part_of_the_full_rollout(shared):
     part = model.decompose_state(full, env, indices=[3, 6])
     for a, b in zip(alone.potential + alone.pressure, part.potential + part.pressure):
         if shared:  # one batched call over all sub-solvers or over two: the same maths, summed in another order
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         else:
             assert torch.equal(a, b)
     assert float(part.potential[0].abs().max()) > 0.01
@@ -168,14 +168,15 @@ def test_3d_staggered_solver_runs_and_keeps_divergence_at_round_off():
 @pytest.mark.parametrize("name", ["flow-2d-s2t2", "flow-2d-s2t1"])
 def test_staggered_training_through_the_real_trainer_lowers_the_validation_loss(name, tmp_path):
     # environments reset every step, so the pool stays near the start-up the validation rollout judges
-    over = ["physics.length=16", "physics.height=8", "pool.size=2", "pool.reset_every=1", "net.hidden=4",
+    over = ["physics.length=16", "physics.height=8", "pool.size=2", "pool.reset_every=1", "net.hidden=8",
             "net.levels=1", "data.validation=2", "data.validation_steps=1", "train.steps_per_epoch=8",
-            "train.batch_size=2", "train.lr=3e-3", "train.epochs=6"]
+            "train.batch_size=2", "train.lr=3e-3", "train.epochs=8"]
     runner.train_run(name, overrides=over, out=tmp_path / "r", progress=False)
     import csv
     rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
     first, last = float(rows[0]["val_metric"]), float(rows[-1]["val_metric"])
-    assert last < 0.93 * first, (first, last)  # measured: 2.11 -> 1.76 (s2t2), 2.11 -> 1.86 (s2t1)
+    # measured (walls gauge): 0.885 -> 0.70 (s2t2), 0.888 -> 0.717 (s2t1); untrained it stays at 0.89
+    assert last < 0.9 * first, (first, last)
 
 
 def test_sigkilled_staggered_pool_training_resumes_to_the_uninterrupted_result(tmp_path):
@@ -295,3 +296,55 @@ def test_sub_solvers_split_over_two_processes_give_the_single_process_outputs(sh
             torch.testing.assert_close(pres, full.pressure, rtol=1e-5, atol=1e-5)
         else:
             assert torch.equal(pot, full.potential) and torch.equal(pres, full.pressure), rank
+
+
+# ------------------------------------------------------------------------------ the walls gauge
+def _reference_velocity(env, steps=6):
+    from pdeaccel.physics.incompressible import MACFlowSolver
+    env64 = env.to(dtype=torch.float64)
+    solver = MACFlowSolver(env64.replace(dt=0.25), advection="upwind3")
+    return solver.run(solver.initial_state(), steps).velocity
+
+
+def test_wall_potential_matches_the_numerical_solvers_stream_function_on_the_walls():
+    """The anchored values are those of the stream function of a MACFlowSolver solution (an
+    independent solver meeting the same boundary conditions), integrated from the low wall."""
+    from pdeaccel.experiments.flow_eval import potential_of
+    from pdeaccel.neural_flow import wall_potential
+    env = _env(batch=1).to(dtype=torch.float64)
+    mask, value = wall_potential(env)
+    psi = potential_of(_reference_velocity(env), env)
+    anchored = mask > 0
+    assert int(anchored.sum()) > 2 * sum(env.grid.shape)  # both walls and the inflow column
+    assert not bool(anchored[..., env.grid.shape[0] // 2, env.grid.shape[1] // 2])  # not the interior
+    # to the reference projection's round-off (its divergence tolerance), far below one cell's flux
+    torch.testing.assert_close(psi[anchored], value[anchored], rtol=0, atol=1e-7)
+    flux = float(value[0, 0, 0, -1])  # the high wall's level is the inflow's volume flux
+    assert flux > 0.1 and abs(flux - float(value.amax())) < 1e-12
+
+
+def test_walls_gauge_holds_the_walls_between_sub_fields_and_free_does_not():
+    from pdeaccel.neural_flow import wall_potential
+    env = _env(batch=2)
+    mask, value = wall_potential(env)
+    errors = {}
+    for gauge in ("walls", "free"):
+        torch.manual_seed(0)
+        model = _randomised(StaggeredFlowSolver(2, stride=2, window=1, hidden=4, levels=1, gauge=gauge, **SCALES))
+        with torch.no_grad():
+            state = model(model(model.initial_state(env), env), env)
+        a = state.potential[:, -1]
+        errors[gauge] = float(((a - value) * mask).abs().max())
+        u = model.velocity(state, env)
+        # faces whose two nodes are anchored (the channel's frame): prescribed by construction
+        wall_x = mask[..., :, 1:] * mask[..., :, :-1]
+        errors[gauge + " face"] = float((wall_x * (u[0] - env.face_velocity[0])).abs().max())
+    assert errors["walls"] < 1e-5 and errors["walls face"] < 1e-5
+    assert errors["free"] > 1e-2 and errors["free face"] > 1e-2, errors
+
+
+def test_walls_gauge_is_refused_in_3d_with_the_fix():
+    with pytest.raises(ValueError, match="gauge='free'"):
+        StaggeredFlowSolver(3, stride=2, window=1, hidden=4, levels=1, gauge="walls", **SCALES)
+    with pytest.raises(ValueError, match="'walls' or 'free'"):
+        StaggeredFlowSolver(2, stride=2, window=1, hidden=4, levels=1, gauge="mean", **SCALES)

@@ -78,7 +78,9 @@ def _staggered(ndim: int, model: dict[str, Any], net: dict[str, Any], scales: di
                          "onto another offset's, so the sub-solvers would no longer run independently; leave it false.")
     return StaggeredFlowSolver(ndim, stride=model["stride"], window=model["window"], hidden=net["hidden"],
                                levels=net["levels"], kernel_size=net["kernel_size"],
-                               shared_weights=model.get("shared_weights", False), **scales)
+                               shared_weights=model.get("shared_weights", False),
+                               # a config from before model.gauge existed ran without it
+                               gauge=model.get("gauge", "free"), **scales)
 
 
 register_model_kind("vanilla", _vanilla)

@@ -143,6 +143,10 @@ class FieldView:
     mu: torch.Tensor  # [B]
     rho: torch.Tensor  # [B]
     potential_mask: torch.Tensor  # [1 or B, P, *nodes]: 1 where a packed potential entry is an unknown
+    # optional gauge (:func:`wall_potential`): where ``anchor_mask`` is 1 the new potential is set to
+    # ``anchor_value`` ([1 or B, P, *nodes] each); None: no anchored nodes
+    anchor_mask: torch.Tensor | None = None
+    anchor_value: torch.Tensor | None = None
 
     @staticmethod
     def of(env: FlowEnvironment) -> "FieldView":
@@ -190,7 +194,55 @@ def advance_fields(potential: torch.Tensor, pressure: torch.Tensor, out: torch.T
         count = fluid.flatten(1).sum(1).clamp(min=1.0).reshape((-1,) + (1,) * (grid.ndim + 1))
         p = (p - p.flatten(1).sum(1).reshape(count.shape) / count) * fluid
     p = Pb * torch.tanh(p / Pb)
+    if view.anchor_mask is not None:
+        m = view.anchor_mask.to(a.dtype)
+        a = a * (1.0 - m) + view.anchor_value.to(a.dtype) * m
     return PotentialState(a, p)
+
+
+def wall_potential(env: FlowEnvironment) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2D stream function's values on a channel's outer walls, fixed by the inflow alone.
+
+    Returns ``(mask, value)``, both ``[B, 1, *nodes]``: ``mask`` is 1 on every node that touches a
+    non-fluid, non-outflow cell of the obstacle-free domain (``env.background``: the channel's frame
+    — no-slip walls and the inflow column), and ``value`` there is ``a = h·Σ u_x`` summed up the
+    inflow column's prescribed face velocities from the low-y wall (``a = 0`` on the low wall, the
+    volume flux on the high wall, the inflow profile's integral along the inflow column). On these
+    nodes every incident face is prescribed, so these are the values of *any* potential that meets
+    the boundary conditions, up to one global constant, which this fixes (the gauge).
+
+    Why (NeuralStagger): a staggered sub-solver sees only its own sub-field, so it cannot see the
+    other sub-fields' levels; the velocity on a fine face between two sub-fields is the difference
+    of their levels. Pinning every sub-field to the same wall values from the environment makes the
+    walls' no-slip and no-penetration hold between sub-fields by construction.
+    """
+    if env.ndim != 2:
+        raise ValueError("wall_potential is defined for 2D environments (a scalar stream function); "
+                         "3D staggered models use model.gauge=free.")
+    fluid, faces = env.background if env.background is not None else (env.fluid, tuple(env.face_velocity))
+    fluid = fluid.to(env.fluid.dtype)
+    B = env.batch_size
+    fluid = fluid.expand((B,) + tuple(fluid.shape[1:]))
+    outflow = env.outflow if env.outflow is not None else torch.zeros_like(fluid)
+    frame = ((fluid == 0) & (outflow.expand_as(fluid) == 0)).to(fluid.dtype)
+    # a node touches the (up to) four cells around it
+    padded = torch.nn.functional.pad(frame, (1, 1, 1, 1))
+    touch = torch.nn.functional.max_pool2d(padded, kernel_size=2, stride=1)
+    return touch, inflow_potential(env) * touch
+
+
+def inflow_potential(env: FlowEnvironment) -> torch.Tensor:
+    """``[B, 1, *nodes]``: the 2D stream function of the inflow profile carried unchanged down the
+    channel, ``a(x, y) = h·Σ_{y' < y} u_x(0, y')`` (obstacles ignored). It meets the walls' and the
+    inflow's conditions (:func:`wall_potential`), so it is the start of a staggered rollout under
+    the walls gauge, where the fluid at rest is not representable (the walls carry the flux)."""
+    fluid, faces = env.background if env.background is not None else (env.fluid, tuple(env.face_velocity))
+    B = env.batch_size
+    ux = faces[0].to(env.fluid.dtype).expand((B, 1) + tuple(faces[0].shape[2:]))
+    column = ux[:, :, :1, :]  # the outer inflow face of every cell row
+    value = torch.zeros((B, 1) + node_shape(env.grid), dtype=env.fluid.dtype, device=env.fluid.device)
+    value[:, :, :, 1:] = env.spacing[1] * torch.cumsum(column, dim=3)
+    return value
 
 
 def check_state(state: PotentialState, env: FlowEnvironment, P: int) -> None:

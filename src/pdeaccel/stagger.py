@@ -19,17 +19,26 @@ What is ours (*design*; the paper's text and code are not public):
   sub-field has ``ceil(N/s)`` cells and one more node (:func:`~pdeaccel.decompose.staggered_shapes`);
   padded entries are masked out of the state and cropped after reassembly.
 - Gauge: the vanilla solver removes the mean of the potential and pressure after each step. A
-  sub-solver can only see its own sub-field. Forcing every sub-field's *potential* mean to zero
-  would fix the offsets between sub-fields, which carry the velocity (the means of neighbouring
-  sub-fields of a stream function differ by about the mean flow), so the potential's mean is
-  removed only when a sub-field is the whole field (s = 1); for s > 1 the tanh bound keeps it
-  bounded and the loss fixes the relative offsets. The *pressure*'s mean is removed per
+  sub-solver can only see its own sub-field, and the velocity on a fine face between two
+  sub-fields is the difference of their levels. Forcing every sub-field's *potential* mean to
+  zero would fix those offsets arbitrarily (neighbouring sub-fields' means differ by about the
+  mean flow), so the potential's mean is removed only when a sub-field is the whole field
+  (s = 1). For s > 1 in 2D (``gauge="walls"``, the default) every sub-field's potential is pinned
+  on the channel's outer walls and inflow column to the values the inflow alone fixes there
+  (:func:`~pdeaccel.neural_flow.wall_potential`: 0 on the low wall, the volume flux on the high
+  one): an environment property every sub-solver is given, so the sub-solvers stay independent,
+  and the walls' no-slip and no-penetration hold between sub-fields by construction. Without it
+  (``gauge="free"``, the first design, and 3D, where the vector potential's gauge is not one
+  constant) the tanh bound keeps the levels bounded and only the loss ties neighbouring
+  sub-fields together; each sub-field's wall level then drifts on its own, which is what made the
+  first staggered models striped (benchmarks/results/stagger.md). The *pressure*'s mean is removed per
   sub-field: neighbouring sub-fields' pressure means differ only by the mean pressure gradient
   times one cell (about 1e-3 of ρU² in the cpu channel), and without it each sub-field's level
   drifts on its own into a checkerboard of pressure gradients.
 - Within one window the environment is the one at the window's start (moving obstacles advance
   T steps per call).
-- The first window from rest is T copies of the fluid at rest.
+- The first window is T copies of the fluid at rest (s = 1 or the free gauge), or under the walls
+  gauge, where rest is not representable, T copies of the inflow profile carried down the channel.
 - Sub-solvers with s > 1 start from a zero output layer (no change predicted), so training does
   not start from the stripes of each untrained network's different constant output.
 - Weights: separate per sub-solver (default), or one shared network with the offset and the
@@ -53,7 +62,7 @@ from .grid import Grid
 from .nets import UNet
 from .neural_flow import (FieldView, PotentialState, Velocity, advance_fields, encode_fields,
                           input_channels, node_shape, potential_mask, scales_and_bounds,
-                          velocity_from_potential)
+                          velocity_from_potential, inflow_potential, wall_potential)
 from .physics.environments import FlowEnvironment
 
 
@@ -143,6 +152,9 @@ class StaggeredFlowSolver(nn.Module):
         window: temporal stride T.
         hidden, levels, kernel_size: each sub-solver's U-Net.
         shared_weights: one network for all sub-solvers, with the offset and time index as inputs.
+        gauge: ``"walls"`` (2D: pin every sub-field's potential on the outer walls) or ``"free"``
+            (see the module docstring); default walls in 2D, free in 3D; irrelevant for s = 1,
+            which gauges as the vanilla solver.
         velocity_scale, potential_scale, pressure_scale, potential_bound, pressure_bound: as for
             :class:`~pdeaccel.neural_flow.NeuralFlowSolver`.
 
@@ -151,7 +163,7 @@ class StaggeredFlowSolver(nn.Module):
     """
 
     def __init__(self, ndim: int, stride: int | Sequence[int] = 2, window: int = 1, hidden: int = 20,
-                 levels: int = 4, kernel_size: int = 3, *, shared_weights: bool = False,
+                 levels: int = 4, kernel_size: int = 3, *, shared_weights: bool = False, gauge: str | None = None,
                  velocity_scale: float = 1.0, potential_scale: float = 10.0, pressure_scale: float = 1.0,
                  potential_bound: float = 1000.0, pressure_bound: float = 100.0) -> None:
         super().__init__()
@@ -168,6 +180,14 @@ class StaggeredFlowSolver(nn.Module):
         self.offsets = offsets(self.stride)
         self.shared_weights = bool(shared_weights)
         self.remove_mean = math.prod(self.stride) == 1  # see the module docstring (gauge)
+        gauge = ("walls" if ndim == 2 else "free") if gauge is None else gauge
+        if gauge not in ("walls", "free"):
+            raise ValueError(f"gauge must be 'walls' or 'free', got {gauge!r}.")
+        if gauge == "walls" and ndim != 2 and not self.remove_mean:
+            raise ValueError("gauge='walls' pins a 2D stream function; a 3D vector potential has no single wall "
+                             "level, so use gauge='free' in 3D.")
+        self.gauge = gauge
+        self.anchor_walls = gauge == "walls" and not self.remove_mean
         self.in_channels = input_channels(ndim) + (ndim + 1 if shared_weights else 0)
         count = 1 if shared_weights else len(self.offsets) * window
         self.nets = nn.ModuleList(UNet(ndim, self.in_channels, self.P + 1, hidden=hidden, levels=levels,
@@ -187,17 +207,21 @@ class StaggeredFlowSolver(nn.Module):
 
     def config(self) -> dict:
         return {"ndim": self.ndim, "stride": list(self.stride), "window": self.window,
-                "shared_weights": self.shared_weights, **{f"{k}_scale": v for k, v in self.scales.items()},
+                "shared_weights": self.shared_weights, "gauge": self.gauge, **{f"{k}_scale": v for k, v in self.scales.items()},
                 **{f"{k}_bound": v for k, v in self.bounds.items()}}
 
     # ------------------------------------------------------------------ the flow-model interface
     def initial_state(self, env: FlowEnvironment) -> WindowState:
-        """T copies of the fluid at rest."""
+        """T copies of the fluid at rest; under the walls gauge, where rest is not representable
+        (the walls carry the inflow's flux), T copies of the inflow profile carried down the
+        channel (:func:`~pdeaccel.neural_flow.inflow_potential`), pressure 0."""
         B, T = env.batch_size, self.window
         dtype = next(self.parameters()).dtype
         dev = env.fluid.device
-        return WindowState(torch.zeros((B, T, self.P) + node_shape(env.grid), dtype=dtype, device=dev),
-                           torch.zeros((B, T, 1) + env.grid.shape, dtype=dtype, device=dev))
+        potential = torch.zeros((B, T, self.P) + node_shape(env.grid), dtype=dtype, device=dev)
+        if self.anchor_walls:
+            potential[:] = inflow_potential(env).to(dtype).unsqueeze(1)
+        return WindowState(potential, torch.zeros((B, T, 1) + env.grid.shape, dtype=dtype, device=dev))
 
     def latest(self, state: WindowState) -> PotentialState:
         return state.at(self.window - 1)
@@ -256,8 +280,14 @@ class StaggeredFlowSolver(nn.Module):
         masks = [decompose(m.to(dtype), self.stride, nodes_p) for m in env.face_mask]
         values = [decompose(v, self.stride, nodes_p) for v in env.face_velocity]
         pmask = decompose(potential_mask(grid, dtype, env.fluid.device), self.stride, nodes_p)
+        anchors = [None] * len(self.offsets), [None] * len(self.offsets)
+        if self.anchor_walls:
+            mask, value = wall_potential(env)
+            anchors = (decompose(mask.to(dtype), self.stride, nodes_p).unbind(1),
+                       decompose(value.to(dtype), self.stride, nodes_p).unbind(1))
         return [FieldView(sub, fluid[:, j], tuple(m[:, j] for m in masks), tuple(v[:, j] for v in values),
-                          env.mu, env.rho, pmask[:, j]) for j in range(len(self.offsets))]
+                          env.mu, env.rho, pmask[:, j], anchors[0][j], anchors[1][j])
+                for j in range(len(self.offsets))]
 
     def decompose_state(self, state: WindowState, env: FlowEnvironment,
                         indices: Sequence[int] | None = None) -> SubState:

@@ -59,7 +59,10 @@ _CPU_2D: dict[str, Any] = {
     # the flow-model kind (pdeaccel.flow_model): "vanilla", or "staggered" (NeuralStagger) with spatial
     # stride s per axis and temporal stride T (window); (s, T) = (1, 1) staggered is the vanilla solver.
     # mirror: (2D, vanilla) a step exactly equivariant under y → H − y (neural_flow.NeuralFlowSolver)
-    "model": {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False, "mirror": False},
+    # gauge (staggered, s > 1): "walls" pins every sub-field's potential on the outer walls to the
+    # values the inflow fixes (2D), "free" leaves the levels to the loss (3D; see pdeaccel.stagger)
+    "model": {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False, "mirror": False,
+              "gauge": "walls"},
     # init_from: a flow run directory whose newest checkpoint's weights start this run ("" = random init)
     "net": {"hidden": 16, "levels": 3, "kernel_size": 3, "init_from": ""},
     # upwind3 is our design (the paper's loss is "central"): the exact minimiser of the central-difference
@@ -89,6 +92,7 @@ def _cpu_3d() -> dict[str, Any]:
                            "mu_range": [0.05, 0.2], "rho_range": [1.0, 4.0], "dt": 4.0})
     cfg["pool"].update({"size": 16, "reset_every": 16})
     cfg["net"].update({"hidden": 8, "levels": 2})
+    cfg["model"]["gauge"] = "free"  # a 3D vector potential has no single wall level
     cfg["data"].update({"validation": 2, "validation_steps": 10})
     cfg["train"].update({"epochs": 10, "steps_per_epoch": 50, "batch_size": 4, "lr_decay": 0.97})
     return cfg
@@ -300,6 +304,10 @@ def validate_flow(cfg: dict[str, Any]) -> None:
     require(isinstance(m["window"], int) and 1 <= m["window"] <= 16, "model.window", m["window"],
             "an integer in [1, 16] (the temporal stride T)")
     require(isinstance(m.get("mirror", False), bool), "model.mirror", m.get("mirror"), "true or false")
+    require(m.get("gauge", "walls") in ("walls", "free"), "model.gauge", m.get("gauge"), "walls, free")
+    if m.get("gauge", "walls") == "walls" and m["kind"] == "staggered" and m["stride"] > 1:
+        require(p["ndim"] == 2, "model.gauge", m["gauge"],
+                "free in 3D (the walls gauge pins a 2D stream function; a 3D vector potential has no single wall level)")
     if m.get("mirror", False):
         require(p["ndim"] == 2 and m["kind"] == "vanilla", "model.mirror", m["mirror"],
                 "false unless physics.ndim=2 and model.kind=vanilla (the reflection-equivariant step is 2D, vanilla)")
@@ -385,7 +393,7 @@ _PAPER = {"net": "U-Net", "steps_per_second_gpu": 311}
 # keys added since the first flow runs, with the values that keep those runs' behaviour on --resume
 _ADDED_KEYS = {"model.kind": "vanilla", "model.stride": 1, "model.window": 1, "model.shared_weights": False,
                "model.mirror": False, "pool.warm_fraction": 0.0, "pool.warm_bank": 8, "pool.warm_time": 400.0,
-               "pool.young": 0, "pool.young_reset_every": 0, "loss.unroll": 1}
+               "pool.young": 0, "pool.young_reset_every": 0, "loss.unroll": 1, "model.gauge": "free"}
 
 register(Experiment(
     "flow-2d", "physics-constrained neural flow solver, 2D channel with obstacles (trained without data)",
