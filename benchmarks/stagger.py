@@ -27,6 +27,7 @@ Writes benchmarks/results/stagger.md and stagger.json (and stagger.png with trai
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -153,6 +154,71 @@ def parallel_latency(model: StaggeredFlowSolver, env, workers: int, calls: int) 
     return out.get()
 
 
+# ------------------------------------------------------------------------------ training
+def training_curve(run_dir: str | Path, steps_per_epoch: int) -> dict | None:
+    """A run's validation curve from its metrics.csv: optimiser steps, the held-out momentum
+    residual E|R| of the validation rollout (the same environments, seed and length for every
+    setting), and the cumulative training seconds. None when the run has no metrics.csv (an
+    exported model)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return None
+    rows = list(csv.DictReader(path.open()))
+    seconds, total = [], 0.0
+    for r in rows:
+        total += float(r["train_seconds"])
+        seconds.append(total)
+    return {"run": str(run_dir), "steps": [(int(r["epoch"]) + 1) * steps_per_epoch for r in rows],
+            "residual": [float(r["val_momentum_abs"]) for r in rows], "train_seconds": seconds}
+
+
+def _smoothed(curve: dict, i: int, half: int = 2) -> float:
+    """The validation residual around point ``i`` (median of 2·half + 1 epochs: one rollout is noisy)."""
+    part = curve["residual"][max(0, i - half):i + half + 1]
+    return statistics.median(part)
+
+
+def training_row(name: str, curve: dict, vanilla: dict | None) -> dict:
+    """Residual reached, and the vanilla solver's at the same optimiser steps; optimiser steps and
+    training time each needs to reach the other's final residual."""
+    last = len(curve["steps"]) - 1
+    row = {"setting": name, "optimiser_steps": curve["steps"][last], "train_hours": curve["train_seconds"][last] / 3600,
+           "residual": _smoothed(curve, last)}
+    if vanilla:
+        j = max((k for k, st in enumerate(vanilla["steps"]) if st <= curve["steps"][last]), default=0)
+        row["vanilla_residual_same_steps"] = _smoothed(vanilla, j)
+        target = _smoothed(vanilla, len(vanilla["steps"]) - 1)
+        row["vanilla_final_residual"] = target
+        row["vanilla_final_steps"] = vanilla["steps"][-1]
+        hit = next((k for k in range(len(curve["steps"])) if _smoothed(curve, k) <= target), None)
+        row["steps_to_vanilla_final"] = None if hit is None else curve["steps"][hit]
+        mine = row["residual"]
+        vhit = next((k for k in range(len(vanilla["steps"])) if _smoothed(vanilla, k) <= mine), None)
+        row["vanilla_steps_to_this_residual"] = None if vhit is None else vanilla["steps"][vhit]
+    return row
+
+
+def curve_figure(curves: dict[str, dict], path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for name, c in curves.items():
+        smooth = [_smoothed(c, i) for i in range(len(c["steps"]))]
+        ax.semilogy(c["steps"], smooth, label=name, lw=2.2 if name == "flow-2d" else 1.4,
+                    color="k" if name == "flow-2d" else None)
+    ax.set_xlabel("optimiser steps")
+    ax.set_ylabel("held-out E|R| (validation rollout,\nmedian of 5 epochs)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 # ------------------------------------------------------------------------------ accuracy
 def wake_amplitude(probe: list[float]) -> float:
     tail = probe[int(0.4 * len(probe)):]
@@ -245,13 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="stagger")
     ap.add_argument("--figure", default="", help="NAME: the trained staggered setting drawn in the figure")
     ap.add_argument("--figure-step", type=int, default=300)
+    ap.add_argument("--vanilla-curve", default="",
+                    help="RUN_DIR of the vanilla flow-2d training whose metrics.csv is the training curve to "
+                         "compare against (default: the flow-2d run of --runs, if it has one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     runs = dict(item.split("=", 1) for item in args.runs.split(",") if item)
-    rows, accuracy, coarse, sweep = [], [], [], []
+    rows, accuracy, coarse, sweep, curves = [], [], [], [], {}
     for name in args.settings.split(","):
         if name in runs:
             model, cfg, epochs = load_flow_model(runs[name])
+            run_curve = training_curve(runs[name], cfg["train"]["steps_per_epoch"])
+            if name == "flow-2d" and args.vanilla_curve:
+                run_curve = training_curve(args.vanilla_curve, cfg["train"]["steps_per_epoch"])
+            if run_curve:
+                curves[name] = run_curve
         else:
             cfg = get_experiment(name).config("cpu")
             torch.manual_seed(0)
@@ -281,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg["net"]["hidden"] = width
             torch.manual_seed(0)
             sweep.append({"width": width, **cost(name, build_model(cfg).eval(), cfg, args.batch, args.repeats)})
+    vanilla_curve = curves.get("flow-2d")
+    training = [training_row(n, c, vanilla_curve) for n, c in curves.items() if n != "flow-2d"]
+    curve_file = curve_figure(curves, RESULTS / f"{args.name}_training.png") if curves else None
     drawn = None
     if args.figure in runs:
         model, cfg, _ = load_flow_model(runs[args.figure])
@@ -288,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     data = {"command": "python benchmarks/stagger.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "figure": drawn, "batch": args.batch,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, one thread per process",
-            "torch": torch.__version__, "cost": rows, "accuracy": accuracy, "coarse": coarse, "width_sweep": sweep}
+            "torch": torch.__version__, "cost": rows, "accuracy": accuracy, "coarse": coarse, "width_sweep": sweep,
+            "training": training, "curves": curves, "curve_figure": curve_file}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
     (RESULTS / f"{args.name}.md").write_text(markdown(data))
@@ -300,6 +378,33 @@ def _f(x, digits=3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def targets(data: dict) -> list[str]:
+    """The issue's targets, judged from the numbers of this run."""
+    rows = data["cost"]
+    vanilla = next((r for r in rows if r["setting"] == "flow-2d"), None)
+    if vanilla is None:
+        return []
+    v_res = {r["kind"]: r["momentum_residual"] for r in data["accuracy"] if r["setting"] == "flow-2d"}
+    out = ["", "## Targets, judged from this run", "",
+           "| setting | (b) one sub-solver vs vanilla per fine step (target ≥ 0.5·s^d·T) | (a) workers / call ÷ one "
+           "sub-solver / call (target ≤ 1.2) | momentum residual ÷ vanilla's, cylinder / box (target ≤ 1.5) |",
+           "|---|---|---|---|"]
+    for r in rows:
+        if r["sub_solvers"] <= 1 or r["ndim"] != 2:
+            continue
+        speed = vanilla["latency_per_fine_step_ms"] * r["window"] / r["one_sub_solver_latency_per_call_ms"]
+        goal = 0.5 * r["stride"] ** r["ndim"] * r["window"]
+        par = r.get("parallel_latency_per_call_ms")
+        ratio = None if par is None else par / r["one_sub_solver_latency_per_call_ms"]
+        res = {a["kind"]: a["momentum_residual"] for a in data["accuracy"] if a["setting"] == r["setting"]}
+        res_txt = " / ".join(f"{_f(res[k] / v_res[k], 2)}" + (" ✓" if res[k] / v_res[k] <= 1.5 else " ✗")
+                             for k in res if k in v_res) or "not trained"
+        out.append(f"| {r['setting']} | {_f(speed, 2)}× vs {goal:g}× {'✓' if speed >= goal else '✗'} | "
+                   + (f"{_f(ratio, 2)} with {r.get('workers')} workers {'✓' if ratio <= 1.2 else '✗'}" if ratio else "–")
+                   + f" | {res_txt} |")
+    return out
 
 
 def markdown(data: dict) -> str:
@@ -332,6 +437,20 @@ def markdown(data: dict) -> str:
                        f"{_f(r['boundary_error'])} | {_f(e[keys[0]])} | {_f(e.get(50, e.get('50')))} | {_f(e[keys[-1]])} | "
                        f"{_f(r['strouhal_net'])} / {_f(r['strouhal_reference'])} | "
                        f"{_f(r['amplitude_net'])} / {_f(r['amplitude_reference'])} | {r['stable']} |")
+    if data.get("training"):
+        out += ["", "## Training at equal optimiser steps (held-out validation rollout of every run: same "
+                    "environments, seed and length)", "",
+                "| setting | optimiser steps | training hours | E\\|R\\| now | vanilla's E\\|R\\| at the same steps | "
+                "vanilla's final E\\|R\\| (steps) | steps this setting took to reach it | "
+                "steps vanilla took to reach this setting's E\\|R\\| |", "|" + "---|" * 8]
+        for r in data["training"]:
+            out.append(f"| {r['setting']} | {r['optimiser_steps']} | {_f(r['train_hours'], 2)} | {_f(r['residual'])} | "
+                       f"{_f(r.get('vanilla_residual_same_steps'))} | {_f(r.get('vanilla_final_residual'))} "
+                       f"({r.get('vanilla_final_steps', '–')}) | {_f(r.get('steps_to_vanilla_final')) if r.get('steps_to_vanilla_final') else 'not yet'} | "
+                       f"{_f(r.get('vanilla_steps_to_this_residual'))} |")
+        if data.get("curve_figure"):
+            out += ["", f"![validation residual against optimiser steps]({data['curve_figure']})"]
+    out += targets(data)
     if data["coarse"]:
         out += ["", "## One sub-solver alone (the coarsest simulation) against the reference on its lattice", "",
                 "| setting | domain | coarser in space × time | relative velocity error at fine steps |", "|---|---|---|---|"]

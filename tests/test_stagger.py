@@ -348,3 +348,35 @@ def test_walls_gauge_is_refused_in_3d_with_the_fix():
         StaggeredFlowSolver(3, stride=2, window=1, hidden=4, levels=1, gauge="walls", **SCALES)
     with pytest.raises(ValueError, match="'walls' or 'free'"):
         StaggeredFlowSolver(2, stride=2, window=1, hidden=4, levels=1, gauge="mean", **SCALES)
+
+
+def test_stagger_benchmark_compares_training_at_equal_steps_and_judges_the_targets(tmp_path):
+    """benchmarks/stagger.py's training table reads the runs' own metrics.csv, and its targets table
+    is computed from the measured numbers (not written by hand)."""
+    from test_flow_model import load_benchmark
+    bench = load_benchmark("stagger")
+
+    def run(name, residuals):
+        d = tmp_path / name
+        d.mkdir()
+        lines = ["epoch,train_seconds,val_momentum_abs"] + [f"{e},36.0,{r}" for e, r in enumerate(residuals)]
+        (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+        return bench.training_curve(d, 100)
+
+    vanilla = run("v", [1.0, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1])
+    stag = run("s", [2.0, 1.0, 0.6, 0.4, 0.3, 0.3])
+    row = bench.training_row("flow-2d-s2t1", stag, vanilla)
+    assert row["optimiser_steps"] == 600 and abs(row["train_hours"] - 0.06) < 1e-12
+    assert row["residual"] == 0.3  # median of the last epochs
+    assert row["vanilla_residual_same_steps"] == 0.1 and row["steps_to_vanilla_final"] is None
+    assert row["vanilla_steps_to_this_residual"] == 400
+    cost = [{"setting": "flow-2d", "ndim": 2, "stride": 1, "window": 1, "sub_solvers": 1,
+             "latency_per_fine_step_ms": 20.0, "one_sub_solver_latency_per_call_ms": 20.0},
+            {"setting": "flow-2d-s2t1", "ndim": 2, "stride": 2, "window": 1, "sub_solvers": 4,
+             "latency_per_fine_step_ms": 15.0, "one_sub_solver_latency_per_call_ms": 5.0,
+             "parallel_latency_per_call_ms": 7.0, "workers": 2}]
+    accuracy = [{"setting": "flow-2d", "kind": "cylinder", "momentum_residual": 0.1},
+                {"setting": "flow-2d-s2t1", "kind": "cylinder", "momentum_residual": 0.12}]
+    lines = bench.targets({"cost": cost, "accuracy": accuracy})
+    row = next(line for line in lines if line.startswith("| flow-2d-s2t1"))
+    assert "4× vs 2× ✓" in row and "1.4 with 2 workers ✗" in row and "1.2 ✓" in row
