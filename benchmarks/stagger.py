@@ -156,9 +156,11 @@ def parallel_latency(model: StaggeredFlowSolver, env, workers: int, calls: int) 
 
 # ------------------------------------------------------------------------------ training
 def training_curve(run_dir: str | Path, steps_per_epoch: int) -> dict | None:
-    """A run's validation curve from its metrics.csv: optimiser steps, the held-out momentum
-    residual E|R| of the validation rollout (the same environments, seed and length for every
-    setting), and the cumulative training seconds. None when the run has no metrics.csv (an
+    """A run's validation curve from its metrics.csv: optimiser steps, the validation loss of the
+    held-out rollout (mean of L_momentum + β·L_boundary; the same environments, seed and length for
+    every setting; the momentum residual alone is no measure of progress: a network that predicts
+    no change starts with a small one and a large boundary error), and the cumulative training
+    seconds. None when the run has no metrics.csv (an
     exported model)."""
     path = Path(run_dir) / "metrics.csv"
     if not path.exists():
@@ -169,18 +171,18 @@ def training_curve(run_dir: str | Path, steps_per_epoch: int) -> dict | None:
         total += float(r["train_seconds"])
         seconds.append(total)
     return {"run": str(run_dir), "steps": [(int(r["epoch"]) + 1) * steps_per_epoch for r in rows],
-            "residual": [float(r["val_momentum_abs"]) for r in rows], "train_seconds": seconds}
+            "residual": [float(r["val_metric"]) for r in rows], "train_seconds": seconds}
 
 
 def _smoothed(curve: dict, i: int, half: int = 2) -> float:
-    """The validation residual around point ``i`` (median of 2·half + 1 epochs: one rollout is noisy)."""
+    """The validation loss around point ``i`` (median of 2·half + 1 epochs: one rollout is noisy)."""
     part = curve["residual"][max(0, i - half):i + half + 1]
     return statistics.median(part)
 
 
 def training_row(name: str, curve: dict, vanilla: dict | None) -> dict:
-    """Residual reached, and the vanilla solver's at the same optimiser steps; optimiser steps and
-    training time each needs to reach the other's final residual."""
+    """Validation loss reached, and the vanilla solver's at the same optimiser steps; optimiser steps
+    each needs to reach the other's final validation loss."""
     last = len(curve["steps"]) - 1
     row = {"setting": name, "optimiser_steps": curve["steps"][last], "train_hours": curve["train_seconds"][last] / 3600,
            "residual": _smoothed(curve, last)}
@@ -210,7 +212,7 @@ def curve_figure(curves: dict[str, dict], path: Path) -> str:
         ax.semilogy(c["steps"], smooth, label=name, lw=2.2 if name == "flow-2d" else 1.4,
                     color="k" if name == "flow-2d" else None)
     ax.set_xlabel("optimiser steps")
-    ax.set_ylabel("held-out E|R| (validation rollout,\nmedian of 5 epochs)")
+    ax.set_ylabel("validation loss L_m + β·L_b\n(held-out rollout, median of 5 epochs)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -311,10 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="stagger")
     ap.add_argument("--figure", default="", help="NAME: the trained staggered setting drawn in the figure")
     ap.add_argument("--figure-step", type=int, default=300)
+    ap.add_argument("--render", action="store_true", help="rewrite NAME.md from NAME.json (no measuring)")
     ap.add_argument("--vanilla-curve", default="",
                     help="RUN_DIR of the vanilla flow-2d training whose metrics.csv is the training curve to "
                          "compare against (default: the flow-2d run of --runs, if it has one)")
     args = ap.parse_args(argv)
+    if args.render:
+        data = json.loads((RESULTS / f"{args.name}.json").read_text())
+        (RESULTS / f"{args.name}.md").write_text(markdown(data))
+        return 0
     torch.set_num_threads(1)
     runs = dict(item.split("=", 1) for item in args.runs.split(",") if item)
     rows, accuracy, coarse, sweep, curves = [], [], [], [], {}
@@ -438,11 +445,11 @@ def markdown(data: dict) -> str:
                        f"{_f(r['strouhal_net'])} / {_f(r['strouhal_reference'])} | "
                        f"{_f(r['amplitude_net'])} / {_f(r['amplitude_reference'])} | {r['stable']} |")
     if data.get("training"):
-        out += ["", "## Training at equal optimiser steps (held-out validation rollout of every run: same "
-                    "environments, seed and length)", "",
-                "| setting | optimiser steps | training hours | E\\|R\\| now | vanilla's E\\|R\\| at the same steps | "
-                "vanilla's final E\\|R\\| (steps) | steps this setting took to reach it | "
-                "steps vanilla took to reach this setting's E\\|R\\| |", "|" + "---|" * 8]
+        out += ["", "## Training at equal optimiser steps (the validation loss L_m + β·L_b of every run's "
+                    "held-out rollout: same environments, seed and length; median of 5 epochs)", "",
+                "| setting | optimiser steps | training hours | validation loss now | vanilla's at the same steps | "
+                "vanilla's final (steps) | steps this setting took to reach it | "
+                "steps vanilla took to reach this setting's |", "|" + "---|" * 8]
         for r in data["training"]:
             out.append(f"| {r['setting']} | {r['optimiser_steps']} | {_f(r['train_hours'], 2)} | {_f(r['residual'])} | "
                        f"{_f(r.get('vanilla_residual_same_steps'))} | {_f(r.get('vanilla_final_residual'))} "

@@ -359,7 +359,7 @@ def test_stagger_benchmark_compares_training_at_equal_steps_and_judges_the_targe
     def run(name, residuals):
         d = tmp_path / name
         d.mkdir()
-        lines = ["epoch,train_seconds,val_momentum_abs"] + [f"{e},36.0,{r}" for e, r in enumerate(residuals)]
+        lines = ["epoch,train_seconds,val_metric"] + [f"{e},36.0,{r}" for e, r in enumerate(residuals)]
         (d / "metrics.csv").write_text("\n".join(lines) + "\n")
         return bench.training_curve(d, 100)
 
