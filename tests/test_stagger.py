@@ -380,3 +380,24 @@ def test_stagger_benchmark_compares_training_at_equal_steps_and_judges_the_targe
     lines = bench.targets({"cost": cost, "accuracy": accuracy})
     row = next(line for line in lines if line.startswith("| flow-2d-s2t1"))
     assert "4× vs 2× ✓" in row and "1.4 with 2 workers ✗" in row and "1.2 ✓" in row
+
+
+def test_a_shared_network_without_offset_input_is_the_same_map_for_every_sub_solver():
+    """Given the same sub-field and the same view, every sub-solver of an offset-blind shared network
+    returns the same update; told its offset, each returns its own."""
+    env = _env(batch=1)
+    outs = {}
+    for offset_input in (True, False):
+        torch.manual_seed(0)
+        model = _randomised(StaggeredFlowSolver(2, stride=2, window=2, hidden=4, levels=1, shared_weights=True,
+                                                offset_input=offset_input, **SCALES))
+        views = model.sub_views(env)
+        sub = model.decompose_state(model(model.initial_state(env), env), env, [0])
+        same = type(sub)(tuple(range(model.sub_solvers)), sub.potential * model.sub_solvers,
+                         sub.pressure * model.sub_solvers)
+        with torch.no_grad():
+            new = model._step_shared(same, [views[0]] * len(views))
+        outs[offset_input] = max(float((p - new.potential[0]).abs().max()) for p in new.potential)
+    assert outs[False] == 0.0 and outs[True] > 1e-4, outs
+    with pytest.raises(ValueError, match="needs shared_weights=True"):
+        StaggeredFlowSolver(2, stride=2, hidden=4, levels=1, offset_input=False, **SCALES)

@@ -79,6 +79,7 @@ def _staggered(ndim: int, model: dict[str, Any], net: dict[str, Any], scales: di
     return StaggeredFlowSolver(ndim, stride=model["stride"], window=model["window"], hidden=net["hidden"],
                                levels=net["levels"], kernel_size=net["kernel_size"],
                                shared_weights=model.get("shared_weights", False),
+                               offset_input=model.get("offset_input", True),
                                # a config from before model.gauge existed ran without it
                                gauge=model.get("gauge", "free"), **scales)
 

@@ -42,7 +42,10 @@ What is ours (*design*; the paper's text and code are not public):
 - Sub-solvers with s > 1 start from a zero output layer (no change predicted), so training does
   not start from the stripes of each untrained network's different constant output.
 - Weights: separate per sub-solver (default), or one shared network with the offset and the
-  time index as extra constant input channels (``shared_weights``).
+  time index as extra constant input channels (``shared_weights``), or one shared network that is
+  not told its offset (``offset_input=False``): every sub-solver is then literally the same map,
+  so the sub-fields of a smooth flow (shifted samples of one field) get shifted samples of one
+  update, and no sub-solver can learn a bias of its own offset, which no other could see.
 
 (s, T) = (1, 1) is the vanilla solver through this same code path: same input, same network,
 same update, bit for bit (``tests/test_stagger.py``).
@@ -152,6 +155,8 @@ class StaggeredFlowSolver(nn.Module):
         window: temporal stride T.
         hidden, levels, kernel_size: each sub-solver's U-Net.
         shared_weights: one network for all sub-solvers, with the offset and time index as inputs.
+        offset_input: with shared weights, whether the network is given the offset and time index
+            (``False``: the same map for every sub-solver; see the module docstring).
         gauge: ``"walls"`` (2D: pin every sub-field's potential on the outer walls) or ``"free"``
             (see the module docstring); default walls in 2D, free in 3D; irrelevant for s = 1,
             which gauges as the vanilla solver.
@@ -163,7 +168,8 @@ class StaggeredFlowSolver(nn.Module):
     """
 
     def __init__(self, ndim: int, stride: int | Sequence[int] = 2, window: int = 1, hidden: int = 20,
-                 levels: int = 4, kernel_size: int = 3, *, shared_weights: bool = False, gauge: str | None = None,
+                 levels: int = 4, kernel_size: int = 3, *, shared_weights: bool = False, offset_input: bool = True,
+                 gauge: str | None = None,
                  velocity_scale: float = 1.0, potential_scale: float = 10.0, pressure_scale: float = 1.0,
                  potential_bound: float = 1000.0, pressure_bound: float = 100.0) -> None:
         super().__init__()
@@ -179,6 +185,10 @@ class StaggeredFlowSolver(nn.Module):
         self.steps_per_call = window
         self.offsets = offsets(self.stride)
         self.shared_weights = bool(shared_weights)
+        if not offset_input and not self.shared_weights:
+            raise ValueError("offset_input=False needs shared_weights=True (separate networks know their offset "
+                             "by construction).")
+        self.offset_input = bool(offset_input) or not self.shared_weights
         self.remove_mean = math.prod(self.stride) == 1  # see the module docstring (gauge)
         gauge = ("walls" if ndim == 2 else "free") if gauge is None else gauge
         if gauge not in ("walls", "free"):
@@ -188,7 +198,7 @@ class StaggeredFlowSolver(nn.Module):
                              "level, so use gauge='free' in 3D.")
         self.gauge = gauge
         self.anchor_walls = gauge == "walls" and not self.remove_mean
-        self.in_channels = input_channels(ndim) + (ndim + 1 if shared_weights else 0)
+        self.in_channels = input_channels(ndim) + (ndim + 1 if self.shared_weights and self.offset_input else 0)
         count = 1 if shared_weights else len(self.offsets) * window
         self.nets = nn.ModuleList(UNet(ndim, self.in_channels, self.P + 1, hidden=hidden, levels=levels,
                                        kernel_size=kernel_size, padding_mode="zeros") for _ in range(count))
@@ -207,7 +217,7 @@ class StaggeredFlowSolver(nn.Module):
 
     def config(self) -> dict:
         return {"ndim": self.ndim, "stride": list(self.stride), "window": self.window,
-                "shared_weights": self.shared_weights, "gauge": self.gauge, **{f"{k}_scale": v for k, v in self.scales.items()},
+                "shared_weights": self.shared_weights, "offset_input": self.offset_input, "gauge": self.gauge, **{f"{k}_scale": v for k, v in self.scales.items()},
                 **{f"{k}_bound": v for k, v in self.bounds.items()}}
 
     # ------------------------------------------------------------------ the flow-model interface
@@ -338,9 +348,11 @@ class StaggeredFlowSolver(nn.Module):
         for j, a, p in zip(sub.indices, sub.potential, sub.pressure):
             view = views[j % S]
             x = encode_fields(a, p, view, self.scales, self.ndim)
-            code = [float(o) / s for o, s in zip(self.offsets[j % S], self.stride)] + [float(j // S) / self.window]
-            tags = torch.tensor(code, dtype=x.dtype, device=x.device).reshape((1, -1) + (1,) * self.ndim)
-            inputs.append(torch.cat([x, tags.expand((x.shape[0], -1) + tuple(x.shape[2:]))], 1))
+            if self.offset_input:
+                code = [float(o) / s for o, s in zip(self.offsets[j % S], self.stride)] + [float(j // S) / self.window]
+                tags = torch.tensor(code, dtype=x.dtype, device=x.device).reshape((1, -1) + (1,) * self.ndim)
+                x = torch.cat([x, tags.expand((x.shape[0], -1) + tuple(x.shape[2:]))], 1)
+            inputs.append(x)
             cat_views.append(view)
         out = self.nets[0](torch.cat(inputs, 0)).split(inputs[0].shape[0], 0)
         pots, press = [], []

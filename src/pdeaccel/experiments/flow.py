@@ -61,8 +61,9 @@ _CPU_2D: dict[str, Any] = {
     # mirror: (2D, vanilla) a step exactly equivariant under y → H − y (neural_flow.NeuralFlowSolver)
     # gauge (staggered, s > 1): "walls" pins every sub-field's potential on the outer walls to the
     # values the inflow fixes (2D), "free" leaves the levels to the loss (3D; see pdeaccel.stagger)
+    # offset_input (staggered, shared weights): whether the shared network is told its offset and time slot
     "model": {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False, "mirror": False,
-              "gauge": "walls"},
+              "gauge": "walls", "offset_input": True},
     # init_from: a flow run directory whose newest checkpoint's weights start this run ("" = random init)
     "net": {"hidden": 16, "levels": 3, "kernel_size": 3, "init_from": ""},
     # upwind3 is our design (the paper's loss is "central"): the exact minimiser of the central-difference
@@ -305,6 +306,10 @@ def validate_flow(cfg: dict[str, Any]) -> None:
             "an integer in [1, 16] (the temporal stride T)")
     require(isinstance(m.get("mirror", False), bool), "model.mirror", m.get("mirror"), "true or false")
     require(m.get("gauge", "walls") in ("walls", "free"), "model.gauge", m.get("gauge"), "walls, free")
+    require(isinstance(m.get("offset_input", True), bool), "model.offset_input", m.get("offset_input"), "true or false")
+    if not m.get("offset_input", True):
+        require(m["kind"] == "staggered" and m["shared_weights"], "model.offset_input", m["offset_input"],
+                "true unless model.kind=staggered with model.shared_weights=true (separate networks know their offset)")
     if m.get("gauge", "walls") == "walls" and m["kind"] == "staggered" and m["stride"] > 1:
         require(p["ndim"] == 2, "model.gauge", m["gauge"],
                 "free in 3D (the walls gauge pins a 2D stream function; a 3D vector potential has no single wall level)")
@@ -393,7 +398,8 @@ _PAPER = {"net": "U-Net", "steps_per_second_gpu": 311}
 # keys added since the first flow runs, with the values that keep those runs' behaviour on --resume
 _ADDED_KEYS = {"model.kind": "vanilla", "model.stride": 1, "model.window": 1, "model.shared_weights": False,
                "model.mirror": False, "pool.warm_fraction": 0.0, "pool.warm_bank": 8, "pool.warm_time": 400.0,
-               "pool.young": 0, "pool.young_reset_every": 0, "loss.unroll": 1, "model.gauge": "free"}
+               "pool.young": 0, "pool.young_reset_every": 0, "loss.unroll": 1, "model.gauge": "free",
+               "model.offset_input": True}
 
 register(Experiment(
     "flow-2d", "physics-constrained neural flow solver, 2D channel with obstacles (trained without data)",
