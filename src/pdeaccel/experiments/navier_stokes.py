@@ -146,7 +146,7 @@ _NS_DEVIATIONS = [
 register(Experiment(
     "ns-2d", "Navier–Stokes 2D hybrid correction (conv ResNet after a coupled GMRES solver)",
     {"cpu": copy.deepcopy(_CPU), "paper-cpu": _paper_cpu(), "paper": _paper()}, build_ns,
-    {"net": "ResNet", "k_eps": 40, "epochs": 100, "k_final": 14, "ic": 0.65, "pr": 0.16, "total": 0.81},
+    {"net": "ResNet", "k_converged": 40, "epochs": 100, "k_final": 14, "ic": 0.65, "pr": 0.16, "total": 0.81},
     deviations={
         "paper": _NS_DEVIATIONS,
         "paper-cpu": ["24² coarse grid from a 48² reference, 8 training trajectories of 6 steps, a ResNet with 32 "

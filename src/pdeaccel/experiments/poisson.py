@@ -76,12 +76,12 @@ _DEVIATIONS = ["K_ε measured (557 Jacobi iterations from zero to rtol 1e-5) ins
 register(Experiment(
     "poisson-inverse", "Poisson inverse problem, 1 parameter (θ sin 2πx), Jacobi from zero",
     {"cpu": copy.deepcopy(_BASE), "paper": copy.deepcopy(_BASE)}, build_poisson_inverse,
-    {"net": "–", "k_eps": 600, "k_final": 600, "ic": 0.0, "pr": 0.30, "total": 0.30},
+    {"net": "–", "k_converged": 600, "k_final": 600, "ic": 0.0, "pr": 0.30, "total": 0.30},
     deviations={"cpu": _DEVIATIONS, "paper": _DEVIATIONS},
 ))
 register(Experiment(
     "poisson-inverse-3", "Poisson inverse problem, 3 parameters (sin 2πx, 4πx, 6πx), Jacobi from zero",
     {"cpu": _three(), "paper": _three()}, build_poisson_inverse,
-    {"net": "–", "k_eps": 600, "k_final": 600, "ic": 0.0, "pr": 0.30, "total": 0.30},
+    {"net": "–", "k_converged": 600, "k_final": 600, "ic": 0.0, "pr": 0.30, "total": 0.30},
     deviations={"cpu": _DEVIATIONS, "paper": _DEVIATIONS},
 ))

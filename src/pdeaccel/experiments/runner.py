@@ -518,23 +518,16 @@ def solver_share(prdp_ledger: dict[str, Any], conv_ledger: dict[str, Any], k_eps
 
 
 def savings(prdp_run: dict[str, Any], conv_run: dict[str, Any]) -> dict[str, Any]:
-    """The paper's savings accounting (:func:`pdeaccel.prdp.savings_report`) for two run summaries."""
+    """The paper's savings accounting (:func:`pdeaccel.prdp.savings_report`) for two run summaries,
+    with what only whole runs know: the seed, PRDP's refinements, the burst-filtered wall clock and
+    the nonlinear (Picard) budget's saving when it is refined too."""
     r = prdp_mod.savings_report(prdp_run["ledger"], conv_run["ledger"], conv_run["k_converged"],
                                 prdp_run["final_val_metric"], conv_run["final_val_metric"])
     return {
-        "seed": prdp_run["seed"], "k_converged": r["k_eps"], "epochs": r["epochs"], "k_final": r["k_final"],
-        "epochs_converged": r["epochs_converged"],
-        "ic": r["ic"], "pr": r["pr"], "total": r["total"],
-        "measured_iteration_savings": r["measured_total"],
-        "wall_train_savings": r["wall_clock_train"], "wall_total_savings": r["wall_clock_with_validation"],
-        "prdp_train_seconds": r["train_seconds_prdp"], "conv_train_seconds": r["train_seconds_converged"],
-        "prdp_final": r["final_metric_prdp"], "conv_final": r["final_metric_converged"],
-        "prdp_iters": r["forward_iters_prdp"] + r["backward_iters_prdp"],
-        "conv_iters": r["forward_iters_converged"] + r["backward_iters_converged"],
+        "seed": prdp_run["seed"], **r,
         "prdp_refinements": len(prdp_run["refinements"]),
         "wall_train_savings_robust": 1.0 - robust_train_seconds(prdp_run["ledger"])
         / robust_train_seconds(conv_run["ledger"]),
-        # the same accounting for the nonlinear (Picard) budget, when it is refined too
         "picard_converged": conv_run.get("picard_final"), "picard_final": prdp_run.get("picard_final"),
         "picard_total": (1.0 - prdp_run["sum_picard"] / conv_run["sum_picard"])
         if prdp_run.get("sum_picard") and conv_run.get("sum_picard") else None,
@@ -579,29 +572,23 @@ def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _pm(stat: dict[str, float], pct: bool = True) -> str:
-    if pct:
-        return f"{100 * stat['mean']:.1f}% ± {100 * stat['std']:.1f}"
-    return f"{stat['mean']:.4g} ± {stat['std']:.2g}"
+#: The quantities of a comparison's table (ours against the paper) and of its per-seed table.
+COMPARE_KEYS = ("k_converged", "k_final", "ic", "pr", "total", "measured_iteration_savings", "conv_train_seconds",
+                "prdp_train_seconds", "wall_train_savings", "wall_train_savings_robust", "conv_final", "prdp_final")
+SEED_KEYS = ("k_final", "ic", "pr", "total", "measured_iteration_savings", "wall_train_savings", "conv_final",
+             "prdp_final", "prdp_refinements")
 
 
 def _write_compare_report(out_dir: Path, data: dict[str, Any]) -> None:
-    a, p = data["aggregate"], data["paper"]
-    header = ["", "K_ε", "K_final", "IC", "PR", "total (iterations)", "measured iters saved",
-              "wall clock conv → PRDP (train)", "final val conv", "final val PRDP"]
-    ours = ["pdeaccel (ours)", data["k_converged"], f"{a['k_final']['mean']:.1f}", _pm(a["ic"]), _pm(a["pr"]),
-            _pm(a["total"]), _pm(a["measured_iteration_savings"]),
-            f"{a['conv_train_seconds']['mean']:.2f} → {a['prdp_train_seconds']['mean']:.2f} s "
-            f"({100 * a['wall_train_savings']['mean']:.0f}% saved; burst-filtered "
-            f"{100 * a['wall_train_savings_robust']['mean']:.0f}%)",
-            _pm(a["conv_final"], pct=False), _pm(a["prdp_final"], pct=False)]
-    paper = ["paper", p.get("k_eps"), p.get("k_final"), _pct(p.get("ic")), _pct(p.get("pr")), _pct(p.get("total")),
-             "", f"{p.get('wall_conv_s', '–')} → {p.get('wall_prdp_s', '–')} s" if p.get("wall_conv_s") else "",
-             "", ""]
+    a = data["aggregate"]
+    table = prdp_mod.savings_table({"pdeaccel (ours)": {**a, "k_converged": data["k_converged"]},
+                                    "paper": prdp_mod.in_current_names(data["paper"])}, COMPARE_KEYS)
+    per_seed = prdp_mod.savings_table({s["seed"]: s for s in data["seeds"]}, SEED_KEYS, quantities_as_rows=False,
+                                      corner="seed")
     lines = [f"# {data['experiment']}: PRDP vs converged ({len(data['seeds'])} seed(s), size {data['size']})", "",
-             markdown_table(header, [ours, paper]), "",
+             table,
              "IC, PR and total follow the paper's definitions from the K schedule (K_ε·E against Σ K_e); "
-             "'measured iters saved' counts the forward+backward iterations the solver actually ran. "
+             "'measured iterations' counts the forward+backward iterations the solver actually ran. "
              "Wall clock is training time only (validation excluded, as in the paper); 'burst-filtered' replaces "
              "each epoch's time by the median over epochs at the same K (see `robust_train_seconds`).",
              *([f"The arms trained interleaved, epoch by epoch. Solver share of a converged training step "
@@ -623,12 +610,7 @@ def _write_compare_report(out_dir: Path, data: dict[str, Any]) -> None:
              f"PRDP's final validation error within the converged runs' spread (or 5%): "
              f"{'yes' if a['accuracy_within_spread'] else 'NO'}.", "",
              "## Per seed", "",
-             markdown_table(["seed", "K_final", "IC", "PR", "total", "measured", "wall (train)", "final conv",
-                             "final PRDP", "refinements"],
-                            [[s["seed"], s["k_final"], _pct(s["ic"]), _pct(s["pr"]), _pct(s["total"]),
-                              _pct(s["measured_iteration_savings"]), _pct(s["wall_train_savings"]),
-                              s["conv_final"], s["prdp_final"], s["prdp_refinements"]] for s in data["seeds"]]),
-             "", "![comparison](comparison.png)", ""]
+             per_seed, "![comparison](comparison.png)", ""]
     io.atomic_write_text(out_dir / "report.md", "\n".join(lines))
 
 
