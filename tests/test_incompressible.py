@@ -13,7 +13,7 @@ import torch
 
 from pdeaccel import Grid
 from pdeaccel.linalg import SolverConfig
-from pdeaccel.physics.environments import (FlowEnvironment, Obstacle, channel, channel_with_box,
+from pdeaccel.physics.flow import (FlowEnvironment, Obstacle, channel, channel_with_box,
                                            channel_with_cylinder, lid_driven_cavity)
 from pdeaccel.physics.incompressible import FlowState, MACFlowSolver
 from pdeaccel.stencils import mac_face_shape

@@ -2,7 +2,7 @@
 
 :class:`FlowResidual` is the loss of the physics-constrained incompressible flow solver of
 Wandel et al. (ICLR 2021), on the MAC grid and the boundary data of a
-:class:`~pdeaccel.physics.environments.FlowEnvironment`. With the new velocity the discrete curl
+:class:`~pdeaccel.physics.flow.FlowEnvironment`. With the new velocity the discrete curl
 of a vector potential (divergence exactly zero), the residual of the momentum equation on every
 free face is::
 
@@ -32,7 +32,7 @@ from typing import Literal
 
 import torch
 
-from .physics.environments import FlowEnvironment
+from .physics.flow import FlowEnvironment
 from .physics.incompressible import MACFlowSolver
 from .stencils import mac_divergence, mac_gradient
 

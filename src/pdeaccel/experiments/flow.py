@@ -29,7 +29,7 @@ from ..config import ConfigError, require
 from ..linalg import SolverConfig
 from ..flow_model import MODEL_KINDS, build_flow_model
 from ..neural_flow import PotentialState, random_potential_perturbation
-from ..physics.environments import FlowEnvironment, Obstacle, channel
+from ..physics.flow import FlowEnvironment, Obstacle, channel
 from ..train import io
 from ..train.pool import FlowPool
 from ..train.tasks import FlowPoolTask

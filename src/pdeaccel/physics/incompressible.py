@@ -1,7 +1,7 @@
 """Numerical reference solver for incompressible flow around obstacles on the MAC grid.
 
 See :class:`MACFlowSolver`. Environments (masks and boundary values) come from
-:mod:`pdeaccel.physics.environments`.
+:mod:`pdeaccel.physics.flow`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..linalg import LinearOperator, SolveResult, SolverConfig
-from ..stencils import mac_divergence, mac_face_shape, mac_gradient
-from .environments import (BEYOND, FREE, INTERIOR, OPEN, PRESCRIBED, FlowEnvironment, mac_spacing,
-                           shift)
+from ..stencils import mac_divergence, mac_face_shape, mac_gradient, mac_spacing, shift
+from .flow import BEYOND, FREE, INTERIOR, OPEN, PRESCRIBED, FlowEnvironment
 
 ADVECTION_SCHEMES = ("semi_lagrangian", "upwind", "upwind2", "upwind3")
 _UPWIND_ORDER = {"upwind": 1, "upwind2": 2, "upwind3": 3}
@@ -38,7 +37,7 @@ class FlowState:
 class MACFlowSolver:
     """Time steps of the incompressible Navier–Stokes equations around obstacles.
 
-    Integrates, in the fluid cells of a :class:`~pdeaccel.physics.environments.FlowEnvironment`::
+    Integrates, in the fluid cells of a :class:`~pdeaccel.physics.flow.FlowEnvironment`::
 
         ρ (∂u/∂t + (u·∇)u) = −∇p + μ Δu + ρ g,      ∇·u = 0,
 
