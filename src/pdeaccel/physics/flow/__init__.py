@@ -1,9 +1,10 @@
 """Flow environments on a bounded MAC grid: where the fluid is and what the boundaries prescribe.
 
 One module a room: :mod:`.obstacles` (rigid obstacles and their rasterisation),
-:mod:`.environment` (:class:`FlowEnvironment`), :mod:`.builders` (cavity, channels, pipe, masks)
-and :mod:`.topology` (cell and face classes, closed regions, boundary fluxes). The MAC index
-helpers (spacing, face shapes, coordinates, shifts) are in :mod:`pdeaccel.stencils`.
+:mod:`.environment` (:class:`FlowEnvironment`), :mod:`.builders` (cavity, channels, pipe, masks),
+:mod:`.topology` (cell and face classes, closed regions, boundary fluxes) and :mod:`.operators`
+(:class:`MACOperators`: the boundary-aware stencils the reference solver and the loss share). The
+MAC index helpers (spacing, face shapes, coordinates, shifts) are in :mod:`pdeaccel.stencils`.
 
 An environment is *data*, the same for the numerical reference solver
 (:class:`~pdeaccel.physics.incompressible.MACFlowSolver`) and for a physics-constrained network:
@@ -46,8 +47,9 @@ rasterises again.
 from .builders import channel, channel_with_box, channel_with_cylinder, from_mask, lid_driven_cavity, pipe
 from .environment import FlowEnvironment
 from .obstacles import Obstacle, ObstacleShape, rasterise
+from .operators import MACOperators
 from .topology import BEYOND, FLUID, FREE, INTERIOR, OPEN, OUTFLOW, OUTSIDE, PRESCRIBED, SOLID, classify_faces
 
-__all__ = ["FlowEnvironment", "Obstacle", "ObstacleShape", "rasterise", "lid_driven_cavity", "channel",
+__all__ = ["FlowEnvironment", "MACOperators", "Obstacle", "ObstacleShape", "rasterise", "lid_driven_cavity", "channel",
            "channel_with_box", "channel_with_cylinder", "pipe", "from_mask", "classify_faces",
            "FLUID", "SOLID", "OUTFLOW", "OUTSIDE", "FREE", "PRESCRIBED", "INTERIOR", "OPEN", "BEYOND"]
