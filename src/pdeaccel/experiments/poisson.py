@@ -55,10 +55,10 @@ def build_poisson_inverse(cfg: dict[str, Any]) -> Built:
         observation = forward_map(theta_true, SolverConfig(method="cg", rtol=1e-12))
     s = cfg["solver"]
     solver = SolverConfig(method=s["method"], grad=s["grad"], rtol=s["rtol_converged"])
-    task = InverseTask(forward_map, observation, theta_init, theta_true,
-                       steps_per_epoch=cfg["train"]["steps_per_epoch"])
-    k_eps = measure_k_converged(lambda th, sv: forward_map(th, sv), theta_init, solver, s["rtol_converged"])
-    return Built(task, solver, solver.replace(max_iters=None), k_eps, {"parameters": theta_true.shape[1]})
+    task = InverseTask(lambda theta, budgets: forward_map(theta, budgets.linear_solver(solver)), observation,
+                       theta_init, theta_true, steps_per_epoch=cfg["train"]["steps_per_epoch"])
+    k_eps = measure_k_converged(forward_map, theta_init, solver, s["rtol_converged"])
+    return Built(task, k_eps, {"parameters": theta_true.shape[1]})
 
 
 def _three() -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 from .. import prdp as prdp_mod
 from ..config import ConfigError, apply_overrides, flatten, to_yaml
 from ..train import distributed, io
+from ..train.budgets import LINEAR, PICARD, Budgets
 from ..train.report import markdown_table, plot_comparison, plot_run, plot_sweep, read_metrics
 from ..train.trainer import NothingResumedError, Trainer, TrainSettings
 from . import data as data_mod
@@ -85,7 +86,8 @@ def plan_train(name: str, *, size: str | None = None, schedule: str | None = Non
         run_dir = Path(out) if out is not None else default_run_dir(schedule.replace(":", ""), name)
         changed = []
     _refuse_existing(run_dir, resume)
-    _budget_schedule(exp, cfg, schedule, k_converged=1)  # a bad spec fails before the (costly) build
+    if LINEAR in exp.budgets:
+        _linear_schedule(cfg, schedule, k_converged=1)  # a bad spec fails before the (costly) build
     return cfg, schedule, run_dir, changed
 
 
@@ -166,10 +168,11 @@ class _PreparedRun:
 
         built = ctx.main_first(build, "building the experiment")
         # K_ε: measured, or the paper's fixed value (prdp.k_converged)
-        fixed = k_converged_setting(cfg) if exp.solver_in_loop else None
+        fixed = k_converged_setting(cfg) if LINEAR in exp.budgets else None
         k_eps = fixed if fixed is not None else built.k_converged
-        sched = _budget_schedule(exp, cfg, schedule, k_eps)
-        picard_sched = _picard_schedule(cfg, schedule)
+        declared = tuple(built.task.budgets)
+        schedules = _schedules(cfg, schedule, k_eps, declared)
+        validation_budgets = _validation_budgets(cfg, declared)
 
         def prepare():
             _prepare_run_dir(run_dir, resume)
@@ -181,9 +184,9 @@ class _PreparedRun:
         settings = TrainSettings(epochs=t["epochs"], optimizer=t["optimizer"], lr=t["lr"], lr_decay=t["lr_decay"],
                                  progress=progress, target_metric=t.get("target_metric") or None,
                                  guard_factor=t.get("guard_factor", TrainSettings.guard_factor))
-        trainer = Trainer(built.task, built.solver, built.validation_solver, sched, settings, run_dir, seed=cfg["seed"],
-                          nonlinear_schedule=picard_sched, dist=ctx, shard_batches="pool" not in cfg)
-        factor = lr_factor(t, steps_per_epoch(built.task)) if exp.solver_in_loop else None
+        trainer = Trainer(built.task, schedules, settings, run_dir, seed=cfg["seed"],
+                          validation_budgets=validation_budgets, dist=ctx, shard_batches="pool" not in cfg)
+        factor = lr_factor(t, steps_per_epoch(built.task)) if LINEAR in exp.budgets else None
         if factor is not None:  # before a resume, which loads its state
             trainer.lr_schedule = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, factor)
         if resume:
@@ -199,14 +202,16 @@ class _PreparedRun:
             if changed:
                 # the run now follows the new plan: a later plain --resume must continue it, not the old one
                 ctx.on_main(lambda: _write_run_config(run_dir, cfg, schedule, k_eps), "writing config.yaml")
+        sched = schedules.get(LINEAR)
         if (trainer.epoch == 0 and cfg.get("prdp", {}).get("initial_validation")
                 and isinstance(sched, prdp_mod.PRDPSchedule)):
             # the reference code's history starts with the untrained network's validation error
-            metric0 = float(built.task.validate(built.validation_solver))
+            metric0 = float(built.task.validate(Budgets(validation_budgets)))
             metric0 = ctx.broadcast_object(metric0, "the initial validation metric") if ctx.distributed else metric0
             sched.observe_initial(metric0)
         self.exp, self.cfg, self.schedule, self.run_dir, self.ctx = exp, cfg, schedule, run_dir, ctx
         self.built, self.sched, self.trainer, self.k_eps = built, sched, trainer, k_eps
+        self.validation_budgets = validation_budgets
 
     @property
     def done(self) -> bool:
@@ -228,8 +233,8 @@ class _PreparedRun:
         if isinstance(self.sched, prdp_mod.PRDPSchedule) and summary["k_final"] is not None and self.ctx.is_main:
             # the final model validated with the solver budget it was trained with (for a hybrid
             # model it differs from the converged validation; for an emulator it is the same number)
-            solver = self.built.validation_solver.replace(max_iters=int(summary["k_final"]), rtol=0.0, atol=0.0)
-            summary["final_val_metric_at_k_final"] = float(self.built.task.validate(solver))
+            budgets = Budgets({**self.validation_budgets, LINEAR: int(summary["k_final"])})
+            summary["final_val_metric_at_k_final"] = float(self.built.task.validate(budgets))
         summary["wall_seconds_total"] = seconds
         summary["ledger"] = self.trainer.ledger.state_dict()
         summary["run_dir"] = str(self.run_dir)
@@ -321,7 +326,7 @@ def _add_missing_keys(exp: Experiment, cfg: dict[str, Any]) -> None:
 
 def _default_schedule(exp: Experiment, schedule: str | None) -> str:
     """PRDP unless asked otherwise; ``"none"`` for experiments without a solver in the loop."""
-    if exp.solver_in_loop:
+    if LINEAR in exp.budgets:
         return schedule or "prdp"
     if schedule not in (None, "none"):
         raise ConfigError(f"experiment {exp.name!r} has no linear solver in its training loop, so --schedule "
@@ -329,10 +334,8 @@ def _default_schedule(exp: Experiment, schedule: str | None) -> str:
     return "none"
 
 
-def _budget_schedule(exp: Experiment, cfg: dict[str, Any], schedule: str, k_converged: int):
-    """The solver-budget schedule of a run; none (run to tolerance) without a solver in the loop."""
-    if not exp.solver_in_loop:
-        return prdp_mod.ConvergedSchedule(None)
+def _linear_schedule(cfg: dict[str, Any], schedule: str, k_converged: int):
+    """The schedule of the linear budget K."""
     prdp_cfg = prdp_config(cfg)
     if prdp_cfg.k_max > k_converged >= prdp_cfg.k0:
         # iterations beyond the converged budget buy nothing: K_ε caps the refinement
@@ -340,28 +343,42 @@ def _budget_schedule(exp: Experiment, cfg: dict[str, Any], schedule: str, k_conv
     return prdp_mod.make_schedule(schedule, prdp=prdp_cfg, k_converged=k_converged, epochs=cfg["train"]["epochs"])
 
 
-def _require_solver_in_loop(exp: Experiment, command: str) -> None:
-    if not exp.solver_in_loop:
+def _require_linear_budget(exp: Experiment, command: str) -> None:
+    if LINEAR not in exp.budgets:
         raise ConfigError(f"`pdeaccel {command}` compares solver budgets, but experiment {exp.name!r} has no "
                           f"linear solver in its training loop; use `pdeaccel train {exp.name}`.")
 
 
 def _picard_schedule(cfg: dict[str, Any], schedule: str):
-    """Refinement of the nonlinear (Picard) iteration count beside the linear K (``picard.refine``).
+    """The schedule of the Picard budget P, which tasks declare with ``picard.refine``.
 
     PRDP runs refine it from ``picard.k0`` by ``picard.delta_k`` up to ``picard.converged`` with the
     same controller and metric as K; every other schedule runs ``picard.converged`` iterations.
     """
-    pc = cfg.get("picard")
-    if not pc or not pc["refine"]:
-        return None
+    pc = cfg["picard"]
     if schedule != "prdp":
         return prdp_mod.FixedSchedule(pc["converged"])
     base = prdp_config(cfg)
     return prdp_mod.PRDPSchedule(dataclasses.replace(base, k0=pc["k0"], delta_k=pc["delta_k"], k_max=pc["converged"]))
 
 
-def _run_summary(exp: Experiment, cfg: dict[str, Any], schedule: str, k_eps: int,
+def _schedules(cfg: dict[str, Any], schedule: str, k_converged: int | None, declared: Sequence[str]) -> dict[str, Any]:
+    """One schedule per budget the task declares, by name (none for a task without a solver)."""
+    makers = {LINEAR: lambda: _linear_schedule(cfg, schedule, k_converged),
+              PICARD: lambda: _picard_schedule(cfg, schedule)}
+    unknown = [name for name in declared if name not in makers]
+    if unknown:
+        raise ConfigError(f"the task declares budget(s) {unknown} that no experiment config schedules; known: "
+                          f"{', '.join(makers)}.")
+    return {name: makers[name]() for name in declared}
+
+
+def _validation_budgets(cfg: dict[str, Any], declared: Sequence[str]) -> dict[str, int | None]:
+    """Validation runs converged: K to the tolerance, P at ``picard.converged``."""
+    return {name: cfg["picard"]["converged"] if name == PICARD else None for name in declared}
+
+
+def _run_summary(exp: Experiment, cfg: dict[str, Any], schedule: str, k_eps: int | None,
                  rows: Sequence[dict[str, Any]], sched) -> dict[str, Any]:
     picard = [r.get("picard") for r in rows]
     return {
@@ -375,7 +392,7 @@ def _run_summary(exp: Experiment, cfg: dict[str, Any], schedule: str, k_eps: int
         "sum_k": sum((r["k"] or 0) for r in rows),
         "train_seconds": sum(r["train_seconds"] for r in rows),
         "validation_seconds": sum(r["validation_seconds"] for r in rows),
-        "refinements": [e.to_dict() for e in sched.events],
+        "refinements": [] if sched is None else [e.to_dict() for e in sched.events],
     }
 
 
@@ -425,7 +442,7 @@ def compare(name: str, *, seeds: int = 3, size: str = "cpu", overrides: Iterable
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     exp = get_experiment(name)
-    _require_solver_in_loop(exp, "compare")
+    _require_linear_budget(exp, "compare")
     overrides = list(overrides)
     base_cfg = resolve_config(name, size, overrides)
     out_dir = Path(out) if out is not None else default_run_dir("compare", name)
@@ -624,7 +641,7 @@ def sweep(name: str, ks: Sequence[int], *, seeds: int = 1, size: str = "cpu", ov
     """Final validation metric against a fixed K (the paper's incomplete-convergence evidence)."""
     if not ks or any((not isinstance(k, int)) or k < 1 for k in ks):
         raise ConfigError(f"--k needs positive integers, e.g. 1,2,4,8; got {list(ks)}")
-    _require_solver_in_loop(get_experiment(name), "sweep")
+    _require_linear_budget(get_experiment(name), "sweep")
     overrides = list(overrides)
     base_cfg = resolve_config(name, size, overrides)
     out_dir = Path(out) if out is not None else default_run_dir("sweep", name)
