@@ -42,7 +42,7 @@ from pdeaccel.experiments.flow_eval import (cell_speed, load_flow_model, loss_op
 VORTICITY_STEP = 500  # the figure's vorticity snapshot (the developed wake)
 from pdeaccel.losses import FlowResidual
 from pdeaccel.neural_flow import PotentialState
-from pdeaccel.physics.environments import FlowEnvironment
+from pdeaccel.physics.flow import FlowEnvironment
 from pdeaccel.physics.incompressible import MACFlowSolver
 
 RESULTS = Path(__file__).resolve().parent / "results"

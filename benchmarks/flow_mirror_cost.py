@@ -23,7 +23,7 @@ import torch
 
 from pdeaccel.experiments.flow import held_out_environment
 from pdeaccel.experiments.flow_eval import load_flow_model
-from pdeaccel.physics.environments import FlowEnvironment
+from pdeaccel.physics.flow import FlowEnvironment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

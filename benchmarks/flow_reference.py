@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.interpolate import RegularGridInterpolator
 
-from pdeaccel.physics.environments import FlowEnvironment, channel_with_cylinder, lid_driven_cavity
+from pdeaccel.physics.flow import FlowEnvironment, channel_with_cylinder, lid_driven_cavity
 from pdeaccel.physics.incompressible import FlowState, MACFlowSolver
 
 RESULTS = Path(__file__).resolve().parent / "results"

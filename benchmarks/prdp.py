@@ -28,6 +28,7 @@ import torch
 
 from pdeaccel.experiments.registry import get_experiment
 from pdeaccel.experiments.runner import compare, robust_train_seconds
+from pdeaccel.prdp import in_current_names
 from pdeaccel.train.report import markdown_table
 
 ROOT = Path(__file__).resolve().parent
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             stored = json.loads((results_dir / f"{src}.json").read_text())
             for row, d in stored["rows"].items():
                 d["run_dir"] = portable(d["run_dir"])
+                d["paper"] = in_current_names(d["paper"])
                 data[row] = d
                 png = results_dir / f"{src}_{slug(row)}.png"
                 target = results_dir / f"{args.name}_{slug(row)}.png"
@@ -259,9 +261,10 @@ def table_rows(names, data) -> list:
                     pct(bound["mean"] if bound else None),
                     f"{a['conv_epoch_seconds']:.3g} / {a['prdp_epoch_seconds']:.3g}" if a.get("conv_epoch_seconds")
                     else "–",
-                    f"{p.get('k_eps')} / {p.get('k_final')} / {pct(p.get('total'))}",
-                    (f"{p['wall_conv_s']} → {p['wall_prdp_s']} s ({pct(1 - p['wall_prdp_s'] / p['wall_conv_s'])})"
-                     if p.get("wall_conv_s") else "–")])
+                    f"{p.get('k_converged')} / {p.get('k_final')} / {pct(p.get('total'))}",
+                    (f"{p['conv_train_seconds']} → {p['prdp_train_seconds']} s "
+                     f"({pct(1 - p['prdp_train_seconds'] / p['conv_train_seconds'])})"
+                     if p.get("conv_train_seconds") else "–")])
     return out
 
 

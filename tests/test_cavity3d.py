@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pdeaccel.physics.environments import lid_driven_cavity
+from pdeaccel.physics.flow import lid_driven_cavity
 from pdeaccel.physics.incompressible import FlowState, MACFlowSolver
 
 N = 8

@@ -44,14 +44,14 @@ def _heat_task() -> EmulatorTask:
     data = torch.randn(12, 3, 1, 8, generator=gen)
     torch.manual_seed(0)
     net = build_net("mlp", in_features=8, out_features=8, width=16, depth=2, out_shape=(1, 8))
-    return EmulatorTask(net, stepper, data[:10], data[10:], batch_size=7)
+    solver = SolverConfig(method="jacobi", grad="implicit", rtol=1e-6)
+    return EmulatorTask(net, lambda u, budgets: stepper(u, budgets.linear_solver(solver)), data[:10], data[10:],
+                        batch_size=7)
 
 
 def _trainer(ctx: DistContext, schedule, epochs: int, run_dir=None) -> Trainer:
-    solver = SolverConfig(method="jacobi", grad="implicit", rtol=1e-6)
     settings = TrainSettings(epochs=epochs, lr=1e-2, progress=False)
-    return Trainer(_heat_task(), solver, solver.replace(max_iters=None), schedule, settings, run_dir, seed=5,
-                   dist=ctx)
+    return Trainer(_heat_task(), {"linear": schedule}, settings, run_dir, seed=5, dist=ctx)
 
 
 def _prdp() -> PRDPSchedule:
@@ -63,7 +63,7 @@ def _outcome(trainer: Trainer) -> dict:
     rows = [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in trainer.rows]
     ledger = [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in trainer.ledger.state_dict()["epochs"]]
     return {"params": [p.detach().clone() for p in trainer.task.parameters()], "rows": rows, "ledger": ledger,
-            "schedule": trainer.schedule.state_dict()}
+            "schedule": None if trainer.guarded is None else trainer.guarded.state_dict()}
 
 
 # --------------------------------------------------------------------------- the ranks' side
@@ -84,9 +84,9 @@ class _RankBiasedValidation:
     def __getattr__(self, name):
         return getattr(self.task, name)
 
-    def validate(self, solver):
+    def validate(self, budgets):
         self.calls += 1
-        metric = self.task.validate(solver)
+        metric = self.task.validate(budgets)
         return metric * 0.5 ** self.calls if self.rank == 1 else metric
 
 
@@ -133,7 +133,6 @@ STAGGER = ["physics.length=16", "physics.height=8", "pool.size=4", "pool.reset_e
 def _stagger_trainer(ctx: DistContext, epochs: int = 2, shared: bool = False) -> Trainer:
     from pdeaccel.experiments.flow import build_flow
     from pdeaccel.experiments.runner import resolve_config
-    from pdeaccel.prdp import FixedSchedule as Fixed
 
     cfg = resolve_config("flow-2d", overrides=STAGGER + [f"model.shared_weights={str(shared).lower()}"])
     built = build_flow(distributed.rank_pool_config(cfg, ctx))
@@ -142,8 +141,7 @@ def _stagger_trainer(ctx: DistContext, epochs: int = 2, shared: bool = False) ->
         for p in built.task.net.parameters():
             p.add_(0.05 * torch.randn_like(p))
     settings = TrainSettings(epochs=epochs, optimizer="sgd", lr=0.05, progress=False)
-    return Trainer(built.task, built.solver, built.validation_solver, Fixed(1), settings, seed=3, dist=ctx,
-                   shard_batches=False)
+    return Trainer(built.task, {}, settings, seed=3, dist=ctx, shard_batches=False)
 
 
 def _scenario_stagger_split(ctx, out):  # both ranks share one model's 4 sub-solvers (2 each)

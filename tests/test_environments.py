@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pdeaccel import Grid
-from pdeaccel.physics.environments import (FlowEnvironment, Obstacle, channel, channel_with_box,
+from pdeaccel.physics.flow import (FlowEnvironment, Obstacle, channel, channel_with_box,
                                            channel_with_cylinder, from_mask, lid_driven_cavity, pipe,
                                            rasterise)
 from pdeaccel.stencils import mac_face_shape

@@ -12,6 +12,7 @@ from pdeaccel.cli import main
 from pdeaccel.config import ConfigError
 from pdeaccel.experiments.registry import get_experiment, list_experiments
 from pdeaccel.experiments.runner import aggregate, compare, resolve_config, sweep, train_run
+from pdeaccel.train.budgets import Budgets
 from pdeaccel.train.report import read_metrics
 
 TINY = {
@@ -35,9 +36,9 @@ def _data_dir(tmp_path, monkeypatch):
 
 def test_every_experiment_has_a_tiny_configuration_here():
     # experiments without a solver in the loop (flow-2d, flow-3d) have their own in test_flow_model.py
-    assert sorted(TINY) == sorted(e.name for e in list_experiments() if e.solver_in_loop)
+    assert sorted(TINY) == sorted(e.name for e in list_experiments() if "linear" in e.budgets)
     from pdeaccel.experiments.flow import STAGGER_SETTINGS
-    assert {e.name for e in list_experiments() if not e.solver_in_loop} == {"flow-2d", "flow-3d", *STAGGER_SETTINGS}
+    assert {e.name for e in list_experiments() if not e.budgets} == {"flow-2d", "flow-3d", *STAGGER_SETTINGS}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -403,5 +404,5 @@ def test_ns_correction_beats_the_uncorrected_coarse_solver_after_a_few_epochs(tm
     with torch.no_grad():
         for p in built.task.net.parameters():
             p.zero_()
-    uncorrected = built.task.validate(built.validation_solver)
+    uncorrected = built.task.validate(Budgets({"linear": None}))
     assert rows[-1]["val_metric"] < uncorrected / 1.15 and rows[-1]["train_loss"] < rows[0]["train_loss"] / 1.2

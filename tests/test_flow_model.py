@@ -17,7 +17,7 @@ from pdeaccel.experiments.flow import build_environment, held_out_spec, sample_s
 from pdeaccel.losses import FlowResidual, combined_flow_loss
 from pdeaccel.neural_flow import (NeuralFlowSolver, PotentialState, node_shape, potential_mask,
                                   velocity_from_potential)
-from pdeaccel.physics.environments import FlowEnvironment, channel
+from pdeaccel.physics.flow import FlowEnvironment, channel
 from pdeaccel.stencils import mac_divergence, mac_face_shape
 from pdeaccel.train.pool import FlowPool
 

@@ -12,6 +12,7 @@ from pdeaccel.experiments.flow_eval import reference_rollout
 from pdeaccel.experiments.registry import get_experiment
 from pdeaccel.losses import FlowResidual, combined_flow_loss
 from pdeaccel.neural_flow import velocity_from_potential
+from pdeaccel.train.budgets import Budgets
 
 TINY = ["physics.length=16", "physics.height=8", "pool.size=4", "net.hidden=4", "net.levels=2",
         "data.validation=2", "data.validation_steps=2", "train.steps_per_epoch=3", "train.batch_size=2"]
@@ -70,7 +71,7 @@ def test_unrolled_loss_averages_the_residual_of_every_call_and_writes_back_the_l
         u0, u1 = (velocity_from_potential(x.potential, env.grid) for x in (s, new))
         expected.append(combined_flow_loss(residual.terms(u0, u1, new.pressure), task.beta))
         s = new
-    loss = task.loss(idx, None)
+    loss = task.loss(idx, Budgets({}))
     torch.testing.assert_close(loss, sum(expected) / 3)
     assert torch.equal(task.pool.potential[idx], s.potential.detach())
     # the gradient reaches through the unrolled calls: the first call's parameters feel the third residual

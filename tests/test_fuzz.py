@@ -30,7 +30,7 @@ from pdeaccel.experiments.runner import resolve_config
 from pdeaccel.grid import BOUNDARY_KINDS, Grid
 from pdeaccel.linalg import METHODS, LinearOperator, SolverConfig, SolveResult, solve
 from pdeaccel.physics import BurgersStepper, HeatStepper, from_mask, lid_driven_cavity
-from pdeaccel.physics.environments import channel
+from pdeaccel.physics.flow import channel
 from pdeaccel.prdp import PRDPConfig, make_schedule
 
 PACKAGE = str(Path(pdeaccel.__file__).parent)

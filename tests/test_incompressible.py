@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pdeaccel import Grid
-from pdeaccel.linalg import SolverConfig
-from pdeaccel.physics.environments import (FlowEnvironment, Obstacle, channel, channel_with_box,
+from pdeaccel.linalg import LinearOperator, SolverConfig
+from pdeaccel.physics.flow import (FlowEnvironment, Obstacle, channel, channel_with_box,
                                            channel_with_cylinder, lid_driven_cavity)
 from pdeaccel.physics.incompressible import FlowState, MACFlowSolver
 from pdeaccel.stencils import mac_face_shape
@@ -259,13 +259,13 @@ def test_operators_are_symmetric_and_closed_cavity_conserves_mass():
     solver = MACFlowSolver(env, diffusion="implicit")
     g = torch.Generator().manual_seed(0)
     x, y = (torch.randn(env.fluid.shape, generator=g, dtype=torch.float64) * env.fluid for _ in range(2))
-    Ax, Ay = solver._pressure_matvec(x), solver._pressure_matvec(y)
+    Ax, Ay = solver.ops.pressure_matvec(x), solver.ops.pressure_matvec(y)
     assert float((Ax * y).sum()) == pytest.approx(float((x * Ay).sum()), rel=1e-12)
     assert float((Ax * x).sum()) > 0
     for d in range(2):
-        free = solver._free[d]
+        free = solver.ops.free[d]
         a, b = (torch.randn(free.shape, generator=g, dtype=torch.float64) * free for _ in range(2))
-        La, Lb = solver._lap_linear(a, d), solver._lap_linear(b, d)
+        La, Lb = solver.ops.laplacian_linear(a, d), solver.ops.laplacian_linear(b, d)
         assert float((La * b).sum()) == pytest.approx(float((a * Lb).sum()), rel=1e-12)
         assert float((La * a).sum()) < 0
     state = solver.initial_state()
@@ -320,3 +320,33 @@ def test_validation_messages():
         solver.step(state.velocity)
     with pytest.raises(ValueError, match="keeps its grid"):
         solver.env = lid_driven_cavity(4)
+
+
+def test_solver_and_loss_share_the_mac_operators():
+    from pdeaccel.losses import FlowResidual
+    from pdeaccel.physics.flow import MACOperators
+
+    env = channel_with_cylinder(resolution=8)
+    solver, residual = MACFlowSolver(env), FlowResidual(env)
+    assert type(solver.ops) is MACOperators and type(residual.ops) is MACOperators
+    g = torch.Generator().manual_seed(0)
+    u = tuple(torch.randn(f.shape, generator=g, dtype=f.dtype) for f in env.face_velocity)
+    for a, b in zip(solver.ops.laplacian(u), residual.ops.laplacian(u)):
+        assert torch.equal(a, b)
+
+
+def test_subdomain_deflation_solves_the_pressure_equation():
+    from pdeaccel.linalg import SubdomainDeflation
+
+    env = channel_with_cylinder(resolution=10)  # open outflow: the pressure operator is definite
+    ops = MACFlowSolver(env, deflation_block=None).ops
+    defl = SubdomainDeflation(ops.pressure_center, ops.pressure_offdiag, env.fluid, ops.periodic, 4)
+    b = torch.randn(env.fluid.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * env.fluid
+    result, x = defl.solve(SolverConfig(method="cg", rtol=1e-10), ops.pressure_matvec, b, x0=torch.zeros_like(b),
+                           diagonal=ops.pressure_diagonal)
+    residual = b - ops.pressure_matvec(x)
+    assert float(residual.norm()) < 1e-8 * float(b.norm())
+    assert float(defl.restrict(residual).abs().max()) < 1e-10 * float(b.abs().sum())  # Zᵀ r = 0 per block
+    plain = SolverConfig(method="cg", rtol=1e-10).solve(
+        LinearOperator(ops.pressure_matvec, diagonal=ops.pressure_diagonal, symmetric=True), b)
+    assert int(result.iterations.max()) < int(plain.iterations.max())

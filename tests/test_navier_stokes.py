@@ -213,14 +213,14 @@ def test_converged_picard_iterations_reach_the_fully_implicit_step():
 
     residuals, errors = [], []
     for picard in range(1, 6):
-        new_u, new_p = ns(velocity, TIGHT_GMRES.replace(nonlinear_iters=picard))
+        new_u, new_p = ns(velocity, TIGHT_GMRES, picard_iterations=picard)
         residuals.append(float(ns.nonlinear_residual(new_u, new_p, velocity).abs().max()))
         errors.append(float((new_u - exact_u).abs().max()))
     print(f"\ncoupled Picard 1..5: nonlinear residual {['%.2e' % r for r in residuals]}, "
           f"error to the scipy root {['%.2e' % e for e in errors]}")
     assert all(b < 0.5 * a for a, b in zip(residuals, residuals[1:]))
     assert all(b < 0.5 * a for a, b in zip(errors, errors[1:]))
-    # the stepper's own default comes from picard_iterations when the solver sets none
+    # the stepper's own default comes from its picard_iterations when the call passes none
     by_default, _ = NavierStokes2D(n, length=length, nu=nu, dt=dt, picard_iterations=5)(velocity, TIGHT_GMRES)
     torch.testing.assert_close(by_default, new_u, rtol=0, atol=1e-12)
 
@@ -231,22 +231,23 @@ def test_gradcheck_through_picard_iterations(grad):
     depend on the solution of iterate k−1), not only through the right-hand side."""
     ns = NavierStokes2D(4, nu=0.01, dt=0.2)
     velocity = (0.5 * random_velocity(4, batch=1, seed=22)).requires_grad_(True)
-    solver = SolverConfig(method="gmres", restart=30, rtol=1e-13, grad="implicit", nonlinear_iters=3) \
-        if grad == "implicit" else SolverConfig(method="gmres", restart=4, max_iters=2, rtol=0.0, grad="unrolled",
-                                                nonlinear_iters=3)
+    solver = SolverConfig(method="gmres", restart=30, rtol=1e-13, grad="implicit") \
+        if grad == "implicit" else SolverConfig(method="gmres", restart=4, max_iters=2, rtol=0.0, grad="unrolled")
     # fast mode (one random projection of the Jacobian), as in test_gradcheck_through_one_step
-    assert torch.autograd.gradcheck(lambda v: ns(v, solver), (velocity,), eps=1e-6, atol=1e-6, rtol=1e-5,
-                                    fast_mode=True)
+    assert torch.autograd.gradcheck(lambda v: ns(v, solver, picard_iterations=3), (velocity,), eps=1e-6, atol=1e-6,
+                                    rtol=1e-5, fast_mode=True)
 
 
 def test_each_picard_iteration_is_one_monitored_solve_and_projection_takes_one():
     calls = []
-    solver = SolverConfig(method="gmres", restart=4, max_iters=2, rtol=0.0, nonlinear_iters=3,
-                          monitor=lambda d, m, it: calls.append(d))
-    NavierStokes2D(6)(random_velocity(6), solver)
+    solver = SolverConfig(method="gmres", restart=4, max_iters=2, rtol=0.0, monitor=lambda d, m, it: calls.append(d))
+    NavierStokes2D(6)(random_velocity(6), solver, picard_iterations=3)
     assert calls == ["forward"] * 3
     with pytest.raises(ValueError, match="takes exactly one Picard step"):
-        NavierStokes2D(6, method="projection")(random_velocity(6), TIGHT_BICGSTAB.replace(nonlinear_iters=2))
+        NavierStokes2D(6, method="projection")(random_velocity(6), TIGHT_BICGSTAB, picard_iterations=2)
+    # the count is the step's argument (the 'picard' budget), no longer a solver setting
+    with pytest.raises(ValueError, match="nonlinear_iters=3 is no longer read: pass .* picard_iterations="):
+        NavierStokes2D(6)(random_velocity(6), solver.replace(nonlinear_iters=3))
     for bad in (0, 10**12):
         with pytest.raises(ValueError, match="picard_iterations"):
             NavierStokes2D(6, picard_iterations=bad)

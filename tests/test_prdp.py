@@ -451,18 +451,18 @@ def test_savings_reproduce_the_paper_formulas():
     ks = [1 + e // 10 for e in range(100)]
     prdp = _ledger(ks, train_s=0.02, val_s=0.01)
     conv = _ledger([25] * 100, train_s=0.05, val_s=0.01)
-    r = savings_report(prdp, conv, k_eps=25, prdp_final_metric=1.1e-3, converged_final_metric=1.0e-3)
+    r = savings_report(prdp, conv, k_converged=25, prdp_final_metric=1.1e-3, converged_final_metric=1.0e-3)
     assert r["k_final"] == 10 and r["sum_k"] == 550 and r["weighting"] == "epochs" and r["same_length"]
     assert r["ic"] == pytest.approx((25 - 10) / 25)              # 60 %
     assert r["pr"] == pytest.approx((10 * 100 - 550) / (25 * 100))  # 18 %
     assert r["total"] == pytest.approx(1 - 550 / (25 * 100))       # 78 %
     assert r["total"] == pytest.approx(r["ic"] + r["pr"])
     # every solve ran its full budget, so the measured savings equal the nominal ones
-    assert r["measured_forward"] == pytest.approx(r["total"])
-    assert r["measured_backward"] == pytest.approx(r["total"])
-    assert r["measured_total"] == pytest.approx(r["total"])
-    assert r["wall_clock_train"] == pytest.approx(1 - 0.02 / 0.05)
-    assert r["wall_clock_with_validation"] == pytest.approx(1 - 0.03 / 0.06)
+    assert r["measured_forward_savings"] == pytest.approx(r["total"])
+    assert r["measured_backward_savings"] == pytest.approx(r["total"])
+    assert r["measured_iteration_savings"] == pytest.approx(r["total"])
+    assert r["wall_train_savings"] == pytest.approx(1 - 0.02 / 0.05)
+    assert r["wall_total_savings"] == pytest.approx(1 - 0.03 / 0.06)
     assert r["final_metric_ratio"] == pytest.approx(1.1)
 
 
@@ -471,7 +471,7 @@ def test_savings_weight_epochs_by_steps():
     r = savings_report(_ledger(ks, steps=steps), _ledger([10] * 4, steps=steps), 10, 1.0, 1.0)
     cost = 2 * 1 + 4 * 3 + 6 * 2 + 8 * 2
     assert r["weighting"] == "steps"
-    assert r["cost_nominal_prdp"] == cost and r["cost_nominal_converged"] == 10 * 8
+    assert r["prdp_nominal_cost"] == cost and r["conv_nominal_cost"] == 10 * 8
     assert r["total"] == pytest.approx(1 - cost / 80)
     assert r["pr"] == pytest.approx((8 * 8 - cost) / 80)  # (K_final·S − Σ K_e s_e)/(K_ε·S)
 
@@ -485,14 +485,14 @@ def test_savings_at_equal_accuracy_and_early_stopping_solver():
     assert not r["same_length"]
     assert r["ic"] == 0 and r["total"] == pytest.approx(1 - 25 * 50 / (25 * 100))
     assert r["pr"] == pytest.approx(r["total"])
-    assert r["measured_forward"] == pytest.approx(1 - 25 * 50 / (20 * 100))
+    assert r["measured_forward_savings"] == pytest.approx(1 - 25 * 50 / (20 * 100))
 
 
 def test_savings_input_checks():
     good = _ledger([1, 2])
     with pytest.raises(ValueError, match="no budget K"):
         savings_report(_ledger([None, 2], iters=3), good, 25, 1.0, 1.0)
-    with pytest.raises(ValueError, match="k_eps"):
+    with pytest.raises(ValueError, match="k_converged"):
         savings_report(good, good, 0, 1.0, 1.0)
     with pytest.raises(ValueError, match="no finished epochs"):
         savings_report(IterationLedger(), good, 25, 1.0, 1.0)
@@ -507,7 +507,7 @@ def test_savings_input_checks():
 def test_markdown_table_puts_ours_beside_the_paper():
     ks = [1 + e // 10 for e in range(100)]
     r = savings_report(_ledger(ks, train_s=0.02), _ledger([25] * 100, train_s=0.05), 25, 1.0, 1.0)
-    table = format_savings_markdown(r, paper_row={"k_eps": 25, "epochs": 100, "k_final": "≈10", "ic": 0.60,
+    table = format_savings_markdown(r, paper_row={"k_converged": 25, "epochs": 100, "k_final": "≈10", "ic": 0.60,
                                                   "pr": 0.19, "total": 0.79})
     lines = table.strip().splitlines()
     assert lines[0] == "| quantity | ours | paper |"
@@ -518,3 +518,20 @@ def test_markdown_table_puts_ours_beside_the_paper():
     assert format_savings_markdown(r).splitlines()[0] == "| quantity | ours |"
     with pytest.raises(ValueError, match="unknown key"):
         format_savings_markdown(r, paper_row={"speedup": 2})
+
+
+def test_one_vocabulary_for_reports_seeds_and_the_paper():
+    from pdeaccel.prdp import QUANTITIES, in_current_names, savings_table
+
+    r = savings_report(_ledger([1, 2, 2]), _ledger([4, 4, 4]), 4, 1.0, 2.0)
+    assert set(r) - {"same_length", "weighting"} <= set(QUANTITIES)
+    # results stored before the names were unified still render, with today's keys
+    old_paper = {"k_eps": 25, "wall_conv_s": 3.25, "wall_prdp_s": 3.1, "total": 0.79}
+    assert in_current_names(old_paper) == {"k_converged": 25, "conv_train_seconds": 3.25,
+                                           "prdp_train_seconds": 3.1, "total": 0.79}
+    per_seed = savings_table({0: r, 1: {**r, "total": {"mean": 0.5, "std": 0.01}}}, ("k_final", "total"),
+                             quantities_as_rows=False, corner="seed").splitlines()
+    assert per_seed[0] == "| seed | K_final | total saving, nominal Σ K_e |"
+    assert per_seed[2] == f"| 0 | 2 | {100 * r['total']:.1f}% |" and per_seed[3] == "| 1 | 2 | 50.0% ± 1.0 |"
+    with pytest.raises(ValueError, match="unknown savings quantity"):
+        savings_table({"ours": r}, ("speedup",))

@@ -16,9 +16,9 @@ from pdeaccel.config import ConfigError
 from pdeaccel.experiments import runner
 from pdeaccel.experiments.registry import get_experiment
 from pdeaccel.experiments.runner import compare, lr_factor, resolve_config, solver_share, train_run
-from pdeaccel.linalg import SolverConfig
 from pdeaccel.nets import build_net, count_parameters
 from pdeaccel.prdp import PRDPConfig, PRDPSchedule
+from pdeaccel.train.budgets import Budgets
 from pdeaccel.train.report import read_metrics
 from pdeaccel.train.tasks import EmulatorTask, paper_correction_metric, paper_emulator_metric
 
@@ -112,8 +112,7 @@ def test_zero_initial_guess_makes_k_jacobi_sweeps_from_zero(k, tmp_path):
     cfg = resolve_config("heat-1d", "paper", TINY_1D)
     built = get_experiment("heat-1d").build(cfg)
     u = torch.randn(3, 1, 30, dtype=torch.float64)
-    solver = SolverConfig(method="jacobi", max_iters=k, rtol=0.0, atol=0.0)
-    got = built.task.stepper(u, solver).squeeze(1).numpy()
+    got = built.task.stepper(u, Budgets({"linear": k})).squeeze(1).numpy()  # the experiment's solver: Jacobi
     a = _heat1d_matrix()
     d = a.diagonal()
     x = np.zeros((3, 30))
@@ -129,9 +128,8 @@ def test_zero_initial_guess_converges_to_the_direct_solve_and_differs_from_the_w
     ours = get_experiment("heat-1d").build(resolve_config("heat-1d", "cpu", TINY_1D))
     u = torch.randn(2, 1, 30, dtype=torch.float64)
     exact = spla.spsolve(_heat1d_matrix().tocsc(), u.squeeze(1).numpy().T).T
-    many = SolverConfig(method="jacobi", max_iters=200, rtol=0.0, atol=0.0)
+    many, one = Budgets({"linear": 200}), Budgets({"linear": 1})  # K Jacobi sweeps, the experiments' solver
     np.testing.assert_allclose(paper.task.stepper(u, many).squeeze(1).numpy(), exact, rtol=1e-9, atol=1e-12)
-    one = SolverConfig(method="jacobi", max_iters=1, rtol=0.0, atol=0.0)
     assert not torch.allclose(paper.task.stepper(u, one), ours.task.stepper(u, one))
     # K_ε measured from zero is near the paper's 25; from the prediction it is fewer
     assert 22 <= paper.k_converged <= 30 and ours.k_converged < paper.k_converged
@@ -211,10 +209,10 @@ def test_paper_emulator_metric_is_the_reference_val_loss_by_hand():
                         batch_size=1, metric="paper")
     rollout = np.repeat(ref[:, :1], 2, axis=1)  # the identity keeps u0
     expected = np.mean([np.sum((ref[i, 0] - ref[i, 2]) ** 2) / np.sum(ref[i, 1] ** 2) for i in range(4)])
-    assert task.validate(SolverConfig()) == pytest.approx(expected, rel=1e-12)
+    assert task.validate(Budgets({"linear": None})) == pytest.approx(expected, rel=1e-12)
     assert float(paper_emulator_metric(torch.from_numpy(rollout), torch.from_numpy(ref))) == pytest.approx(expected)
     ours = EmulatorTask(net, lambda u, s: u, torch.from_numpy(ref), torch.from_numpy(ref), batch_size=1)
-    assert ours.validate(SolverConfig()) != pytest.approx(expected)
+    assert ours.validate(Budgets({"linear": None})) != pytest.approx(expected)
 
 
 def test_paper_correction_metric_by_hand():

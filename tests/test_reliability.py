@@ -91,10 +91,11 @@ def _inverse_trainer(run_dir, epochs=4, lr=275.0):
     truth = torch.tensor([[2.0]], dtype=torch.float64)
     with torch.no_grad():
         obs = forward_map(truth, SolverConfig(rtol=1e-12))
-    task = InverseTask(forward_map, obs, torch.tensor([[5.0]], dtype=torch.float64), truth, 2)
     solver = SolverConfig(method="jacobi", grad="implicit")
+    task = InverseTask(lambda theta, budgets: forward_map(theta, budgets.linear_solver(solver)), obs,
+                       torch.tensor([[5.0]], dtype=torch.float64), truth, 2)
     settings = TrainSettings(epochs=epochs, optimizer="sgd", lr=lr, progress=False)
-    return Trainer(task, solver, solver.replace(rtol=1e-8), FixedSchedule(30), settings, run_dir, seed=3)
+    return Trainer(task, {"linear": FixedSchedule(30)}, settings, run_dir, seed=3)
 
 
 def _flip(data: bytes, at: int) -> bytes:
@@ -316,19 +317,19 @@ class _ToyTask(OneParameterTask):
             batch[1, 2] = math.inf
         return [batch]
 
-    def loss(self, batch, solver):
+    def loss(self, batch, budgets):
         self.calls += 1
-        bad = self.calls == 2 and solver.max_iters < 5  # epoch 1, first attempt at the initial K
+        bad = self.calls == 2 and budgets["linear"] < 5  # epoch 1, first attempt at the initial K
         rhs = (self.w * batch).sum(1, keepdim=True)
         if bad and self.fault == "solver":
             rhs = rhs * math.nan  # a diverged network output fed to the solver
-        x = solve(lambda v: 2.0 * v, rhs, method="cg", max_iters=solver.max_iters).solution
+        x = solve(lambda v: 2.0 * v, rhs, method="cg", max_iters=budgets["linear"]).solution
         loss = (x - 1.0).pow(2).mean()
         if bad and self.fault == "gradient":
             loss = loss + torch.sqrt(self.w * 0).sum()  # value 0, gradient inf·0 = NaN
         return loss
 
-    def validate(self, solver):
+    def validate(self, budgets):
         if self.fault == "validation" and self.calls == 2:
             return math.nan
         return float((self.w.detach() - 1.0).abs().mean())
@@ -338,7 +339,7 @@ class _ToyTask(OneParameterTask):
                                           ("validation", "validation metric")])
 def test_non_finite_values_are_caught_where_they_appear(fault, where, tmp_path):
     task = _ToyTask(fault)
-    trainer = Trainer(task, SolverConfig(), SolverConfig(), FixedSchedule(2),
+    trainer = Trainer(task, {"linear": FixedSchedule(2)},
                       TrainSettings(epochs=3, lr=0.01, progress=False), tmp_path)
     rows = trainer.fit()
     [event] = trainer.guard_events
@@ -351,7 +352,7 @@ def test_non_finite_values_are_caught_where_they_appear(fault, where, tmp_path):
 
 
 def test_non_finite_training_data_is_a_data_error_not_a_divergence(tmp_path):
-    trainer = Trainer(_ToyTask("input"), SolverConfig(), SolverConfig(), FixedSchedule(2),
+    trainer = Trainer(_ToyTask("input"), {"linear": FixedSchedule(2)},
                       TrainSettings(epochs=2, progress=False), tmp_path)
     with pytest.raises(FloatingPointError, match="epoch 0, step 0: the training batch contains NaN/inf"):
         trainer.fit()
@@ -361,7 +362,7 @@ def test_non_finite_training_data_is_a_data_error_not_a_divergence(tmp_path):
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
     # an infinite learning rate (the config layer would refuse it; the Trainer API does not) turns
     # finite gradients into infinite weights in the first step
-    trainer = Trainer(_ToyTask(), SolverConfig(), SolverConfig(), FixedSchedule(2),
+    trainer = Trainer(_ToyTask(), {"linear": FixedSchedule(2)},
                       TrainSettings(epochs=2, optimizer="sgd", lr=math.inf, guard_retries=1, progress=False), tmp_path)
     with pytest.raises(DivergenceError, match="parameter 0 .* after the optimiser step"):
         trainer.fit()

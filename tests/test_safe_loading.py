@@ -22,7 +22,6 @@ import pytest
 import torch
 
 from pdeaccel.experiments.runner import train_run
-from pdeaccel.linalg import SolverConfig
 from pdeaccel.prdp import FixedSchedule, PRDPConfig, PRDPSchedule
 from pdeaccel.train import io
 from pdeaccel.train.trainer import Trainer, TrainSettings
@@ -104,10 +103,10 @@ class _RandomStateTask(OneParameterTask):
         noise = self.py_rng.random() + self.np_rng.random() + self.legacy_rng.rand()
         return [torch.randn(2, generator=generator, dtype=torch.float64) * 0.01 + noise * 1e-3]
 
-    def loss(self, batch, solver):
+    def loss(self, batch, budgets):
         return (self.w - 2.0 - batch).pow(2).sum()
 
-    def validate(self, solver):
+    def validate(self, budgets):
         value = float((self.w.detach() - 2.0).abs().max())
         self.best = np.float64(min(float(self.best), value))
         return value
@@ -116,7 +115,7 @@ class _RandomStateTask(OneParameterTask):
 def _toy_trainer(run_dir, epochs, schedule=None):
     schedule = schedule or PRDPSchedule(PRDPConfig(k0=2, delta_k=2, k_max=20, tau_step=0.999, tau_stop=0.9,
                                                     ema_window=1, lookback=2))
-    return Trainer(_RandomStateTask(), SolverConfig(), SolverConfig(), schedule,
+    return Trainer(_RandomStateTask(), {"linear": schedule},
                    TrainSettings(epochs=epochs, optimizer="adam", lr=0.05, progress=False), run_dir, seed=11)
 
 
@@ -186,7 +185,7 @@ def test_training_checkpoint_with_rng_and_numpy_state_loads_safely_and_resumes_e
     assert isinstance(state["task"]["best"], float)  # numpy scalars were stored as Python numbers
     assert state["task"]["history"].dtype == torch.float64  # numpy arrays as tensors
     assert state["generator"].dtype == torch.uint8 and state["torch_rng"].dtype == torch.uint8
-    assert state["schedule"]["kind"] == "prdp" and state["ledger"]["epochs"]
+    assert state["schedules"]["linear"]["kind"] == "prdp" and state["ledger"]["epochs"]
     assert state["optimizer"]["state"]  # Adam moments
 
     part = _toy_trainer(tmp_path / "part", epochs=3)

@@ -10,7 +10,7 @@ import torch
 from pdeaccel.grid import Grid
 from pdeaccel.linalg import SolverConfig
 from pdeaccel.physics.poisson import solve_poisson, sine_series_source
-from pdeaccel.prdp import FixedSchedule, PRDPConfig, PRDPSchedule
+from pdeaccel.prdp import FixedSchedule, LinearSchedule, PRDPConfig, PRDPSchedule
 from pdeaccel.train import io
 from pdeaccel.train.tasks import InverseTask
 from pdeaccel.train.trainer import Trainer, TrainSettings
@@ -27,14 +27,15 @@ def _inverse_task(steps_per_epoch: int = 2) -> InverseTask:
     truth = torch.tensor([[2.0]], dtype=torch.float64)
     with torch.no_grad():
         obs = forward_map(truth, SolverConfig(rtol=1e-12))
-    return InverseTask(forward_map, obs, torch.tensor([[5.0]], dtype=torch.float64), truth, steps_per_epoch)
+    solver = SolverConfig(method="jacobi", grad="implicit")
+    return InverseTask(lambda theta, budgets: forward_map(theta, budgets.linear_solver(solver)), obs,
+                       torch.tensor([[5.0]], dtype=torch.float64), truth, steps_per_epoch)
 
 
 def _trainer(tmp_path, schedule, epochs=6, task=None):
     task = task or _inverse_task()
-    solver = SolverConfig(method="jacobi", grad="implicit")
     settings = TrainSettings(epochs=epochs, optimizer="sgd", lr=275.0, progress=False)
-    return Trainer(task, solver, solver.replace(rtol=1e-8), schedule, settings, tmp_path, seed=3)
+    return Trainer(task, {"linear": schedule}, settings, tmp_path, seed=3)
 
 
 def test_fixed_budget_is_what_the_solver_runs(tmp_path):
@@ -94,20 +95,19 @@ class _ExplodingTask(OneParameterTask):
     def train_batches(self, generator):
         return [None]
 
-    def loss(self, batch, solver):
+    def loss(self, batch, budgets):
         self.epoch_calls += 1
-        if solver.max_iters < 3 and self.epoch_calls > 1:
+        if budgets["linear"] < 3 and self.epoch_calls > 1:
             return self.w * float("nan")
         return (self.w - 2.0).pow(2).sum()
 
-    def validate(self, solver):
+    def validate(self, budgets):
         return float((self.w.detach() - 2.0).abs())
 
 
 def test_divergence_guard_restores_and_raises_k(tmp_path):
     task = _ExplodingTask()
-    trainer = Trainer(task, SolverConfig(), SolverConfig(), FixedSchedule(1), TrainSettings(epochs=3, lr=0.1, progress=False),
-                      tmp_path)
+    trainer = Trainer(task, {"linear": FixedSchedule(1)}, TrainSettings(epochs=3, lr=0.1, progress=False), tmp_path)
     rows = trainer.fit()
     assert trainer.guard_events and trainer.guard_events[0]["epoch"] == 1
     assert rows[-1]["k"] >= 3
@@ -124,9 +124,56 @@ def test_unwritable_run_directory_fails_clearly(tmp_path):
 
 def test_training_stops_at_the_target_metric(tmp_path):
     task = _inverse_task(steps_per_epoch=1)
-    solver = SolverConfig(method="jacobi", grad="implicit")
     settings = TrainSettings(epochs=200, optimizer="sgd", lr=275.0, progress=False, target_metric=0.05)
-    trainer = Trainer(task, solver, solver.replace(rtol=1e-8), FixedSchedule(600), settings, tmp_path)
+    trainer = Trainer(task, {"linear": FixedSchedule(600)}, settings, tmp_path)
     rows = trainer.fit()
     assert rows[-1]["val_metric"] <= 0.05 < rows[-2]["val_metric"]
     assert len(rows) < 200
+
+
+class _LevelTask(OneParameterTask):
+    """A task with a budget the package does not know: a "level" it reads from the mapping."""
+
+    budgets = ("level",)
+
+    def __init__(self):
+        super().__init__(torch.zeros(1))
+        self.seen = []
+
+    def train_batches(self, generator):
+        return [None]
+
+    def loss(self, batch, budgets):
+        self.seen.append(budgets["level"])
+        return (self.w - 1.0 / budgets["level"]).pow(2).sum()
+
+    def validate(self, budgets):
+        return float((self.w.detach() - 1.0).abs()) + 1e-3
+
+
+def test_a_new_budget_needs_only_a_name_a_schedule_and_a_task_that_reads_it(tmp_path):
+    task = _LevelTask()
+    trainer = Trainer(task, {"level": LinearSchedule(1, 4, epochs=4)}, TrainSettings(epochs=4, lr=0.1, progress=False),
+                      tmp_path)
+    rows = trainer.fit()
+    assert task.seen == [1, 2, 3, 4] and [r["level"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["k"] is None and r["forward_iters"] == 0 for r in rows)  # no linear budget, no solves
+    resumed = Trainer(_LevelTask(), {"level": LinearSchedule(1, 4, epochs=4)}, TrainSettings(epochs=4, progress=False),
+                      tmp_path)
+    assert resumed.resume() and resumed.schedules["level"].budget == 4
+    with pytest.raises(ValueError, match=r"declares the budgets \['level'\] .* schedules were given for \['linear'\]"):
+        Trainer(_LevelTask(), {"linear": FixedSchedule(2)}, TrainSettings(progress=False))
+
+
+def test_checkpoints_from_before_named_budgets_resume(tmp_path):
+    full = _trainer(tmp_path / "full", FixedSchedule(30), epochs=4)
+    full.fit()
+    _trainer(tmp_path / "old", FixedSchedule(30), epochs=2).fit()
+    for path in (tmp_path / "old" / "checkpoints").glob("*.ckpt"):  # as the trainer wrote them before
+        state = io.load_checkpoint(path)
+        state["schedule"], state["nonlinear_schedule"] = state.pop("schedules")["linear"], None
+        io.save_checkpoint(path, state)
+    resumed = _trainer(tmp_path / "old", FixedSchedule(7), epochs=4)
+    assert resumed.resume() and resumed.schedules["linear"].budget == 30  # the stored schedule wins
+    resumed.fit()
+    assert torch.equal(resumed.task.theta, full.task.theta)

@@ -1,5 +1,5 @@
-"""A shared base for the trainer's toy tasks in the tests: one parameter tensor ``w`` and the
-task protocol's bookkeeping (parameters, state_dict, load_state_dict)."""
+"""A shared base for the trainer's toy tasks in the tests: one parameter tensor ``w``, the linear
+budget K and the task protocol's bookkeeping (parameters, state_dict, load_state_dict)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import torch
 
 
 class OneParameterTask:
+    budgets = ("linear",)
+
     def __init__(self, w: torch.Tensor) -> None:
         self.w = torch.nn.Parameter(w)
 

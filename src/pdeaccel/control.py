@@ -7,7 +7,7 @@ The pieces, independent of any named problem (those live in :mod:`pdeaccel.exper
 
 * :func:`spectral_frequency` — a differentiable estimate of a signal's dominant frequency: the
   centroid of its power spectrum in a band around the spectral peak (see there).
-* :class:`ControlledEnvironment` — a :class:`~pdeaccel.physics.environments.FlowEnvironment`
+* :class:`ControlledEnvironment` — a :class:`~pdeaccel.physics.flow.FlowEnvironment`
   whose prescribed face velocities are an affine function of named scalar controls, so the
   environment (and everything a simulator derives from it) is differentiable in them.
 * Simulators with one interface (``bind(env, probe)`` → a stepper with ``rest()``, ``step(state)``,
@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .linalg import SolverConfig
 from .neural_flow import PotentialState, velocity_from_potential
-from .physics.environments import FlowEnvironment
+from .physics.flow import FlowEnvironment
 from .physics.incompressible import FlowState, MACFlowSolver
 from .stencils import mac_face_shape
 

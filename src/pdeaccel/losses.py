@@ -2,14 +2,14 @@
 
 :class:`FlowResidual` is the loss of the physics-constrained incompressible flow solver of
 Wandel et al. (ICLR 2021), on the MAC grid and the boundary data of a
-:class:`~pdeaccel.physics.environments.FlowEnvironment`. With the new velocity the discrete curl
+:class:`~pdeaccel.physics.flow.FlowEnvironment`. With the new velocity the discrete curl
 of a vector potential (divergence exactly zero), the residual of the momentum equation on every
 free face is::
 
     R = ρ [(u_new − u_old)/Δt + (ū·∇)ū] + ∇p_new − μ Δū − ρ g,      ū = θ u_new + (1 − θ) u_old
 
 (θ = ½ is the IMEX mean of the paper; 1 implicit, 0 explicit). The discrete operators are those
-of the numerical reference solver (:class:`~pdeaccel.physics.incompressible.MACFlowSolver`):
+of the numerical reference solver (:class:`~pdeaccel.physics.flow.operators.MACOperators`):
 advection by its third-order upwind differences (or the paper's second-order central ones) with
 the transverse component averaged onto the face, the
 (2d+1)-point Laplacian, and the boundary data entering both as Dirichlet values on prescribed
@@ -32,8 +32,8 @@ from typing import Literal
 
 import torch
 
-from .physics.environments import FlowEnvironment
-from .physics.incompressible import MACFlowSolver
+from .physics.flow import FlowEnvironment
+from .physics.flow.operators import MACOperators
 from .stencils import mac_divergence, mac_gradient
 
 Velocity = tuple[torch.Tensor, ...]
@@ -69,8 +69,8 @@ class FlowResidual:
         self.env = env
         self.theta = float(theta)
         self.advection = advection
-        # the reference solver's boundary-aware stencils; no pressure solve is ever run here
-        self.ops = MACFlowSolver(env, deflation_block=None)
+        # the reference solver's boundary-aware operators
+        self.ops = MACOperators(env)
         nd = env.ndim
         shape = (-1,) + (1,) * (nd + 1)
         self._rho = env.rho.reshape(shape)

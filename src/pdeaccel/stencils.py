@@ -231,7 +231,7 @@ def dirichlet_lift(grid: Grid, values: Sequence[tuple[float, float]], dtype=torc
 def _diff_forward(f: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
     """``(f[k+1] - f[k]) / h``: same length on a periodic axis, one shorter on a bounded one."""
     dim = axis + 2
-    h = _mac_spacing(grid)[axis]
+    h = mac_spacing(grid)[axis]
     if grid.boundary[axis] == "periodic":
         return (torch.roll(f, -1, dims=dim) - f) / h
     n = f.shape[dim]
@@ -241,16 +241,60 @@ def _diff_forward(f: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
 def _diff_backward(f: torch.Tensor, axis: int, grid: Grid) -> torch.Tensor:
     """``(f[k] - f[k-1]) / h``: same length on a periodic axis, one shorter on a bounded one."""
     dim = axis + 2
-    h = _mac_spacing(grid)[axis]
+    h = mac_spacing(grid)[axis]
     if grid.boundary[axis] == "periodic":
         return (f - torch.roll(f, 1, dims=dim)) / h
     n = f.shape[dim]
     return (f.narrow(dim, 1, n - 1) - f.narrow(dim, 0, n - 1)) / h
 
 
-def _mac_spacing(grid: Grid) -> tuple[float, ...]:
-    # a MAC grid is cell-based on every axis: N cells of width L/N, whatever the boundary kind
+def mac_spacing(grid: Grid) -> tuple[float, ...]:
+    """Cell width ``L/N`` per axis: a MAC grid is cell-based whatever the boundary kind."""
     return tuple(L / n for n, L in zip(grid.shape, grid.extent))
+
+
+def mac_coordinates(grid: Grid, axis: int | None, origin: Sequence[float], dtype: torch.dtype,
+                    device: torch.device | str) -> tuple[torch.Tensor, ...]:
+    """Coordinates (minus ``origin``) of the cell centres (``axis=None``) or of the faces normal to
+    ``axis``, one tensor per coordinate."""
+    h = mac_spacing(grid)
+    shape = grid.shape if axis is None else mac_face_shape(grid, axis)
+    axes = []
+    for a, (n, ha) in enumerate(zip(shape, h)):
+        offset = 0.0 if a == axis else 0.5
+        axes.append((torch.arange(n, dtype=dtype, device=device) + offset) * ha - origin[a])
+    return tuple(torch.meshgrid(*axes, indexing="ij"))
+
+
+def shift(x: torch.Tensor, dim: int, offset: int, periodic: bool, fill: float | int = 0) -> torch.Tensor:
+    """``y[…, i, …] = x[…, i + offset, …]`` along ``dim``; wraps if periodic, else ``fill``."""
+    if offset == 0:
+        return x
+    if periodic:
+        return torch.roll(x, -offset, dims=dim)
+    n = x.shape[dim]
+    k = min(abs(offset), n)
+    pad_shape = list(x.shape)
+    pad_shape[dim] = k
+    pad = torch.full(pad_shape, fill, dtype=x.dtype, device=x.device)
+    if offset > 0:
+        return torch.cat([x.narrow(dim, k, n - k), pad], dim)
+    return torch.cat([pad, x.narrow(dim, 0, n - k)], dim)
+
+
+def face_neighbour_cells(cells: torch.Tensor, axis: int, periodic: bool,
+                         outside: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two cells adjacent to every face normal to ``axis``: (cell k−1, cell k); ``outside``
+    stands for the cells beyond a bounded axis."""
+    dim = axis + 2
+    if periodic:
+        return torch.roll(cells, 1, dims=dim), cells
+    pad_shape = list(cells.shape)
+    pad_shape[dim] = 1
+    pad = torch.full(pad_shape, outside, dtype=cells.dtype, device=cells.device)
+    padded = torch.cat([pad, cells, pad], dim)
+    n = cells.shape[dim]
+    return padded.narrow(dim, 0, n + 1), padded.narrow(dim, 1, n + 1)
 
 
 def mac_face_shape(grid: Grid, axis: int) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ from ..grid import Grid
 from ..linalg import SolverConfig
 from ..nets import build_net
 from ..physics.initial_conditions import random_fourier
+from ..train.budgets import LINEAR, PICARD, Budgets
 from ..train.tasks import EmulatorTask
 from .data import cached_trajectories, rollout
 from .registry import Built, measure_k_converged, validate_common
@@ -52,11 +53,16 @@ def paper_fourier(grid: Grid, count: int, modes: int, generator: torch.Generator
          + torch.einsum("bm,mx->bx", a[:, 3], s * c)[:, :, None].expand(count, n, n))
     return u[:, None]
 
-Stepper = Callable[[torch.Tensor, SolverConfig], torch.Tensor]
+Stepper = Callable[..., torch.Tensor]  # (u, solver, **options) -> u_next
 
 
 def build_emulator(cfg: dict[str, Any], name: str, grid: Grid, stepper: Stepper, reference_solver: SolverConfig,
-                   amplitude: float = 1.0) -> Built:
+                   amplitude: float = 1.0, picard_converged: int | None = None) -> Built:
+    """The emulator task of ``stepper`` (``(u, solver, **options) -> u_next``) and its K_ε.
+
+    With ``picard_converged`` the task also declares the ``picard`` budget (passed to the stepper
+    as ``picard_iterations``), and the reference data come from that many Picard iterations.
+    """
     validate_common(cfg)
     p, d, s, net_cfg = cfg["physics"], cfg["data"], cfg["solver"], cfg["net"]
     if d["validation_rollout"] < 1 or d["train"] < 1 or d["validation"] < 1:
@@ -72,11 +78,13 @@ def build_emulator(cfg: dict[str, Any], name: str, grid: Grid, stepper: Stepper,
             u0 = amplitude * paper_fourier(grid, count, p["modes"], gen)
         else:
             u0 = random_fourier(grid, count, modes=p["modes"], amplitude=amplitude, generator=gen, dtype=torch.float64)
-        return rollout(lambda u: stepper(u, reference_solver), u0, steps, desc=f"{name} reference").float()
+        return rollout(lambda u: stepper(u, reference_solver, **reference_options), u0, steps,
+                       desc=f"{name} reference").float()
 
+    reference_options = {} if picard_converged is None else {"picard_iterations": picard_converged}
     gen_cfg = {"name": name, "physics": p, "n_train": d["train"], "n_val": d["validation"],
                "rollout": d["validation_rollout"], "seed": d["data_seed"], "version": 1,
-               "reference_nonlinear_iters": reference_solver.nonlinear_iters}
+               "reference_nonlinear_iters": picard_converged}  # the cache key's name predates the picard budget
     if form != "sine":  # the sine generator's cache keys stay as they were
         gen_cfg["generator"] = form
     field = (1,) + grid.shape
@@ -99,10 +107,16 @@ def build_emulator(cfg: dict[str, Any], name: str, grid: Grid, stepper: Stepper,
     else:
         raise ConfigError(f"config key 'net.name' has value {net_cfg['name']!r}; allowed: mlp, resnet.")
     solver = SolverConfig(method=s["method"], grad=s["grad"], rtol=s["rtol_converged"], restart=s.get("restart", 20))
-    train_stepper = stepper
-    if initial_guess == "zero":
-        def train_stepper(u: torch.Tensor, solver: SolverConfig) -> torch.Tensor:  # the solve starts from 0
-            return stepper(u, solver, x0=torch.zeros_like(u))
-    task = EmulatorTask(net, train_stepper, train, validation, batch_size=cfg["train"]["batch_size"], metric=metric)
+    def train_stepper(u: torch.Tensor, solver: SolverConfig, **options: Any) -> torch.Tensor:
+        if initial_guess == "zero":  # the solve starts from 0
+            options["x0"] = torch.zeros_like(u)
+        return stepper(u, solver, **options)
+
+    def step(u: torch.Tensor, budgets: Budgets) -> torch.Tensor:
+        return train_stepper(u, budgets.linear_solver(solver), **budgets.stepper_options())
+
+    budgets = (LINEAR,) if picard_converged is None else (LINEAR, PICARD)
+    task = EmulatorTask(net, step, train, validation, batch_size=cfg["train"]["batch_size"], metric=metric,
+                        budgets=budgets)
     k_eps = measure_k_converged(train_stepper, train[:, 1], solver, s["rtol_converged"])
-    return Built(task, solver, solver.replace(max_iters=None), k_eps, {"grid": list(grid.shape)})
+    return Built(task, k_eps, {"grid": list(grid.shape)})

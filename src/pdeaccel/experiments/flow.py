@@ -26,10 +26,9 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, require
-from ..linalg import SolverConfig
 from ..flow_model import MODEL_KINDS, build_flow_model
 from ..neural_flow import PotentialState, random_potential_perturbation
-from ..physics.environments import FlowEnvironment, Obstacle, channel
+from ..physics.flow import FlowEnvironment, Obstacle, channel
 from ..train import io
 from ..train.pool import FlowPool
 from ..train.tasks import FlowPoolTask
@@ -389,9 +388,8 @@ def build_flow(cfg: dict[str, Any]) -> Built:
     task = FlowPoolTask(model, pool, validation_env, steps_per_epoch=t["steps_per_epoch"],
                         batch_size=t["batch_size"], beta=lo["beta"], theta=lo["theta"], advection=lo["advection"],
                         validation_steps=d["validation_steps"], unroll=lo["unroll"])
-    unused = SolverConfig()  # the network replaces the solver: nothing is solved in training
-    return Built(task, unused, unused, k_converged=0,
-                 info={"grid": list(validation_env.grid.shape), "parameters": sum(q.numel() for q in model.parameters())})
+    return Built(task, info={"grid": list(validation_env.grid.shape),
+                             "parameters": sum(q.numel() for q in model.parameters())})
 
 
 _PAPER = {"net": "U-Net", "steps_per_second_gpu": 311}
@@ -403,11 +401,11 @@ _ADDED_KEYS = {"model.kind": "vanilla", "model.stride": 1, "model.window": 1, "m
 
 register(Experiment(
     "flow-2d", "physics-constrained neural flow solver, 2D channel with obstacles (trained without data)",
-    {"cpu": copy.deepcopy(_CPU_2D), "paper": _paper_2d()}, build_flow, _PAPER, solver_in_loop=False,
+    {"cpu": copy.deepcopy(_CPU_2D), "paper": _paper_2d()}, build_flow, _PAPER, budgets=(),
     added_keys=_ADDED_KEYS))
 register(Experiment(
     "flow-3d", "physics-constrained neural flow solver, 3D channel with obstacles, μ and ρ per environment",
-    {"cpu": _cpu_3d(), "paper": _paper_3d()}, build_flow, _PAPER, solver_in_loop=False, added_keys=_ADDED_KEYS))
+    {"cpu": _cpu_3d(), "paper": _paper_3d()}, build_flow, _PAPER, budgets=(), added_keys=_ADDED_KEYS))
 
 
 # NeuralStagger settings of benchmarks/stagger.py: (ndim, spatial stride s, temporal stride T). Each is
@@ -457,4 +455,4 @@ for _name, (_ndim, _s, _T) in STAGGER_SETTINGS.items():
         _name, f"NeuralStagger: the {_ndim}D flow solver split into s^d·T = {_s ** _ndim * _T} coarse sub-solvers "
                f"(stride s={_s}, window T={_T}), trained jointly with the vanilla physics loss",
         {"cpu": _staggered(_base[0], _s, _T), "paper": _staggered(_base[1], _s, _T)}, build_flow, _PAPER,
-        solver_in_loop=False, added_keys=_ADDED_KEYS))
+        budgets=(), added_keys=_ADDED_KEYS))

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..losses import FlowResidual
 from ..neural_flow import node_shape, velocity_from_potential
-from ..physics.environments import FlowEnvironment, from_mask
+from ..physics.flow import FlowEnvironment, from_mask
 from ..physics.incompressible import MACFlowSolver
 from ..train import io
 from .flow import HELD_OUT, build_environment, build_model, held_out_environment, held_out_spec, move_spec

@@ -30,6 +30,7 @@ from ..config import require
 from ..linalg import SolverConfig
 from ..nets import build_net
 from ..physics.navier_stokes import NavierStokes2D, decaying_turbulence, downsample_velocity
+from ..train.budgets import LINEAR, PICARD, Budgets
 from ..train.tasks import CorrectionTask
 from .data import cached_trajectories, show_progress
 from .registry import Built, Experiment, measure_k_converged, register, validate_common
@@ -101,18 +102,20 @@ def build_ns(cfg: dict[str, Any]) -> Built:
     torch.nn.init.zeros_(net.project.weight)
     torch.nn.init.zeros_(net.project.bias)
 
-    def step(u: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
-        return coarse(u, solver)[0]
+    def step(u: torch.Tensor, solver: SolverConfig, **options: Any) -> torch.Tensor:
+        return coarse(u, solver, **options)[0]
 
     solver = SolverConfig(method=s["method"], grad=s["grad"], rtol=s["rtol_converged"], restart=s["restart"])
-    task = CorrectionTask(net, step, train, validation, batch_size=cfg["train"]["batch_size"],
-                          unroll=cfg["train"]["unroll"], metric=cfg.get("validation", {}).get("metric", "ours"))
+
+    def budgeted_step(u: torch.Tensor, budgets: Budgets) -> torch.Tensor:
+        return step(u, budgets.linear_solver(solver), **budgets.stepper_options())
+
+    # with picard.refine the Picard count is a budget too (validated converged: picard.converged)
+    task = CorrectionTask(net, budgeted_step, train, validation, batch_size=cfg["train"]["batch_size"],
+                          unroll=cfg["train"]["unroll"], metric=cfg.get("validation", {}).get("metric", "ours"),
+                          budgets=(LINEAR, PICARD) if cfg["picard"]["refine"] else (LINEAR,))
     k_eps = measure_k_converged(step, train[:, 0], solver, s["rtol_converged"])
-    validation_solver = solver.replace(max_iters=None)
-    if cfg["picard"]["refine"]:
-        # the hybrid is judged with the converged coarse solver, nonlinear iterations included
-        validation_solver = validation_solver.replace(nonlinear_iters=cfg["picard"]["converged"])
-    return Built(task, solver, validation_solver, k_eps, {"grid": [p["n"], p["n"]]})
+    return Built(task, k_eps, {"grid": [p["n"], p["n"]]})
 
 
 def _paper_cpu() -> dict[str, Any]:
@@ -146,7 +149,8 @@ _NS_DEVIATIONS = [
 register(Experiment(
     "ns-2d", "Navier–Stokes 2D hybrid correction (conv ResNet after a coupled GMRES solver)",
     {"cpu": copy.deepcopy(_CPU), "paper-cpu": _paper_cpu(), "paper": _paper()}, build_ns,
-    {"net": "ResNet", "k_eps": 40, "epochs": 100, "k_final": 14, "ic": 0.65, "pr": 0.16, "total": 0.81},
+    {"net": "ResNet", "k_converged": 40, "epochs": 100, "k_final": 14, "ic": 0.65, "pr": 0.16, "total": 0.81},
+    budgets=(LINEAR, PICARD),  # the Picard count with picard.refine
     deviations={
         "paper": _NS_DEVIATIONS,
         "paper-cpu": ["24² coarse grid from a 48² reference, 8 training trajectories of 6 steps, a ResNet with 32 "

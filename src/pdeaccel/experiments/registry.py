@@ -2,7 +2,8 @@
 
 An experiment is a nested config dict per size (``"cpu"``: runs on a laptop CPU in minutes;
 ``"paper"``: the paper's setting, for a GPU) and a ``build`` function that turns a resolved config
-into a task plus its solver settings. Baselines are configurations (``--schedule``), not code.
+into a task (which declares the budgets it uses) and K_ε. Baselines are configurations
+(``--schedule``), not code.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from ..prdp import PRDPConfig
 class Built:
     """What an experiment's ``build`` returns."""
 
-    task: Any
-    solver: SolverConfig  # training solver; its budget is set by the schedule each epoch
-    validation_solver: SolverConfig
-    k_converged: int  # K_ε: iterations that converge the training solver (measured)
+    task: Any  # declares its budgets (task.budgets); the trainer's schedules set them each epoch
+    k_converged: int | None = None  # K_ε: iterations that converge the training solver (measured); None without one
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -38,9 +37,10 @@ class Experiment:
     sizes: dict[str, dict[str, Any]]
     build: Callable[[dict[str, Any]], Built]
     paper: dict[str, Any]  # the paper's reported row, for the tables
-    # False for tasks without a linear solver in the training loop (the physics-constrained flow
-    # solver): budget schedules, compare and sweep do not apply to them
-    solver_in_loop: bool = True
+    # the budgets its tasks may declare (pdeaccel.train.budgets): "linear" K, "picard" P; none for
+    # tasks without a solver in the training loop (the physics-constrained flow solver), to which
+    # budget schedules, compare and sweep do not apply
+    budgets: tuple[str, ...] = ("linear",)
     # per size: every remaining difference from the paper's experiment and why (printed by
     # `pdeaccel experiments NAME` and in the benchmark tables)
     deviations: dict[str, list[str]] = field(default_factory=dict)

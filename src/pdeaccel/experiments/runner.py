@@ -20,6 +20,7 @@ import torch
 from .. import prdp as prdp_mod
 from ..config import ConfigError, apply_overrides, flatten, to_yaml
 from ..train import distributed, io
+from ..train.budgets import LINEAR, PICARD, Budgets
 from ..train.report import markdown_table, plot_comparison, plot_run, plot_sweep, read_metrics
 from ..train.trainer import NothingResumedError, Trainer, TrainSettings
 from . import data as data_mod
@@ -85,7 +86,8 @@ def plan_train(name: str, *, size: str | None = None, schedule: str | None = Non
         run_dir = Path(out) if out is not None else default_run_dir(schedule.replace(":", ""), name)
         changed = []
     _refuse_existing(run_dir, resume)
-    _budget_schedule(exp, cfg, schedule, k_converged=1)  # a bad spec fails before the (costly) build
+    if LINEAR in exp.budgets:
+        _linear_schedule(cfg, schedule, k_converged=1)  # a bad spec fails before the (costly) build
     return cfg, schedule, run_dir, changed
 
 
@@ -166,10 +168,11 @@ class _PreparedRun:
 
         built = ctx.main_first(build, "building the experiment")
         # K_ε: measured, or the paper's fixed value (prdp.k_converged)
-        fixed = k_converged_setting(cfg) if exp.solver_in_loop else None
+        fixed = k_converged_setting(cfg) if LINEAR in exp.budgets else None
         k_eps = fixed if fixed is not None else built.k_converged
-        sched = _budget_schedule(exp, cfg, schedule, k_eps)
-        picard_sched = _picard_schedule(cfg, schedule)
+        declared = tuple(built.task.budgets)
+        schedules = _schedules(cfg, schedule, k_eps, declared)
+        validation_budgets = _validation_budgets(cfg, declared)
 
         def prepare():
             _prepare_run_dir(run_dir, resume)
@@ -181,9 +184,9 @@ class _PreparedRun:
         settings = TrainSettings(epochs=t["epochs"], optimizer=t["optimizer"], lr=t["lr"], lr_decay=t["lr_decay"],
                                  progress=progress, target_metric=t.get("target_metric") or None,
                                  guard_factor=t.get("guard_factor", TrainSettings.guard_factor))
-        trainer = Trainer(built.task, built.solver, built.validation_solver, sched, settings, run_dir, seed=cfg["seed"],
-                          nonlinear_schedule=picard_sched, dist=ctx, shard_batches="pool" not in cfg)
-        factor = lr_factor(t, steps_per_epoch(built.task)) if exp.solver_in_loop else None
+        trainer = Trainer(built.task, schedules, settings, run_dir, seed=cfg["seed"],
+                          validation_budgets=validation_budgets, dist=ctx, shard_batches="pool" not in cfg)
+        factor = lr_factor(t, steps_per_epoch(built.task)) if LINEAR in exp.budgets else None
         if factor is not None:  # before a resume, which loads its state
             trainer.lr_schedule = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, factor)
         if resume:
@@ -199,14 +202,16 @@ class _PreparedRun:
             if changed:
                 # the run now follows the new plan: a later plain --resume must continue it, not the old one
                 ctx.on_main(lambda: _write_run_config(run_dir, cfg, schedule, k_eps), "writing config.yaml")
+        sched = schedules.get(LINEAR)
         if (trainer.epoch == 0 and cfg.get("prdp", {}).get("initial_validation")
                 and isinstance(sched, prdp_mod.PRDPSchedule)):
             # the reference code's history starts with the untrained network's validation error
-            metric0 = float(built.task.validate(built.validation_solver))
+            metric0 = float(built.task.validate(Budgets(validation_budgets)))
             metric0 = ctx.broadcast_object(metric0, "the initial validation metric") if ctx.distributed else metric0
             sched.observe_initial(metric0)
         self.exp, self.cfg, self.schedule, self.run_dir, self.ctx = exp, cfg, schedule, run_dir, ctx
         self.built, self.sched, self.trainer, self.k_eps = built, sched, trainer, k_eps
+        self.validation_budgets = validation_budgets
 
     @property
     def done(self) -> bool:
@@ -228,8 +233,8 @@ class _PreparedRun:
         if isinstance(self.sched, prdp_mod.PRDPSchedule) and summary["k_final"] is not None and self.ctx.is_main:
             # the final model validated with the solver budget it was trained with (for a hybrid
             # model it differs from the converged validation; for an emulator it is the same number)
-            solver = self.built.validation_solver.replace(max_iters=int(summary["k_final"]), rtol=0.0, atol=0.0)
-            summary["final_val_metric_at_k_final"] = float(self.built.task.validate(solver))
+            budgets = Budgets({**self.validation_budgets, LINEAR: int(summary["k_final"])})
+            summary["final_val_metric_at_k_final"] = float(self.built.task.validate(budgets))
         summary["wall_seconds_total"] = seconds
         summary["ledger"] = self.trainer.ledger.state_dict()
         summary["run_dir"] = str(self.run_dir)
@@ -321,7 +326,7 @@ def _add_missing_keys(exp: Experiment, cfg: dict[str, Any]) -> None:
 
 def _default_schedule(exp: Experiment, schedule: str | None) -> str:
     """PRDP unless asked otherwise; ``"none"`` for experiments without a solver in the loop."""
-    if exp.solver_in_loop:
+    if LINEAR in exp.budgets:
         return schedule or "prdp"
     if schedule not in (None, "none"):
         raise ConfigError(f"experiment {exp.name!r} has no linear solver in its training loop, so --schedule "
@@ -329,10 +334,8 @@ def _default_schedule(exp: Experiment, schedule: str | None) -> str:
     return "none"
 
 
-def _budget_schedule(exp: Experiment, cfg: dict[str, Any], schedule: str, k_converged: int):
-    """The solver-budget schedule of a run; none (run to tolerance) without a solver in the loop."""
-    if not exp.solver_in_loop:
-        return prdp_mod.ConvergedSchedule(None)
+def _linear_schedule(cfg: dict[str, Any], schedule: str, k_converged: int):
+    """The schedule of the linear budget K."""
     prdp_cfg = prdp_config(cfg)
     if prdp_cfg.k_max > k_converged >= prdp_cfg.k0:
         # iterations beyond the converged budget buy nothing: K_ε caps the refinement
@@ -340,28 +343,42 @@ def _budget_schedule(exp: Experiment, cfg: dict[str, Any], schedule: str, k_conv
     return prdp_mod.make_schedule(schedule, prdp=prdp_cfg, k_converged=k_converged, epochs=cfg["train"]["epochs"])
 
 
-def _require_solver_in_loop(exp: Experiment, command: str) -> None:
-    if not exp.solver_in_loop:
+def _require_linear_budget(exp: Experiment, command: str) -> None:
+    if LINEAR not in exp.budgets:
         raise ConfigError(f"`pdeaccel {command}` compares solver budgets, but experiment {exp.name!r} has no "
                           f"linear solver in its training loop; use `pdeaccel train {exp.name}`.")
 
 
 def _picard_schedule(cfg: dict[str, Any], schedule: str):
-    """Refinement of the nonlinear (Picard) iteration count beside the linear K (``picard.refine``).
+    """The schedule of the Picard budget P, which tasks declare with ``picard.refine``.
 
     PRDP runs refine it from ``picard.k0`` by ``picard.delta_k`` up to ``picard.converged`` with the
     same controller and metric as K; every other schedule runs ``picard.converged`` iterations.
     """
-    pc = cfg.get("picard")
-    if not pc or not pc["refine"]:
-        return None
+    pc = cfg["picard"]
     if schedule != "prdp":
         return prdp_mod.FixedSchedule(pc["converged"])
     base = prdp_config(cfg)
     return prdp_mod.PRDPSchedule(dataclasses.replace(base, k0=pc["k0"], delta_k=pc["delta_k"], k_max=pc["converged"]))
 
 
-def _run_summary(exp: Experiment, cfg: dict[str, Any], schedule: str, k_eps: int,
+def _schedules(cfg: dict[str, Any], schedule: str, k_converged: int | None, declared: Sequence[str]) -> dict[str, Any]:
+    """One schedule per budget the task declares, by name (none for a task without a solver)."""
+    makers = {LINEAR: lambda: _linear_schedule(cfg, schedule, k_converged),
+              PICARD: lambda: _picard_schedule(cfg, schedule)}
+    unknown = [name for name in declared if name not in makers]
+    if unknown:
+        raise ConfigError(f"the task declares budget(s) {unknown} that no experiment config schedules; known: "
+                          f"{', '.join(makers)}.")
+    return {name: makers[name]() for name in declared}
+
+
+def _validation_budgets(cfg: dict[str, Any], declared: Sequence[str]) -> dict[str, int | None]:
+    """Validation runs converged: K to the tolerance, P at ``picard.converged``."""
+    return {name: cfg["picard"]["converged"] if name == PICARD else None for name in declared}
+
+
+def _run_summary(exp: Experiment, cfg: dict[str, Any], schedule: str, k_eps: int | None,
                  rows: Sequence[dict[str, Any]], sched) -> dict[str, Any]:
     picard = [r.get("picard") for r in rows]
     return {
@@ -375,7 +392,7 @@ def _run_summary(exp: Experiment, cfg: dict[str, Any], schedule: str, k_eps: int
         "sum_k": sum((r["k"] or 0) for r in rows),
         "train_seconds": sum(r["train_seconds"] for r in rows),
         "validation_seconds": sum(r["validation_seconds"] for r in rows),
-        "refinements": [e.to_dict() for e in sched.events],
+        "refinements": [] if sched is None else [e.to_dict() for e in sched.events],
     }
 
 
@@ -425,7 +442,7 @@ def compare(name: str, *, seeds: int = 3, size: str = "cpu", overrides: Iterable
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     exp = get_experiment(name)
-    _require_solver_in_loop(exp, "compare")
+    _require_linear_budget(exp, "compare")
     overrides = list(overrides)
     base_cfg = resolve_config(name, size, overrides)
     out_dir = Path(out) if out is not None else default_run_dir("compare", name)
@@ -518,23 +535,16 @@ def solver_share(prdp_ledger: dict[str, Any], conv_ledger: dict[str, Any], k_eps
 
 
 def savings(prdp_run: dict[str, Any], conv_run: dict[str, Any]) -> dict[str, Any]:
-    """The paper's savings accounting (:func:`pdeaccel.prdp.savings_report`) for two run summaries."""
+    """The paper's savings accounting (:func:`pdeaccel.prdp.savings_report`) for two run summaries,
+    with what only whole runs know: the seed, PRDP's refinements, the burst-filtered wall clock and
+    the nonlinear (Picard) budget's saving when it is refined too."""
     r = prdp_mod.savings_report(prdp_run["ledger"], conv_run["ledger"], conv_run["k_converged"],
                                 prdp_run["final_val_metric"], conv_run["final_val_metric"])
     return {
-        "seed": prdp_run["seed"], "k_converged": r["k_eps"], "epochs": r["epochs"], "k_final": r["k_final"],
-        "epochs_converged": r["epochs_converged"],
-        "ic": r["ic"], "pr": r["pr"], "total": r["total"],
-        "measured_iteration_savings": r["measured_total"],
-        "wall_train_savings": r["wall_clock_train"], "wall_total_savings": r["wall_clock_with_validation"],
-        "prdp_train_seconds": r["train_seconds_prdp"], "conv_train_seconds": r["train_seconds_converged"],
-        "prdp_final": r["final_metric_prdp"], "conv_final": r["final_metric_converged"],
-        "prdp_iters": r["forward_iters_prdp"] + r["backward_iters_prdp"],
-        "conv_iters": r["forward_iters_converged"] + r["backward_iters_converged"],
+        "seed": prdp_run["seed"], **r,
         "prdp_refinements": len(prdp_run["refinements"]),
         "wall_train_savings_robust": 1.0 - robust_train_seconds(prdp_run["ledger"])
         / robust_train_seconds(conv_run["ledger"]),
-        # the same accounting for the nonlinear (Picard) budget, when it is refined too
         "picard_converged": conv_run.get("picard_final"), "picard_final": prdp_run.get("picard_final"),
         "picard_total": (1.0 - prdp_run["sum_picard"] / conv_run["sum_picard"])
         if prdp_run.get("sum_picard") and conv_run.get("sum_picard") else None,
@@ -579,29 +589,23 @@ def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _pm(stat: dict[str, float], pct: bool = True) -> str:
-    if pct:
-        return f"{100 * stat['mean']:.1f}% ± {100 * stat['std']:.1f}"
-    return f"{stat['mean']:.4g} ± {stat['std']:.2g}"
+#: The quantities of a comparison's table (ours against the paper) and of its per-seed table.
+COMPARE_KEYS = ("k_converged", "k_final", "ic", "pr", "total", "measured_iteration_savings", "conv_train_seconds",
+                "prdp_train_seconds", "wall_train_savings", "wall_train_savings_robust", "conv_final", "prdp_final")
+SEED_KEYS = ("k_final", "ic", "pr", "total", "measured_iteration_savings", "wall_train_savings", "conv_final",
+             "prdp_final", "prdp_refinements")
 
 
 def _write_compare_report(out_dir: Path, data: dict[str, Any]) -> None:
-    a, p = data["aggregate"], data["paper"]
-    header = ["", "K_ε", "K_final", "IC", "PR", "total (iterations)", "measured iters saved",
-              "wall clock conv → PRDP (train)", "final val conv", "final val PRDP"]
-    ours = ["pdeaccel (ours)", data["k_converged"], f"{a['k_final']['mean']:.1f}", _pm(a["ic"]), _pm(a["pr"]),
-            _pm(a["total"]), _pm(a["measured_iteration_savings"]),
-            f"{a['conv_train_seconds']['mean']:.2f} → {a['prdp_train_seconds']['mean']:.2f} s "
-            f"({100 * a['wall_train_savings']['mean']:.0f}% saved; burst-filtered "
-            f"{100 * a['wall_train_savings_robust']['mean']:.0f}%)",
-            _pm(a["conv_final"], pct=False), _pm(a["prdp_final"], pct=False)]
-    paper = ["paper", p.get("k_eps"), p.get("k_final"), _pct(p.get("ic")), _pct(p.get("pr")), _pct(p.get("total")),
-             "", f"{p.get('wall_conv_s', '–')} → {p.get('wall_prdp_s', '–')} s" if p.get("wall_conv_s") else "",
-             "", ""]
+    a = data["aggregate"]
+    table = prdp_mod.savings_table({"pdeaccel (ours)": {**a, "k_converged": data["k_converged"]},
+                                    "paper": prdp_mod.in_current_names(data["paper"])}, COMPARE_KEYS)
+    per_seed = prdp_mod.savings_table({s["seed"]: s for s in data["seeds"]}, SEED_KEYS, quantities_as_rows=False,
+                                      corner="seed")
     lines = [f"# {data['experiment']}: PRDP vs converged ({len(data['seeds'])} seed(s), size {data['size']})", "",
-             markdown_table(header, [ours, paper]), "",
+             table,
              "IC, PR and total follow the paper's definitions from the K schedule (K_ε·E against Σ K_e); "
-             "'measured iters saved' counts the forward+backward iterations the solver actually ran. "
+             "'measured iterations' counts the forward+backward iterations the solver actually ran. "
              "Wall clock is training time only (validation excluded, as in the paper); 'burst-filtered' replaces "
              "each epoch's time by the median over epochs at the same K (see `robust_train_seconds`).",
              *([f"The arms trained interleaved, epoch by epoch. Solver share of a converged training step "
@@ -623,12 +627,7 @@ def _write_compare_report(out_dir: Path, data: dict[str, Any]) -> None:
              f"PRDP's final validation error within the converged runs' spread (or 5%): "
              f"{'yes' if a['accuracy_within_spread'] else 'NO'}.", "",
              "## Per seed", "",
-             markdown_table(["seed", "K_final", "IC", "PR", "total", "measured", "wall (train)", "final conv",
-                             "final PRDP", "refinements"],
-                            [[s["seed"], s["k_final"], _pct(s["ic"]), _pct(s["pr"]), _pct(s["total"]),
-                              _pct(s["measured_iteration_savings"]), _pct(s["wall_train_savings"]),
-                              s["conv_final"], s["prdp_final"], s["prdp_refinements"]] for s in data["seeds"]]),
-             "", "![comparison](comparison.png)", ""]
+             per_seed, "![comparison](comparison.png)", ""]
     io.atomic_write_text(out_dir / "report.md", "\n".join(lines))
 
 
@@ -642,7 +641,7 @@ def sweep(name: str, ks: Sequence[int], *, seeds: int = 1, size: str = "cpu", ov
     """Final validation metric against a fixed K (the paper's incomplete-convergence evidence)."""
     if not ks or any((not isinstance(k, int)) or k < 1 for k in ks):
         raise ConfigError(f"--k needs positive integers, e.g. 1,2,4,8; got {list(ks)}")
-    _require_solver_in_loop(get_experiment(name), "sweep")
+    _require_linear_budget(get_experiment(name), "sweep")
     overrides = list(overrides)
     base_cfg = resolve_config(name, size, overrides)
     out_dir = Path(out) if out is not None else default_run_dir("sweep", name)

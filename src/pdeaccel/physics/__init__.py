@@ -5,7 +5,7 @@ and its iteration monitor are the caller's.
 """
 
 from .burgers import BurgersStepper
-from .environments import FlowEnvironment, Obstacle, channel_with_box, channel_with_cylinder, from_mask, lid_driven_cavity
+from .flow import FlowEnvironment, Obstacle, channel_with_box, channel_with_cylinder, from_mask, lid_driven_cavity
 from .heat import HEAT_SCHEMES, HeatStepper
 from .incompressible import FlowState, MACFlowSolver
 from .initial_conditions import random_fourier

@@ -7,6 +7,7 @@ import torch
 from ..grid import Grid
 from ..linalg import LinearOperator, SolverConfig
 from ..stencils import laplacian, laplacian_diagonal
+from ._picard import refuse_nonlinear_iters
 from .heat import check_solver, positive_scalar
 
 
@@ -104,18 +105,17 @@ class BurgersStepper:
         return LinearOperator(matvec, rmatvec=rmatvec, diagonal=diagonal, symmetric=False, shape=grid.shape)
 
     def __call__(self, u: torch.Tensor, solver: SolverConfig, picard_iterations: int | None = None) -> torch.Tensor:
-        """``u^{n+1}`` from ``u^n`` after ``picard_iterations`` linear solves (default:
-        ``solver.nonlinear_iters`` if set, else the stepper's)."""
+        """``u^{n+1}`` from ``u^n`` after ``picard_iterations`` linear solves (default: the
+        stepper's)."""
         self.grid.check_field(u, "u")
         check_solver(solver)
+        refuse_nonlinear_iters(solver)
         if solver.method == "cg":
             raise ValueError(
                 "BurgersStepper's system matrix is non-symmetric, so conjugate gradients does not apply; "
                 "use method='bicgstab', 'gmres' or 'jacobi'."
             )
-        if picard_iterations is None:
-            picard_iterations = solver.nonlinear_iters or self.picard_iterations
-        iterations = _check_picard(picard_iterations)
+        iterations = _check_picard(self.picard_iterations if picard_iterations is None else picard_iterations)
         w = u
         for _ in range(iterations):
             w = solver.solve(self.operator(w), u, w).solution

@@ -27,6 +27,7 @@ import torch
 from ..grid import Grid
 from ..linalg import LinearOperator, SolverConfig
 from ..stencils import laplacian, mac_divergence, mac_gradient
+from ._picard import refuse_nonlinear_iters
 from .burgers import MAX_PICARD
 
 NS_METHODS = ("coupled", "projection")
@@ -46,7 +47,7 @@ class NavierStokes2D:
     on the MAC grid described in the module docstring, one implicit Euler step of size ``dt`` per
     call, with the advection linearised at the old velocity ``u^n`` (one Picard step) and
     discretised by first-order upwinding. The coupled scheme can take more Picard steps
-    (``picard_iterations``, or ``solver.nonlinear_iters``): iterate ``k`` solves the saddle-point
+    (``picard_iterations``, of the stepper or of a call): iterate ``k`` solves the saddle-point
     system below linearised at ``w^k`` (``w^0 = u^n``) for ``(w^{k+1}, p^{k+1})``, warm-started
     from ``(w^k, p^k)``; their fixed point is the fully implicit step with ``A(u^{n+1})``, whose
     distance :meth:`nonlinear_residual` measures. Two schemes:
@@ -236,19 +237,21 @@ class NavierStokes2D:
 
     def __call__(self, velocity: torch.Tensor, solver: SolverConfig | None = None,
                  pressure: torch.Tensor | None = None,
-                 pressure_solver: SolverConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 pressure_solver: SolverConfig | None = None,
+                 picard_iterations: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One step: ``(u^n, p^n) -> (u^{n+1}, p^{n+1})``.
 
         Args:
             velocity: ``u^n``, ``[B, 2, N, N]`` MAC faces.
             solver: the coupled system's solver (default :meth:`default_solver`), or the
-                projection scheme's momentum solver. Its ``nonlinear_iters``, when set, is the
-                coupled scheme's number of Picard iterations (else ``picard_iterations``).
+                projection scheme's momentum solver.
             pressure: ``p^n``, ``[B, 1, N, N]`` (default zero). Coupled: the initial guess of the
                 pressure unknowns. Projection: the pressure of the momentum predictor
                 (incremental pressure correction; zero gives Chorin's scheme).
             pressure_solver: the projection's Poisson solver (default
                 :meth:`default_pressure_solver`); the coupled scheme takes none.
+            picard_iterations: the coupled scheme's Picard iterations this step (default: the
+                stepper's ``picard_iterations``); the projection scheme takes 1.
 
         Returns:
             ``(velocity, pressure)`` at the new time; the pressure has zero mean when ``p^n`` has.
@@ -262,6 +265,7 @@ class NavierStokes2D:
                     f"{velocity.dtype}, got batch {pressure.shape[0]} and dtype {pressure.dtype}."
                 )
         solver = self.default_solver(velocity.dtype) if solver is None else solver
+        refuse_nonlinear_iters(solver)
         if self.method == "coupled":
             if pressure_solver is not None:
                 raise ValueError("pressure_solver is only used by method='projection'; the coupled "
@@ -272,10 +276,11 @@ class NavierStokes2D:
                     f"the coupled saddle-point system takes no preconditioner (its pressure block has "
                     f"a near-zero diagonal), got preconditioner={solver.preconditioner!r}."
                 )
-            picard = _check_picard(solver.nonlinear_iters or self.picard_iterations, self.method)
+            picard = _check_picard(self.picard_iterations if picard_iterations is None else picard_iterations,
+                                   self.method)
             return self._coupled_step(velocity, solver, pressure, picard)
         _check_solver(solver, "solver", _MOMENTUM_SOLVERS)
-        _check_picard(solver.nonlinear_iters or 1, self.method)
+        _check_picard(1 if picard_iterations is None else picard_iterations, self.method)
         return self._projection_step(velocity, solver, pressure, pressure_solver)
 
     def _coupled_step(self, velocity, solver, pressure, picard):
@@ -482,7 +487,7 @@ def _finite_number(value, name: str, *, minimum: float, strict: bool) -> float:
 def _check_picard(value, method: str) -> int:
     # the same cap as Burgers': the converged count is 4, far beyond it a typo would run for hours
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PICARD:
-        raise ValueError(f"picard_iterations (or solver.nonlinear_iters) must be an integer in [1, {MAX_PICARD}], "
+        raise ValueError(f"picard_iterations must be an integer in [1, {MAX_PICARD}], "
                          f"got {value!r}.")
     if method == "projection" and value != 1:
         # a splitting scheme: iterating only its predictor's linearisation would not converge to

@@ -25,7 +25,7 @@ environment is reset instead, and the event is counted, so a diverged state cann
 pool.
 
 Environments are rebuilt from their *specs* (small JSON-able dicts that an experiment samples and
-turns into a :class:`~pdeaccel.physics.environments.FlowEnvironment`), so the pool's state —
+turns into a :class:`~pdeaccel.physics.flow.FlowEnvironment`), so the pool's state —
 specs, states, ages, reset pointer and its own random generator — is a checkpointable dict, and a
 resumed run continues the same pool.
 """
@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..physics.environments import FlowEnvironment
+from ..physics.flow import FlowEnvironment
 
 Spec = dict[str, Any]
 

@@ -18,11 +18,13 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ..linalg import SolverConfig
 from ..losses import FlowResidual, combined_flow_loss
 from ..neural_flow import velocity_from_potential
+from .budgets import LINEAR, Budgets
 
-Stepper = Callable[[torch.Tensor, SolverConfig], torch.Tensor]
+#: a differentiable numerical step under the current budgets, ``(u, budgets) -> u_next`` (the
+#: experiment applies them: ``budgets.linear_solver(settings)``, ``budgets.stepper_options()``)
+Stepper = Callable[[torch.Tensor, Budgets], torch.Tensor]
 
 
 def normalised_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,18 +91,20 @@ class EmulatorTask(_NetTask):
 
     Args:
         net: maps a state ``[B, C, *space]`` to the next state.
-        stepper: the differentiable numerical step ``(u, solver) -> u_next``.
+        stepper: the differentiable numerical step ``(u, budgets) -> u_next``.
         train: reference trajectories ``[n, T, C, *space]`` (T ≥ 3); every window of three
             consecutive states is one training sample.
         validation: reference trajectories ``[m, R+1, C, *space]``; the metric (``"ours"``) is
             the nMSE of the network's own R-step rollout from the first state, each step
             normalised by its own target, averaged over steps; ``"paper"``: the reference code's
             (:func:`paper_emulator_metric`).
+        budgets: the budgets ``stepper`` reads.
     """
 
     def __init__(self, net: nn.Module, stepper: Stepper, train: torch.Tensor, validation: torch.Tensor,
-                 batch_size: int, metric: str = "ours") -> None:
+                 batch_size: int, metric: str = "ours", budgets: tuple[str, ...] = (LINEAR,)) -> None:
         self.metric = _check_metric(metric)
+        self.budgets = tuple(budgets)
         if train.shape[1] < 3:
             raise ValueError(f"emulator training needs trajectories of at least 3 states, got {train.shape[1]}")
         self.net, self.stepper, self.batch_size = net, stepper, batch_size
@@ -113,14 +117,14 @@ class EmulatorTask(_NetTask):
         for idx in _minibatches(len(self.windows), self.batch_size, generator):
             yield self.windows[idx]
 
-    def loss(self, batch: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
+    def loss(self, batch: torch.Tensor, budgets: Budgets) -> torch.Tensor:
         u0, u2 = batch[:, 0], batch[:, 2]
         u1_hat = self.net(u0)
-        u2_hat = self.stepper(u1_hat, solver)
+        u2_hat = self.stepper(u1_hat, budgets)
         return (u2_hat - u2).pow(2).mean()
 
     @torch.no_grad()
-    def validate(self, solver: SolverConfig) -> float:
+    def validate(self, budgets: Budgets) -> float:
         u = self.validation[:, 0]
         errors, states = [], []
         for t in range(1, self.validation.shape[1]):
@@ -143,11 +147,13 @@ class CorrectionTask(_NetTask):
             R-step rollout with the validation (converged) solver.
         unroll: steps unrolled in the training loss.
         metric: ``"ours"`` (above) or ``"paper"`` (:func:`paper_correction_metric`).
+        budgets: the budgets ``stepper`` reads.
     """
 
     def __init__(self, net: nn.Module, stepper: Stepper, train: torch.Tensor, validation: torch.Tensor,
-                 batch_size: int, unroll: int = 2, metric: str = "ours") -> None:
+                 batch_size: int, unroll: int = 2, metric: str = "ours", budgets: tuple[str, ...] = (LINEAR,)) -> None:
         self.metric = _check_metric(metric)
+        self.budgets = tuple(budgets)
         if train.shape[1] < unroll + 1:
             raise ValueError(f"need trajectories of at least unroll+1={unroll + 1} states, got {train.shape[1]}")
         self.net, self.stepper, self.batch_size, self.unroll = net, stepper, batch_size, unroll
@@ -155,28 +161,28 @@ class CorrectionTask(_NetTask):
         self.windows = windows.contiguous()
         self.validation = validation
 
-    def _hybrid_step(self, u: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
-        coarse = self.stepper(u, solver)
+    def _hybrid_step(self, u: torch.Tensor, budgets: Budgets) -> torch.Tensor:
+        coarse = self.stepper(u, budgets)
         return coarse + self.net(coarse)
 
     def train_batches(self, generator: torch.Generator) -> Iterable[torch.Tensor]:
         for idx in _minibatches(len(self.windows), self.batch_size, generator):
             yield self.windows[idx]
 
-    def loss(self, batch: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
+    def loss(self, batch: torch.Tensor, budgets: Budgets) -> torch.Tensor:
         u = batch[:, 0]
         total = 0.0
         for t in range(1, self.unroll + 1):
-            u = self._hybrid_step(u, solver)
+            u = self._hybrid_step(u, budgets)
             total = total + (u - batch[:, t]).pow(2).mean()
         return total / self.unroll
 
     @torch.no_grad()
-    def validate(self, solver: SolverConfig) -> float:
+    def validate(self, budgets: Budgets) -> float:
         u = self.validation[:, 0]
         errors, states = [], []
         for t in range(1, self.validation.shape[1]):
-            u = self._hybrid_step(u, solver)
+            u = self._hybrid_step(u, budgets)
             states.append(u)
             errors.append(normalised_mse(u, self.validation[:, t]))
         if self.metric == "paper":
@@ -188,14 +194,16 @@ class InverseTask:
     """Recover θ from an observation: minimise ``‖u_K(θ) − u_ref‖² / 2N`` by gradient descent.
 
     Args:
-        forward_map: ``(theta [1, P], solver) -> u`` (a differentiable PDE solve).
+        forward_map: ``(theta [1, P], budgets) -> u`` (a differentiable PDE solve).
         observation: ``u_ref``.
         theta_init, theta_true: start and reference parameters (the metric is
             ``‖θ − θ_true‖ / ‖θ_true‖``).
         steps_per_epoch: optimiser steps per epoch (one "epoch" is a reporting unit here).
     """
 
-    def __init__(self, forward_map: Callable[[torch.Tensor, SolverConfig], torch.Tensor],
+    budgets = (LINEAR,)
+
+    def __init__(self, forward_map: Callable[[torch.Tensor, Budgets], torch.Tensor],
                  observation: torch.Tensor, theta_init: torch.Tensor, theta_true: torch.Tensor,
                  steps_per_epoch: int = 1) -> None:
         self.forward_map = forward_map
@@ -217,13 +225,13 @@ class InverseTask:
     def train_batches(self, generator: torch.Generator) -> Iterable[None]:
         return [None] * self.steps_per_epoch
 
-    def loss(self, batch: None, solver: SolverConfig) -> torch.Tensor:
-        u = self.forward_map(self.theta, solver)
+    def loss(self, batch: None, budgets: Budgets) -> torch.Tensor:
+        u = self.forward_map(self.theta, budgets)
         n = u[0].numel()
         return (u - self.observation).pow(2).sum() / (2 * n)
 
     @torch.no_grad()
-    def validate(self, solver: SolverConfig) -> float:
+    def validate(self, budgets: Budgets) -> float:
         return float(torch.linalg.vector_norm(self.theta - self.theta_true) / torch.linalg.vector_norm(self.theta_true))
 
 
@@ -234,10 +242,9 @@ class FlowPoolTask(_NetTask):
     minimises ``log(β·L_boundary + L_momentum)`` (:mod:`pdeaccel.losses`) averaged over every
     consecutive pair of full-resolution states of :meth:`trajectory` (one pair for the vanilla
     solver; T for a staggered one with temporal stride T); the (detached) predictions go back
-    into the pool. The linear-solver settings the trainer passes
-    are unused: the network replaces the solver. Validation: the network's own rollout from rest
-    on held-out environments (``validation_steps`` fine steps, rounded up to whole calls); the
-    metric is the mean over steps and samples of
+    into the pool. It declares no budget: the network replaces the solver. Validation: the
+    network's own rollout from rest on held-out environments (``validation_steps`` fine steps,
+    rounded up to whole calls); the metric is the mean over steps and samples of
     ``L_momentum + β·L_boundary``; :attr:`last_validation` keeps E|R|, E|u − u_cond| and E|∇·u|.
 
     Args:
@@ -252,6 +259,8 @@ class FlowPoolTask(_NetTask):
             consequences of its own outputs); the last prediction goes back into the pool. The
             environment is held for the unrolled calls (moving obstacles move on write-back).
     """
+
+    budgets = ()
 
     def __init__(self, model: nn.Module, pool: Any, validation_env: Any, *, steps_per_epoch: int,
                  batch_size: int, beta: float = 20.0, theta: float = 0.5, advection: str = "upwind3",
@@ -291,7 +300,7 @@ class FlowPoolTask(_NetTask):
         u = [velocity_from_potential(s.potential, grid) for s in states]
         return [residual.terms(u[j], u[j + 1], states[j + 1].pressure) for j in range(len(states) - 1)]
 
-    def loss(self, batch: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
+    def loss(self, batch: torch.Tensor, budgets: Budgets) -> torch.Tensor:
         env, state = self.pool.batch(batch)
         residual = FlowResidual(env, theta=self.theta, advection=self.advection)
         pairs = []
@@ -305,7 +314,7 @@ class FlowPoolTask(_NetTask):
         return loss
 
     @torch.no_grad()
-    def validate(self, solver: SolverConfig) -> float:
+    def validate(self, budgets: Budgets) -> float:
         env = self.validation_env
         # the validation environments never change: their stencils are built once, not per step
         if self._validation_residual is None:

@@ -1,11 +1,11 @@
 """The one training loop every task shares.
 
-A *task* (emulator learning, hybrid correction learning, an inverse problem, later the
-physics-constrained pool) says what its parameters are, how a minibatch loss is computed with a
-given linear-solver configuration, and how it is validated. The trainer owns everything else:
-epochs, the iteration-budget schedule (PRDP or a baseline), the iteration ledger, the optimiser
-and learning-rate schedule, the divergence guard, atomic checkpoints, resume, the metrics CSV,
-and the run directory.
+A *task* (emulator learning, hybrid correction learning, an inverse problem, the
+physics-constrained pool) says what its parameters are, which named budgets it uses
+(:mod:`pdeaccel.train.budgets`), how a minibatch loss is computed under given budgets, and how it
+is validated. The trainer owns everything else: epochs, one schedule per named budget (PRDP or a
+baseline), the iteration ledger, the optimiser and learning-rate schedule, the divergence guard,
+atomic checkpoints, resume, the metrics CSV, and the run directory.
 
 With several processes (torchrun; :mod:`pdeaccel.train.distributed`) the same loop trains data
 parallel: each rank trains on its share of every minibatch, gradients and the loss are summed
@@ -22,19 +22,26 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from ..linalg import NonFiniteError, SolverConfig
+from ..linalg import NonFiniteError
 from ..prdp import IterationLedger, Schedule
 from . import io
+from .budgets import LINEAR, PICARD, Budgets
 from .distributed import RANK_LOCAL_STATE, DistContext, place_sub_solvers, sample_count, shard_batch
 
 
 class Task(Protocol):
-    """What the trainer needs from a learning problem."""
+    """What the trainer needs from a learning problem.
+
+    ``budgets`` names the budgets its loss and validation read (``()`` for a task without a solver
+    in the loop); the trainer passes their current values as a :class:`~pdeaccel.train.budgets.Budgets`.
+    """
+
+    budgets: tuple[str, ...]
 
     def parameters(self) -> list[torch.nn.Parameter]: ...
 
@@ -44,9 +51,9 @@ class Task(Protocol):
 
     def train_batches(self, generator: torch.Generator) -> Iterable[Any]: ...
 
-    def loss(self, batch: Any, solver: SolverConfig) -> torch.Tensor: ...
+    def loss(self, batch: Any, budgets: Budgets) -> torch.Tensor: ...
 
-    def validate(self, solver: SolverConfig) -> float: ...
+    def validate(self, budgets: Budgets) -> float: ...
 
 
 @dataclass
@@ -71,15 +78,17 @@ class NothingResumedError(ValueError):
 
 
 class Trainer:
-    """Train ``task`` for ``settings.epochs`` epochs, changing the solver budget by ``schedule``.
+    """Train ``task`` for ``settings.epochs`` epochs, changing its budgets by their schedules.
 
     Args:
-        task: the learning problem.
-        solver: solver settings used in training; its ``max_iters`` is replaced every epoch by
-            ``schedule.budget`` (``None`` = run to the configured tolerance).
-        validation_solver: settings for validation (typically converged); solves there are
-            counted separately and do not count as training cost.
-        schedule: the budget policy (``PRDPSchedule``, ``FixedSchedule``, ...).
+        task: the learning problem; ``task.budgets`` names the budgets it uses.
+        schedules: one schedule per budget the task declares, by name (``{"linear":
+            PRDPSchedule(...), "picard": ...}``; ``{}`` for a task without budgets). Every schedule
+            sees the same metric after each epoch; the first one's budget is the one the
+            divergence guard raises (K, when the task declares it).
+        settings: epochs, optimiser, guard, ...
+        validation_budgets: the budgets validation runs under (default: every declared budget
+            ``None``, i.e. converged); its solves are counted apart from the training cost.
         run_dir: where checkpoints, ``metrics.csv`` and ``events.json`` go (``None``: nothing written).
         seed: seeds the minibatch order; the generator state is checkpointed.
         dist: this process's rank in a data-parallel job (default: a single process). Every rank
@@ -91,10 +100,14 @@ class Trainer:
             rank's own batch (a per-rank pool).
     """
 
-    def __init__(self, task: Task, solver: SolverConfig, validation_solver: SolverConfig,
-                 schedule: Schedule, settings: TrainSettings, run_dir: str | Path | None = None,
-                 seed: int = 0, nonlinear_schedule: Schedule | None = None, *, dist: DistContext | None = None,
+    def __init__(self, task: Task, schedules: Mapping[str, Schedule], settings: TrainSettings,
+                 run_dir: str | Path | None = None, seed: int = 0, *,
+                 validation_budgets: Mapping[str, int | None] | None = None, dist: DistContext | None = None,
                  shard_batches: bool = True) -> None:
+        declared = tuple(getattr(task, "budgets", ()))
+        if set(schedules) != set(declared):
+            raise ValueError(f"the task declares the budgets {list(declared)} (task.budgets) but schedules were given "
+                             f"for {list(schedules)}; give exactly one schedule per declared budget.")
         # gradients of tiny residuals reach the subnormal range, where x86 arithmetic is ~100× slower
         torch.set_flush_denormal(True)
         self.dist = dist if dist is not None else DistContext()
@@ -108,11 +121,11 @@ class Trainer:
                                   "NeuralStagger ones) train on a GPU. Use --device cpu.")
             move(torch.device(self.dist.device))
         self.task = task
-        self.solver = solver
-        self.validation_solver = validation_solver
-        self.schedule = schedule
-        # optional second budget, refined by the same metric: Picard iterations per step
-        self.nonlinear_schedule = nonlinear_schedule
+        self.schedules = {name: schedules[name] for name in declared}
+        self.validation_budgets = {name: None for name in declared}
+        self.validation_budgets.update(validation_budgets or {})
+        # the budget the divergence guard raises and the loss comparison is kept per
+        self.guarded = next(iter(self.schedules.values()), None)
         self.shard_batches = shard_batches
         if not self.dist.is_main:  # progress and logs from rank 0 only
             settings = dataclasses.replace(settings, progress=False)
@@ -150,8 +163,7 @@ class Trainer:
             "task": self.task.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "nonlinear_schedule": None if self.nonlinear_schedule is None else self.nonlinear_schedule.state_dict(),
+            "schedules": {name: s.state_dict() for name, s in self.schedules.items()},
             "ledger": self.ledger.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -165,9 +177,9 @@ class Trainer:
         self.task.load_state_dict(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.nonlinear_schedule is not None:
-            self.nonlinear_schedule.load_state_dict(state["nonlinear_schedule"])
+        for name, schedule_state in _schedule_states(state).items():
+            if name in self.schedules:
+                self.schedules[name].load_state_dict(schedule_state)
         self.ledger.load_state_dict(state["ledger"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -264,7 +276,7 @@ class Trainer:
     def _write_logs(self) -> None:
         io.write_csv(self.run_dir / "metrics.csv", self.rows)
         io.write_json(self.run_dir / "events.json", {
-            "refinements": [e.to_dict() for e in self.schedule.events],
+            "refinements": [] if self.guarded is None else [e.to_dict() for e in self.guarded.events],
             "divergence_guard": self.guard_events,
         })
 
@@ -287,24 +299,24 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         snapshot = self._snapshot()
-        if self._good_state is None or self.schedule.budget != self.reference_k:
+        if self._good_state is None or self._guarded_budget() != self.reference_k:
             self._good_state = snapshot
         # iterations of an attempt the guard rolls back were still run: they stay in this epoch's count
         self.ledger.start_epoch(self.epoch)
         for attempt in range(self.settings.guard_retries + 1):
-            budget = self.schedule.budget
+            values = {name: s.budget for name, s in self.schedules.items()}
+            budget = self._guarded_budget()
             # every rank always trains with the same budgets (they follow identical reduced numbers)
-            self.dist.check_same((self.epoch, attempt, budget,
-                                  None if self.nonlinear_schedule is None else self.nonlinear_schedule.budget),
-                                 f"the budget check of epoch {self.epoch} (epoch, attempt, K, Picard budget)")
-            self.ledger.record_budget(budget)
+            self.dist.check_same((self.epoch, attempt, tuple(values.items())),
+                                 f"the budget check of epoch {self.epoch} (epoch, attempt, budgets)")
+            self.ledger.record_budget(values.get(LINEAR))
             if budget != self.reference_k:
                 self.reference_loss = math.inf
-            losses, failure = self._train_attempt(self._training_solver(budget))
+            losses, failure = self._train_attempt(Budgets(values, monitor=self.ledger))
             metric = math.nan
             if failure is None:
                 with self.ledger.phase("validation"):
-                    metric = float(self.task.validate(self.validation_solver.replace(monitor=self.ledger)))
+                    metric = float(self.task.validate(Budgets(self.validation_budgets, monitor=self.ledger)))
                 # task-specific validation diagnostics (e.g. the flow residuals) become extra columns
                 extra = dict(getattr(self.task, "last_validation", None) or {})
                 # every rank validates the same weights; rank 0's numbers decide on every rank
@@ -315,14 +327,14 @@ class Trainer:
                 break
             # a gradual divergence has already spoiled the epoch's start: go back to the best state
             self._restore(self._good_state)
-            event = self.schedule.raise_budget(self.epoch, f"divergence guard: {failure['where']} "
-                                                           f"{failure['value']:.3g}")
-            self.guard_events.append({"epoch": self.epoch, "attempt": attempt, **failure, "old_k": budget, "new_k": self.schedule.budget,
-                                      "raised": event is not None})
+            reason = f"divergence guard: {failure['where']} {failure['value']:.3g}"
+            event = None if self.guarded is None else self.guarded.raise_budget(self.epoch, reason)
+            self.guard_events.append({"epoch": self.epoch, "attempt": attempt, **failure, "old_k": budget,
+                                      "new_k": self._guarded_budget(), "raised": event is not None})
             step = "" if failure["step"] is None else f" step {failure['step']}"
             if self.dist.is_main:
                 tqdm.write(f"[guard] epoch {self.epoch}{step}: {failure['where']} is {failure['value']:.3g}; "
-                           f"restored the last good state, K {budget} -> {self.schedule.budget}")
+                           f"restored the last good state, K {budget} -> {self._guarded_budget()}")
         else:
             raise DivergenceError(f"training diverged {self.settings.guard_retries + 1} times in epoch "
                                   f"{self.epoch} even after raising K (last: {failure['where']} is "
@@ -342,29 +354,28 @@ class Trainer:
             self._sum_ledger_counts(record)
         lr = self.optimizer.param_groups[0]["lr"]
         self.lr_schedule.step()
-        signal = metric if getattr(self.schedule, "metric", "validation") == "validation" else train_loss
-        event = self.schedule.update(self.epoch, signal)
-        picard = None
-        if self.nonlinear_schedule is not None:
-            picard = self.nonlinear_schedule.budget
-            self.nonlinear_schedule.update(self.epoch, signal)
-        row = {"epoch": self.epoch, "k": budget, "picard": picard, "train_loss": train_loss, "val_metric": metric, "lr": lr,
+        events = {name: s.update(self.epoch, metric if s.metric == "validation" else train_loss)
+                  for name, s in self.schedules.items()}
+        # K and the Picard count keep their columns; any other budget gets one by its name
+        row = {"epoch": self.epoch, "k": values.get(LINEAR), "picard": values.get(PICARD),
+               **{name: v for name, v in values.items() if name not in (LINEAR, PICARD)},
+               "train_loss": train_loss, "val_metric": metric, "lr": lr,
                "forward_iters": record["forward_iters"], "backward_iters": record["backward_iters"],
                "train_seconds": record["train_seconds"], "validation_seconds": record["validation_seconds"],
-               "refined": event is not None}
+               "refined": self.guarded is not None and next(iter(events.values())) is not None}
         row.update(extra)
         self.rows.append(row)
         self.epoch += 1
         self._checkpoint()
 
-    def _train_attempt(self, solver: SolverConfig) -> tuple[list[float], dict[str, Any] | None]:
+    def _train_attempt(self, budgets: Budgets) -> tuple[list[float], dict[str, Any] | None]:
         """One pass over the minibatches; stops at the first non-finite or exploding value.
 
         Returns the step losses and ``None``, or the losses so far and where the fault appeared
         (``{"where", "step", "value"}``), for the divergence guard to roll back.
         """
         if self.dist.distributed:
-            return self._train_attempt_distributed(solver)
+            return self._train_attempt_distributed(budgets)
         losses: list[float] = []
         with self.ledger.phase("train"):
             for step, batch in enumerate(self.task.train_batches(self.generator)):
@@ -374,7 +385,7 @@ class Trainer:
                                              "NaN/inf; the dataset is damaged (delete its cache file to regenerate).")
                 self.optimizer.zero_grad(set_to_none=True)
                 try:
-                    loss = self.task.loss(batch, solver)
+                    loss = self.task.loss(batch, budgets)
                 except NonFiniteError as exc:  # a solve inside the loss was handed a diverged state
                     return losses, {"where": f"solver input ({exc})", "step": step, "value": math.nan}
                 value = float(loss.detach())
@@ -398,7 +409,7 @@ class Trainer:
                                 "step": None, "value": math.nan}
         return losses, None
 
-    def _train_attempt_distributed(self, solver: SolverConfig) -> tuple[list[float], dict[str, Any] | None]:
+    def _train_attempt_distributed(self, budgets: Budgets) -> tuple[list[float], dict[str, Any] | None]:
         """:meth:`_train_attempt` of one rank of a data-parallel job.
 
         Every step, each rank computes the loss and gradient of its share of the minibatch; one
@@ -428,7 +439,7 @@ class Trainer:
                 value, solver_error = 0.0, ""
                 if n > 0:
                     try:
-                        loss = self.task.loss(local, solver)
+                        loss = self.task.loss(local, budgets)
                     except NonFiniteError as exc:
                         solver_error = str(exc)
                     else:
@@ -488,14 +499,8 @@ class Trainer:
             record[k] = int(v)
             self.ledger.epochs[-1][k] = int(v)
 
-    def _training_solver(self, budget: int | None) -> SolverConfig:
-        solver = self.solver.replace(monitor=self.ledger)
-        if self.nonlinear_schedule is not None:
-            solver = solver.replace(nonlinear_iters=self.nonlinear_schedule.budget)
-        if budget is None:
-            return solver.replace(max_iters=None)
-        # an exact budget: no tolerance checks, so K iterations are run (and counted) every solve
-        return solver.replace(max_iters=int(budget), rtol=0.0, atol=0.0)
+    def _guarded_budget(self) -> int | None:
+        return None if self.guarded is None else self.guarded.budget
 
     def _snapshot(self) -> dict[str, Any]:
         return {"task": copy.deepcopy(self.task.state_dict()),
@@ -507,3 +512,11 @@ class Trainer:
         self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
         self.generator.set_state(snapshot["generator"])
 
+
+def _schedule_states(state: dict[str, Any]) -> dict[str, Any]:
+    """The schedules' states of a checkpoint by budget name; checkpoints written before budgets
+    had names hold ``schedule`` (K's) and ``nonlinear_schedule`` (the Picard count's, or None)."""
+    if "schedules" in state:
+        return state["schedules"]
+    old = {LINEAR: state.get("schedule"), PICARD: state.get("nonlinear_schedule")}
+    return {name: s for name, s in old.items() if s is not None}
