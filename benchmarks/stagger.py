@@ -51,7 +51,7 @@ from pdeaccel.experiments.flow_eval import (cell_speed, load_flow_model, potenti
                                             velocity_error)
 from pdeaccel.experiments.registry import get_experiment  # noqa: E402
 from pdeaccel.neural_flow import velocity_from_potential  # noqa: E402
-from pdeaccel.physics.environments import FlowEnvironment  # noqa: E402
+from pdeaccel.physics.flow import FlowEnvironment  # noqa: E402
 from pdeaccel.stagger import StaggeredFlowSolver  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -73,7 +73,7 @@ def _env(ndim=2, batch=2):
         physics.update({"ndim": 3, "length": 12, "height": 6, "obstacles": ["sphere"], "mu_range": [0.1, 0.2],
                         "rho_range": [1.0, 4.0]})
     gen = torch.Generator().manual_seed(3)
-    from pdeaccel.physics.environments import FlowEnvironment
+    from pdeaccel.physics.flow import FlowEnvironment
     return FlowEnvironment.stack([build_environment(physics, sample_spec(physics, gen)) for _ in range(batch)])
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .neural_flow import NeuralFlowSolver, PotentialState, Velocity
-from .physics.environments import FlowEnvironment
+from .physics.flow import FlowEnvironment
 from .stagger import StaggeredFlowSolver
 
 

@@ -1,6 +1,6 @@
 """The physics-constrained neural flow solver (vanilla; Wandel et al., ICLR 2021 and the 3D
 follow-up): a U-Net that advances a vector potential and a pressure by one time step in a
-:class:`~pdeaccel.physics.environments.FlowEnvironment`, trained without simulation data by the
+:class:`~pdeaccel.physics.flow.FlowEnvironment`, trained without simulation data by the
 residuals of :mod:`pdeaccel.losses`.
 
 State: the vector potential ``a`` on MAC grid nodes (2D: one scalar on cell corners; 3D: three
@@ -28,7 +28,7 @@ from torch import nn
 
 from .grid import Grid
 from .nets import UNet
-from .physics.environments import FlowEnvironment
+from .physics.flow import FlowEnvironment
 from .stencils import mac_curl, mac_potential_shape
 
 Velocity = tuple[torch.Tensor, ...]

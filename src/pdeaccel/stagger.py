@@ -66,7 +66,7 @@ from .nets import UNet
 from .neural_flow import (FieldView, PotentialState, Velocity, advance_fields, encode_fields,
                           input_channels, node_shape, potential_mask, scales_and_bounds,
                           velocity_from_potential, inflow_potential, wall_potential)
-from .physics.environments import FlowEnvironment
+from .physics.flow import FlowEnvironment
 
 
 @dataclass

@@ -448,7 +448,7 @@ for _name, (_ndim, _s, _T) in STAGGER_SETTINGS.items():
         register(Experiment(
             _name, "NeuralStagger s=2, T=1 on a 128×64 channel (μ doubled: the cpu channel's Reynolds numbers); "
                    "every sub-solver runs on the vanilla cpu model's 64×32 grid",
-            {"cpu": _fine_s2t1()}, build_flow, _PAPER, solver_in_loop=False, added_keys=_ADDED_KEYS))
+            {"cpu": _fine_s2t1()}, build_flow, _PAPER, budgets=(), added_keys=_ADDED_KEYS))
         continue
     _base = (_CPU_2D, _paper_2d()) if _ndim == 2 else (_cpu_3d(), _paper_3d())
     register(Experiment(
