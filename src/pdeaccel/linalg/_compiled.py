@@ -71,17 +71,20 @@ COMPILE_SETTINGS = ("auto", True, False)
 # resumed training run counts afresh, though, so where a resumed run must be bit-identical to an
 # uninterrupted one, fix compile=True or False).
 # Figures from benchmarks/results/solvers.md ("Compiled path"; one thread on a shared, heavily loaded
-# 2-core machine). Compile: 4–10 s per shape for CG, Jacobi and BiCGStab once inductor is warm (the
-# first compile of a process with a cold cache took 40 s); GMRES traces its whole restart cycle,
-# and m = 10 took 90–200 s. Savings: eager minus compiled per iteration at the smallest sizes (1D, 30
-# points, batch 1): CG 150 µs, Jacobi 27 µs, BiCGStab 280 µs; the estimates below are about half
-# (an idle machine has less overhead to save), and larger problems save more per iteration, which
-# only makes the rule compile later than it could.
+# 2-core machine), measured with the earlier single-graph (while_loop) version: compile 4–10 s per
+# shape for CG, Jacobi and BiCGStab once inductor was warm (40 s for a process's first, cold compile);
+# GMRES traces its whole restart cycle, and m = 10 took 90–200 s. The chunked version compiles three
+# graphs per key (16 + 4 + 1 iterations traced): 60 s for heat-1d's Jacobi and 130–380 s for CG with a
+# cold cache at load average 7–9 (README, issue 15), hence 30 s below for a quieter machine. Savings:
+# eager minus compiled per iteration at the smallest sizes (1D, 30 points, batch 1): CG 150 µs,
+# Jacobi 27 µs, BiCGStab 280 µs (while_loop version; the chunks save more per iteration); the
+# estimates below are about half (an idle machine has less overhead to save), and larger problems
+# save more per iteration, which only makes the rule compile later than it could.
 #: "auto" leaves larger solves eager: at 32³ × batch 8 (262,144 unknowns in all) the compiled
 #: loop was no faster (×0.95–1.21), at 32,768 it was 1.1–4× faster
 AUTO_MAX_NUMEL = 2**17
 #: estimated compile time (s) of one key; GMRES grows with its restart length (graph size ~ m²)
-COMPILE_SECONDS = {"jacobi": 8.0, "cg": 10.0, "bicgstab": 10.0, "gmres": 10.0}
+COMPILE_SECONDS = {"jacobi": 30.0, "cg": 30.0, "bicgstab": 30.0, "gmres": 10.0}
 GMRES_COMPILE_SECONDS_PER_STEP2 = 2.0
 #: eager minus compiled time per iteration (µs) at the smallest sizes (per-operation overhead)
 SAVING_US_PER_ITERATION = {"jacobi": 15.0, "cg": 70.0, "bicgstab": 140.0, "gmres": 60.0}  # gmres: per Arnoldi step
