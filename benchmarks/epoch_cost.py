@@ -176,22 +176,28 @@ def markdown(data: dict) -> str:
              "on this kind of CPU and quoted from the issue (not re-measured here); so are ours of that time "
              "(a quiet machine). Every epoch runs K = K_ε (the converged arm). On this oversubscribed machine the "
              "wall times also count other jobs' time slices; the **CPU** time of the one-threaded process (user + "
-             "system, `time.process_time`) counts only its own work and is what a quiet machine's wall time would "
-             "be, so the ratios use it.", ""]
+             "system, `time.process_time`) counts only its own work, so the ratios use it. Even CPU time is inflated "
+             "by the load (shared caches, the other jobs' time slices on the same core): `before` measured 22.8 ms "
+             "and 2.43 s per epoch on a quiet machine (issue 16) but costs more CPU time here. So the comparison with "
+             "the reference is a **projection**: ours on a quiet machine ≈ the quiet `before` figure × the CPU-time "
+             "ratio measured side by side here (`projected quiet ms/epoch`), against the reference's quiet figure.",
+             ""]
     lines += ["| experiment | K | variant | train ms/epoch (wall, median) | train CPU ms/epoch (median) | "
-              "CPU / before | CPU / reference | wall / reference | epoch ms (wall) | epoch CPU ms | sys ms/epoch | "
-              "minor page faults/epoch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "CPU / before | projected quiet ms/epoch | projected / reference | epoch ms (wall) | epoch CPU ms | "
+              "sys ms/epoch | minor page faults/epoch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for exp, r in data["experiments"].items():
         ref = r["reference_epoch_s"]
         before = r["variants"]["before"]["train_cpu_median_s"]
+        quiet = r["ours_issue16_epoch_s"]
         for v, s in r["variants"].items():
+            ratio = s["train_cpu_median_s"] / before
             lines.append(f"| {exp} | {r['k']} | {v} | {s['train_median_s'] * 1e3:,.1f} | "
-                         f"{s['train_cpu_median_s'] * 1e3:,.1f} | {s['train_cpu_median_s'] / before:.2f} | "
-                         f"{s['train_cpu_median_s'] / ref:.2f} | {s['train_median_s'] / ref:.2f} | "
+                         f"{s['train_cpu_median_s'] * 1e3:,.1f} | {ratio:.2f} | {quiet * ratio * 1e3:,.1f} | "
+                         f"{quiet * ratio / ref:.2f} | "
                          f"{s['epoch_median_s'] * 1e3:,.1f} | {s['epoch_cpu_median_s'] * 1e3:,.1f} | "
                          f"{s['sys_s_per_epoch'] * 1e3:,.0f} | {s['minor_faults_per_epoch']:,.0f} |")
-        lines.append(f"| {exp} | – | reference (JAX, quoted; wall, quiet machine) | {ref * 1e3:,.1f} | – | – | 1.00 | "
-                     "1.00 | – | – | – | – |")
+        lines.append(f"| {exp} | – | reference (JAX; quoted, quiet machine) | – | – | – | {ref * 1e3:,.1f} | 1.00 | "
+                     "– | – | – | – |")
     lines += ["", "Per-round medians of the training phase (ms), to judge the noise:", ""]
     for exp, r in data["experiments"].items():
         for v, s in r["variants"].items():
@@ -202,10 +208,13 @@ def markdown(data: dict) -> str:
     lines += ["", "## Targets", ""]
     for exp, r in data["experiments"].items():
         ref = r["reference_epoch_s"]
-        best_v, best = min(((v, s["train_cpu_median_s"]) for v, s in r["variants"].items()), key=lambda x: x[1])
-        after = r["variants"]["after"]["train_cpu_median_s"]
+        before = r["variants"]["before"]["train_cpu_median_s"]
+        proj = {v: r["ours_issue16_epoch_s"] * s["train_cpu_median_s"] / before for v, s in r["variants"].items()}
+        best_v, best = min(proj.items(), key=lambda x: x[1])
+        after = proj["after"]
         lines.append(f"- **{'PASS' if after <= ref else 'MISS'}** — {exp}: default path (`after`) per epoch no slower "
-                     f"than the reference's {ref * 1e3:g} ms: {after * 1e3:,.1f} CPU ms (×{after / ref:.2f})"
+                     f"than the reference's {ref * 1e3:g} ms (projected to a quiet machine): {after * 1e3:,.1f} ms "
+                     f"(×{after / ref:.2f})"
                      + (f"; fastest variant `{best_v}` {best * 1e3:,.1f} ms (×{best / ref:.2f})" if best_v != "after" else ""))
     lines.append("")
     return "\n".join(lines)
