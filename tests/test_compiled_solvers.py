@@ -37,9 +37,9 @@ def _rhs(seed: int = 0, batch: int = BATCH) -> torch.Tensor:
 
 
 CASES = [
-    dict(method="cg", max_iters=6),
-    dict(method="jacobi", max_iters=6),
-    dict(method="bicgstab", max_iters=4),
+    dict(method="cg", max_iters=21),  # 16 + 4 + 1: every chunk size, and a stop inside a chunk
+    dict(method="jacobi", max_iters=21),
+    dict(method="bicgstab", max_iters=5),
     dict(method="gmres", max_iters=2, restart=2),
 ]
 
@@ -47,7 +47,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["method"])
 def test_compiled_matches_eager_forward_and_implicit_gradient(case):
     b, w = _rhs(0), _rhs(1)
-    for rtol in (0.0, 1e-3):  # exactly K, and the in-graph convergence test (early stop per sample)
+    for rtol in (0.0, 1e-3):  # exactly K, and the convergence test (early stop per sample, checked between chunks)
         kw = dict(case, rtol=rtol)
         ops = _operator(), _operator()  # built with grad enabled, as a training step does
         with torch.no_grad():
@@ -97,8 +97,18 @@ def test_changing_the_budget_never_recompiles_a_new_shape_compiles_once():
     with torch.no_grad():
         heat(_rhs(3, batch=3), solver.with_budget(5))
         heat(_rhs(4, batch=3), solver.with_budget(9))
-    assert _compiled.compile_stats().compiles == after.compiles + 1
-    assert before.compiles - start.compiles <= 2
+    # (one graph per chunk size: every size compiles with the shape's first solve)
+    assert _compiled.compile_stats().compiles == after.compiles + len(_compiled.CHUNKS)
+    assert before.compiles - start.compiles <= 2 * len(_compiled.CHUNKS)
+
+
+def test_any_budget_is_a_greedy_sum_of_the_compiled_chunk_sizes():
+    assert _compiled.chunk_plan(25) == [16, 4, 4, 1]
+    assert _compiled.chunk_plan(0) == []
+    for K in range(0, 200):
+        plan = _compiled.chunk_plan(K)
+        assert sum(plan) == K and plan == sorted(plan, reverse=True) and len(plan) <= K // 16 + 6
+    assert _compiled.chunk_plan(5, _compiled.chunk_sizes("gmres")) == [1] * 5
 
 
 def test_failed_compilation_warns_once_and_solves_eagerly(monkeypatch):
@@ -126,7 +136,7 @@ def test_auto_solves_eagerly_until_the_compile_time_would_be_repaid(monkeypatch)
 
     def counting_compile(fn):
         calls.append(fn)
-        return fn  # the loop runs uncompiled (while_loop works eagerly): only the decision is tested
+        return fn  # the chunks run uncompiled: only the decision is tested
 
     monkeypatch.setattr(_compiled, "_compile", counting_compile)
     monkeypatch.setitem(_compiled.COMPILE_SECONDS, "cg", 0.0045)  # a few solves' worth, not thousands
@@ -140,7 +150,7 @@ def test_auto_solves_eagerly_until_the_compile_time_would_be_repaid(monkeypatch)
             solve(_operator(), b, method="cg", max_iters=10, rtol=0.0, compile="auto")
         assert calls == []
         x = solve(_operator(), b, method="cg", max_iters=10, rtol=0.0, compile="auto").solution
-    assert len(calls) == 1
+    assert len(calls) == len(_compiled.chunk_sizes("cg"))  # the key's chunks, built once
     torch.testing.assert_close(x, solve(_operator(), b, method="cg", max_iters=10, rtol=0.0, compile=False).solution)
 
 

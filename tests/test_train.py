@@ -177,3 +177,64 @@ def test_checkpoints_from_before_named_budgets_resume(tmp_path):
     assert resumed.resume() and resumed.schedules["linear"].budget == 30  # the stored schedule wins
     resumed.fit()
     assert torch.equal(resumed.task.theta, full.task.theta)
+
+
+# ---- the training step's hot path (issue 15): faster, and the same numbers ----------------------
+
+
+def test_all_finite_answers_as_the_elementwise_test():
+    from pdeaccel.train.trainer import all_finite
+
+    big = torch.finfo(torch.float32).max
+    cases = [torch.randn(7, 5), torch.tensor([1.0, math.nan]), torch.tensor([math.inf, 1.0]),
+             torch.tensor([-math.inf, math.inf]), torch.tensor([big, big]),  # finite values whose sum overflows
+             torch.zeros(0), torch.arange(6), torch.tensor([0.5, math.nan], dtype=torch.float64)]
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all()), t
+
+
+def test_trainer_adam_is_bit_identical_to_torch_default_adam(tmp_path):
+    # the trainer's Adam runs foreach (fewer passes); every weight must equal the per-tensor loop's
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 12))
+    ref = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 12))
+    ref.load_state_dict(net.state_dict())
+    trainer = Trainer(OneParameterTask(torch.zeros(1)), {"linear": FixedSchedule(1)},
+                      TrainSettings(epochs=1, progress=False))
+    opt = type(trainer.optimizer)(net.parameters(), **{k: v for k, v in trainer.optimizer.defaults.items()})
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=trainer.settings.lr, foreach=False)
+    assert opt.defaults["foreach"] is True
+    for step in range(15):
+        x = torch.randn(5, 12, generator=torch.Generator().manual_seed(step))
+        for model, o in ((net, opt), (ref, opt_ref)):
+            o.zero_grad(set_to_none=True)
+            model(x).pow(3).mean().backward()
+            o.step()
+    for a, b in zip(net.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_adam_fused_is_a_named_option(tmp_path):
+    trainer = _trainer(tmp_path, FixedSchedule(4), epochs=2)
+    trainer = Trainer(trainer.task, {"linear": FixedSchedule(4)},
+                      TrainSettings(epochs=2, progress=False, optimizer="adam-fused", lr=1e-2), tmp_path / "fused")
+    rows = trainer.fit()
+    assert trainer.optimizer.defaults["fused"] is True and len(rows) == 2
+    with pytest.raises(ValueError, match="adam-fused"):
+        Trainer(trainer.task, {"linear": FixedSchedule(4)}, TrainSettings(optimizer="adamw"))
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    from pdeaccel.train import allocator
+
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.setenv("PDEACCEL_ALLOCATOR", "system")
+    assert allocator.keep_freed_memory() is False
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.delenv("PDEACCEL_ALLOCATOR")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # the user's own glibc setting wins
+    assert allocator.keep_freed_memory() is False
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    first = allocator.keep_freed_memory()
+    assert isinstance(first, bool) and allocator.keep_freed_memory() is first  # once per process

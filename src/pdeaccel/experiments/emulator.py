@@ -106,7 +106,8 @@ def build_emulator(cfg: dict[str, Any], name: str, grid: Grid, stepper: Stepper,
                         blocks=net_cfg["blocks"], padding_mode=padding)
     else:
         raise ConfigError(f"config key 'net.name' has value {net_cfg['name']!r}; allowed: mlp, resnet.")
-    solver = SolverConfig(method=s["method"], grad=s["grad"], rtol=s["rtol_converged"], restart=s.get("restart", 20))
+    solver = SolverConfig(method=s["method"], grad=s["grad"], rtol=s["rtol_converged"], restart=s.get("restart", 20),
+                          compile=s.get("compile", False))
     def train_stepper(u: torch.Tensor, solver: SolverConfig, **options: Any) -> torch.Tensor:
         if initial_guess == "zero":  # the solve starts from 0
             options["x0"] = torch.zeros_like(u)

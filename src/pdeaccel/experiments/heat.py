@@ -46,7 +46,10 @@ _BASE: dict[str, Any] = {
     "data": {"train": 200, "validation": 10, "validation_rollout": 2, "data_seed": 1234, "generator": "sine"},
     "net": {"name": "mlp", "width": 64, "depth": 3, "hidden": 16, "blocks": 2},
     # initial_guess: prediction (ours, warm start from û₁) or zero (the paper's)
-    "solver": {"method": "jacobi", "grad": "implicit", "rtol_converged": 1e-5, "initial_guess": "prediction"},
+    # compile: false (eager), true or "auto" (SolverConfig.compile: the compiled solver loop; K changes
+    # never recompile; see the README's solver section for when it pays)
+    "solver": {"method": "jacobi", "grad": "implicit", "rtol_converged": 1e-5, "initial_guess": "prediction",
+               "compile": False},
     "validation": {"metric": "ours"},
     # Even K only (the paper used K0 = ΔK = 1): the emulator must invert the K-step Jacobi map
     # û₁ ↦ x_K(û₁) = [A⁻¹ + G^K (I − A⁻¹)] û₁ (warm start x₀ = û₁, G the Jacobi iteration matrix). Its
@@ -123,7 +126,7 @@ register(Experiment(
     deviations={"paper": list(_SHARED_DEVIATIONS),
                 "cpu": ["ours, not the paper's: warm start from the prediction (K even only, K0 = ΔK = 2), "
                         "K_ε measured (20), our metric, sine data, 10 validation samples, LR 0.98 per epoch"]},
-))
+    added_keys={"solver.compile": False}))
 
 register(Experiment(
     "heat-2d", "Heat 2D emulator (MLP on a 30×30 grid), Jacobi, unrolled gradients",
@@ -142,7 +145,7 @@ register(Experiment(
                         "epoch instead of the 23.4M-parameter width-3000 MLP (cheap on this CPU), warm start "
                         "(K even only, K0 = ΔK = 2), K_ε measured (35), our metric, sine data, 10 validation "
                         "samples"]},
-))
+    added_keys={"solver.compile": False}))
 
 _3D_PAPER_DEVIATIONS = [
     "The paper publishes no heat-3d code: νΔt = 0.001 as in 1D/2D, the ResNet's size (hidden, blocks), the "
@@ -180,4 +183,4 @@ register(Experiment(
                               *_3D_PAPER_DEVIATIONS],
                 "cpu": ["ours, not the paper's: 12³ grid, warm start (K even only), K_ε measured (11), our "
                         "metric; the 3D network, not the solver, dominates a step at this size"]},
-))
+    added_keys={"solver.compile": False}))

@@ -200,7 +200,7 @@ def validate_common(cfg: dict[str, Any]) -> None:
             "an integer >= 1")
     require(t["lr"] > 0, "train.lr", t["lr"], "a number > 0")
     require(0 < t["lr_decay"] <= 1, "train.lr_decay", t["lr_decay"], "a number in (0, 1]")
-    require(t["optimizer"] in ("adam", "sgd"), "train.optimizer", t["optimizer"], "adam, sgd")
+    require(t["optimizer"] in ("adam", "adam-fused", "sgd"), "train.optimizer", t["optimizer"], "adam, adam-fused, sgd")
     require(isinstance(cfg["seed"], int), "seed", cfg["seed"], "an integer")
     prdp_config(cfg)  # PRDPConfig validates its own keys
     if "picard" in cfg:

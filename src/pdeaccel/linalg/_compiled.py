@@ -1,17 +1,27 @@
-"""The compiled path of the solvers: the whole budgeted loop as one ``torch.compile``d graph.
+"""The compiled path of the solvers: chunks of iterations as ``torch.compile``d graphs.
 
 Small problems (the PRDP grids: 30–64 points a side, small batches) are overhead-bound in eager
 PyTorch: a CG iteration is about 35 small operations, a few µs of dispatch each, while its
 arithmetic takes a few µs in all. Here each method's iteration is a pure function of its state
-(``*_step`` in the method's file) and the loop over the budget is a ``while_loop`` whose trip count
-is a *tensor* input: the budget K and the tolerance test live inside the graph, so
+(``*_step`` in the method's file), and :data:`CHUNKS` of 16, 4 and 1 iterations of it, unrolled,
+are each compiled into one graph. A solve of budget K runs the largest chunks that fit, greedily
+(K = 25: 16 + 4 + 4 + 1, four calls), with the loop over chunks in Python, so
 
-* changing K never recompiles (K is data, not a constant of the graph), and the convergence
-  test costs no host round trip;
-* a new shape, dtype, device, operator code or method compiles once (``dynamic=False``:
-  fixed shapes give the fastest kernels) and is cached;
-* the implicit mode's adjoint solve runs the same compiled loop (for a symmetric operator the
-  very same graph as the forward solve).
+* changing K never recompiles: every chunk size of a key is compiled at its first solve, and any K
+  is a sum of them (``tests/test_compiled_solvers.py`` counts this);
+* a new shape, dtype, device, operator code or method compiles once (``dynamic=False``: fixed
+  shapes give the fastest kernels) and is cached;
+* the implicit mode's adjoint solve runs the same compiled chunks (for a symmetric operator the
+  very same graphs as the forward solve);
+* with a tolerance, convergence is checked between chunks (one host synchronisation per chunk):
+  inside a chunk a sample that has stopped is frozen and not counted, exactly as in the eager loop,
+  so the result and the iteration counts are the eager ones to round-off; at most 15 iterations of
+  frozen work are wasted.
+
+An earlier version ran the whole budget as one ``while_loop`` graph with K as a tensor; inductor
+runs such a loop's body through its wrapper at every trip, which cost 20–120 µs per iteration at
+1D where jax.scipy's CG takes 2–8 µs (``benchmarks/results/solvers.md``). A chunk pays the call
+overhead once per 16 iterations.
 
 The operator's matvec is traced into the graph. A stencil operator is a closure created anew at
 every step (``HeatStepper.operator`` and friends); torch.compile guards a closure on its code
@@ -24,7 +34,11 @@ every solve under ``no_grad``, the adjoint solve): an unrolled solve that record
 eager. If compilation fails (no C++ compiler, an operator torch.compile cannot trace), the solve
 warns once per operator and shape and runs eagerly, with the same result.
 
-When the path is used is :func:`wants_compile`'s rule, documented there and in the README.
+On a GPU the same chunks compile to fused kernels (one launch sequence per chunk instead of per
+operation); this path has not been measured on a GPU here (no GPU on the development machine).
+
+When the path is used: ``SolverConfig.compile`` (``True``, ``False`` or the ``"auto"`` rule below),
+documented in the README.
 """
 
 from __future__ import annotations
@@ -57,17 +71,20 @@ COMPILE_SETTINGS = ("auto", True, False)
 # resumed training run counts afresh, though, so where a resumed run must be bit-identical to an
 # uninterrupted one, fix compile=True or False).
 # Figures from benchmarks/results/solvers.md ("Compiled path"; one thread on a shared, heavily loaded
-# 2-core machine). Compile: 4–10 s per shape for CG, Jacobi and BiCGStab once inductor is warm (the
-# first compile of a process with a cold cache took 40 s); GMRES traces its whole restart cycle,
-# and m = 10 took 90–200 s. Savings: eager minus compiled per iteration at the smallest sizes (1D, 30
-# points, batch 1): CG 150 µs, Jacobi 27 µs, BiCGStab 280 µs; the estimates below are about half
-# (an idle machine has less overhead to save), and larger problems save more per iteration, which
-# only makes the rule compile later than it could.
+# 2-core machine), measured with the earlier single-graph (while_loop) version: compile 4–10 s per
+# shape for CG, Jacobi and BiCGStab once inductor was warm (40 s for a process's first, cold compile);
+# GMRES traces its whole restart cycle, and m = 10 took 90–200 s. The chunked version compiles three
+# graphs per key (16 + 4 + 1 iterations traced): 60 s for heat-1d's Jacobi and 130–380 s for CG with a
+# cold cache at load average 7–9 (README, issue 15), hence 30 s below for a quieter machine. Savings:
+# eager minus compiled per iteration at the smallest sizes (1D, 30 points, batch 1): CG 150 µs,
+# Jacobi 27 µs, BiCGStab 280 µs (while_loop version; the chunks save more per iteration); the
+# estimates below are about half (an idle machine has less overhead to save), and larger problems
+# save more per iteration, which only makes the rule compile later than it could.
 #: "auto" leaves larger solves eager: at 32³ × batch 8 (262,144 unknowns in all) the compiled
 #: loop was no faster (×0.95–1.21), at 32,768 it was 1.1–4× faster
 AUTO_MAX_NUMEL = 2**17
 #: estimated compile time (s) of one key; GMRES grows with its restart length (graph size ~ m²)
-COMPILE_SECONDS = {"jacobi": 8.0, "cg": 10.0, "bicgstab": 10.0, "gmres": 10.0}
+COMPILE_SECONDS = {"jacobi": 30.0, "cg": 30.0, "bicgstab": 30.0, "gmres": 10.0}
 GMRES_COMPILE_SECONDS_PER_STEP2 = 2.0
 #: eager minus compiled time per iteration (µs) at the smallest sizes (per-operation overhead)
 SAVING_US_PER_ITERATION = {"jacobi": 15.0, "cg": 70.0, "bicgstab": 140.0, "gmres": 60.0}  # gmres: per Arnoldi step
@@ -115,7 +132,7 @@ def reset_compile_stats() -> None:
 
 @dataclass
 class _Entry:
-    driver: Callable | None = None  # the torch.compile'd loop, built on first use
+    chunks: dict[int, Callable] | None = None  # the torch.compile'd chunks by size, built on first use
     failed: bool = False
     saving: float = 0.0  # estimated seconds compiling would have saved so far ("auto")
     info: dict[str, Any] = field(default_factory=dict)
@@ -131,60 +148,60 @@ def clear_cache() -> None:
 
 
 def available() -> bool:
-    """Whether this torch has ``torch.compile`` and the ``while_loop`` operator at all (a C++
-    compiler is only found out by compiling: a failure then falls back to eager with a warning)."""
+    """Whether this torch has ``torch.compile`` at all (a C++ compiler is only found out by
+    compiling: a failure then falls back to eager with a warning)."""
     global _AVAILABLE
     if _AVAILABLE is None:
-        try:
-            from torch._higher_order_ops.while_loop import while_loop  # noqa: F401
-            _AVAILABLE = hasattr(torch, "compile")
-        except Exception:  # pragma: no cover - depends on the torch build
-            _AVAILABLE = False
+        _AVAILABLE = hasattr(torch, "compile")
     return _AVAILABLE
 
 
 # ---- the loop -----------------------------------------------------------------------------------
 
 
-def _make_driver(step: Callable) -> Callable:
-    """The function torch.compile sees: the budgeted loop around ``step`` as a ``while_loop``.
+#: iterations per compiled call, largest first; any K is a greedy sum of them
+CHUNKS = (16, 4, 1)
+
+
+def chunk_sizes(method: str) -> tuple[int, ...]:
+    """The chunk sizes of ``method``: GMRES compiles one restart cycle (already m Arnoldi steps,
+    and its compile time grows with the square of the traced length)."""
+    return (1,) if method == "gmres" else CHUNKS
+
+
+def chunk_plan(K: int, sizes: tuple[int, ...] = CHUNKS) -> list[int]:
+    """The chunk sizes a budget of K runs, in order (largest first, greedily)."""
+    plan = []
+    for n in sizes:
+        plan += [n] * (K // n)
+        K %= n
+    return plan
+
+
+def _make_chunk(step: Callable, n: int) -> Callable:
+    """The function torch.compile sees: ``n`` iterations of ``step``, unrolled.
 
     Same stopping rule as :class:`~pdeaccel.linalg._batched.Budget`: before an iteration a sample
-    is active while its residual norm is above its stop level; with a tolerance the loop ends as
-    soon as none is (and counts only the active samples' iterations), without one it runs K."""
-    from torch._higher_order_ops.while_loop import while_loop
+    is active while its residual norm is above its stop level; an inactive sample is frozen by the
+    step and, with a tolerance, not counted (without one every sample counts every iteration)."""
 
-    def driver(matvec, K, stop_level, checks_tolerance, consts, state):
-        # K and checks_tolerance are tensors: data of the graph, not constants baked into it
-        iterations = torch.zeros(stop_level.shape, dtype=torch.int64, device=stop_level.device)
-        i0 = torch.zeros((), dtype=torch.int64, device=stop_level.device)
-
-        def cond(i, iterations, *state):
-            return (i < K) & ((state[-1] > stop_level).any() | ~checks_tolerance)
-
-        def body(i, iterations, *state):
+    def chunk(matvec, stop_level, checks_tolerance, consts, iterations, state):
+        for _ in range(n):
             active = state[-1] > stop_level
             iterations = iterations + torch.where(checks_tolerance, active.to(iterations.dtype), 1)
-            return (i + 1, iterations, *step(matvec, consts, state, active))
+            state = step(matvec, consts, state, active)
+        return iterations, state
 
-        # the loop's carried tensors must not alias each other or its other inputs (p = r in CG,
-        # b = r0 in an adjoint solve): copies, made once per solve inside the graph
-        state = tuple(t.clone() for t in state)
-        out = while_loop(cond, body, (i0, iterations, *state))
-        return out[1], out[2], out[-1]  # iterations, x, residual norm
-
-    # a code object of its own per key: torch.compile keeps its cache (and its recompile limit)
-    # per code object, and one shared driver would run out of both across methods and shapes
-    code = driver.__code__.replace()
-    return types.FunctionType(code, driver.__globals__, driver.__name__, driver.__defaults__, driver.__closure__)
+    # a code object of its own per key and size: torch.compile keeps its cache (and its recompile
+    # limit) per code object, and one shared function would run out of both across methods and shapes
+    code = chunk.__code__.replace()
+    return types.FunctionType(code, chunk.__globals__, chunk.__name__, chunk.__defaults__, chunk.__closure__)
 
 
 def _compile(fn: Callable) -> Callable:
     """torch.compile with fixed shapes (fastest kernels; a new shape is a new graph), the whole
-    loop as one graph (a graph break would bring back the per-iteration overhead) and a C++
-    wrapper: with the default Python wrapper every trip of the loop runs Python code that
-    allocates and checks each buffer (≈ 3× the per-iteration time of a 30-point CG; the C++
-    wrapper costs a longer first compile)."""
+    chunk as one graph (a graph break would bring back the per-operation overhead) and a C++
+    wrapper (less Python per call; a longer first compile)."""
     return torch.compile(fn, dynamic=False, fullgraph=True, options={"cpp_wrapper": True, "size_asserts": False})
 
 
@@ -229,7 +246,7 @@ def run(setting: bool | str, method: str, op: LinearOperator, b: torch.Tensor, x
     if entry.failed:
         _STATS.eager_solves += 1
         return None, None
-    if setting == "auto" and entry.driver is None and entry.saving < compile_cost_estimate(method, restart):
+    if setting == "auto" and entry.chunks is None and entry.saving < compile_cost_estimate(method, restart):
         _STATS.eager_solves += 1
 
         def note(out: MethodOutput) -> None:
@@ -238,8 +255,6 @@ def run(setting: bool | str, method: str, op: LinearOperator, b: torch.Tensor, x
 
         return None, note
 
-    if entry.driver is None:
-        entry.driver = _compile(_make_driver(_step(method, restart)))
     # distinct contiguous inputs: torch.compile guards on strides and on which inputs alias (an
     # adjoint solve passes b = r0), so either would compile a second graph
     b, x, r = _distinct(b.contiguous(), x.contiguous(), r.contiguous())
@@ -251,14 +266,33 @@ def run(setting: bool | str, method: str, op: LinearOperator, b: torch.Tensor, x
         consts, state = (r.clone(), inv_diag), bicgstab_init(b, x, r)
     else:
         consts, state = (b, inv_diag, budget.stop_level), gmres_init(b, x, r)
-    K = torch.tensor(budget.max_iters, dtype=torch.int64, device=b.device)
+    # the state a chunk returns never aliases itself or the constants: nor may the first one (CG's
+    # p = r), or the first call would compile a graph of its own
+    state = _distinct_from(state, [t for t in consts if isinstance(t, torch.Tensor)])
+    stop_level = budget.stop_level
     checks = torch.tensor(budget.checks_tolerance, device=b.device)
+    iterations = torch.zeros(stop_level.shape, dtype=torch.int64, device=b.device)
     graphs = _graph_count()
     started = time.perf_counter()
     try:
-        iterations, x_out, res = entry.driver(op.matvec, K, budget.stop_level, checks, consts, state)
+        if entry.chunks is None:
+            step = _step(method, restart)
+            entry.chunks = {n: _compile(_make_chunk(step, n)) for n in chunk_sizes(method)}
+        initial, used = (iterations, state), set()
+        for n in chunk_plan(budget.max_iters, chunk_sizes(method)):
+            used.add(n)
+            iterations, state = entry.chunks[n](op.matvec, stop_level, checks, consts, iterations, state)
+            if budget.checks_tolerance and not bool((state[-1] > stop_level).any()):
+                break
+        if _graph_count() > graphs:
+            # this solve compiled (the key's first solve, or a new variant of its guards, e.g. the
+            # operator's captured tensor without grad under no_grad): compile the sizes it did not
+            # run as well, on its initial state (chunks are pure functions), so that no later budget
+            # ever compiles
+            for n in set(entry.chunks) - used:
+                entry.chunks[n](op.matvec, stop_level, checks, consts, *initial)
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: solve eagerly
-        entry.failed, entry.driver = True, None
+        entry.failed, entry.chunks = True, None
         _STATS.fallbacks += 1
         _STATS.eager_solves += 1
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -270,7 +304,20 @@ def run(setting: bool | str, method: str, op: LinearOperator, b: torch.Tensor, x
         _STATS.compiles += new_graphs
         _STATS.compile_seconds += time.perf_counter() - started
     _STATS.compiled_solves += 1
-    return MethodOutput(x_out, iterations, res), None
+    return MethodOutput(state[0], iterations, state[-1]), None
+
+
+def _distinct_from(state: tuple, others: list[torch.Tensor]) -> tuple:
+    """``state`` with every tensor that shares storage with an earlier one (or with ``others``) cloned."""
+    seen = [t.untyped_storage().data_ptr() for t in others]
+    out = []
+    for t in state:
+        if isinstance(t, torch.Tensor):
+            if t.untyped_storage().data_ptr() in seen:
+                t = t.clone()
+            seen.append(t.untyped_storage().data_ptr())
+        out.append(t)
+    return tuple(out)
 
 
 def _distinct(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

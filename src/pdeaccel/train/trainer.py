@@ -30,8 +30,20 @@ from tqdm.auto import tqdm
 from ..linalg import NonFiniteError
 from ..prdp import IterationLedger, Schedule
 from . import io
+from .allocator import keep_freed_memory
 from .budgets import LINEAR, PICARD, Budgets
 from .distributed import RANK_LOCAL_STATE, DistContext, place_sub_solvers, sample_count, shard_batch
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite. A finite sum proves it (any NaN or inf makes the sum
+    NaN or inf) in one pass with no temporary; only a non-finite sum (NaN/inf inside, or finite
+    values overflowing) needs the element-wise test, so the answer is always that of
+    ``torch.isfinite(t).all()``, which allocates a mask as large as ``t`` (36 MB for a gradient of
+    the 23.4M-parameter heat-2d MLP, every step)."""
+    if t.is_floating_point() and math.isfinite(t.detach().sum().item()):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 class Task(Protocol):
@@ -110,6 +122,8 @@ class Trainer:
                              f"for {list(schedules)}; give exactly one schedule per declared budget.")
         # gradients of tiny residuals reach the subnormal range, where x86 arithmetic is ~100× slower
         torch.set_flush_denormal(True)
+        # large tensors of one step reused by the next instead of page-faulted in anew (allocator.py)
+        keep_freed_memory()
         self.dist = dist if dist is not None else DistContext()
         if self.dist.device != "cpu":  # before the optimiser sees the parameters
             move = getattr(task, "to", None)
@@ -134,11 +148,16 @@ class Trainer:
         self.ledger = IterationLedger()
         params = list(task.parameters())
         if settings.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=settings.lr)
+            # foreach: element for element the arithmetic of torch's default per-tensor loop on a CPU
+            # (bit-identical, tests/test_train.py) in fewer passes over the state (benchmarks/epoch_cost.py)
+            self.optimizer = torch.optim.Adam(params, lr=settings.lr, foreach=True)
+        elif settings.optimizer == "adam-fused":
+            # one fused kernel per tensor: fastest, but rounds differently from "adam" (not bit-identical)
+            self.optimizer = torch.optim.Adam(params, lr=settings.lr, fused=True)
         elif settings.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=settings.lr)
         else:
-            raise ValueError(f"train.optimizer must be 'adam' or 'sgd', got {settings.optimizer!r}")
+            raise ValueError(f"train.optimizer must be 'adam', 'adam-fused' or 'sgd', got {settings.optimizer!r}")
         self.lr_schedule = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=settings.lr_decay)
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
@@ -298,9 +317,8 @@ class Trainer:
         return bool(target is not None and self.rows and self.rows[-1]["val_metric"] <= target)
 
     def _run_epoch(self) -> None:
-        snapshot = self._snapshot()
         if self._good_state is None or self._guarded_budget() != self.reference_k:
-            self._good_state = snapshot
+            self._good_state = self._snapshot()  # only when kept: a copy of every weight and optimiser state
         # iterations of an attempt the guard rolls back were still run: they stay in this epoch's count
         self.ledger.start_epoch(self.epoch)
         for attempt in range(self.settings.guard_retries + 1):
@@ -379,7 +397,7 @@ class Trainer:
         losses: list[float] = []
         with self.ledger.phase("train"):
             for step, batch in enumerate(self.task.train_batches(self.generator)):
-                if isinstance(batch, torch.Tensor) and not bool(torch.isfinite(batch).all()):
+                if isinstance(batch, torch.Tensor) and not all_finite(batch):
                     # bad data, not divergence: a larger K cannot repair it
                     raise FloatingPointError(f"epoch {self.epoch}, step {step}: the training batch contains "
                                              "NaN/inf; the dataset is damaged (delete its cache file to regenerate).")
@@ -397,14 +415,14 @@ class Trainer:
                                     "step": step, "value": value}
                 loss.backward()
                 for i, p in enumerate(self.task.parameters()):
-                    if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    if p.grad is not None and not all_finite(p.grad):
                         return losses, {"where": f"gradient of parameter {i} {list(p.shape)}", "step": step,
                                         "value": math.nan}
                 self.optimizer.step()
                 self.ledger.count_step()
                 losses.append(value)
         for i, p in enumerate(self.task.parameters()):
-            if not bool(torch.isfinite(p).all()):
+            if not all_finite(p):
                 return losses, {"where": f"parameter {i} {list(p.shape)} after the optimiser step",
                                 "step": None, "value": math.nan}
         return losses, None
@@ -430,7 +448,7 @@ class Trainer:
         with self.ledger.phase("train"):
             for step, batch in enumerate(self.task.train_batches(self.generator)):
                 local = shard_batch(batch, self.dist) if self.shard_batches else batch
-                if isinstance(local, torch.Tensor) and not bool(torch.isfinite(local).all()):
+                if isinstance(local, torch.Tensor) and not all_finite(local):
                     raise FloatingPointError(f"epoch {self.epoch}, step {step}: the training batch of rank "
                                              f"{self.dist.rank} contains NaN/inf; the dataset is damaged (delete its "
                                              "cache file to regenerate).")
@@ -463,14 +481,14 @@ class Trainer:
                 samples = total / self.dist.sub_solver_ranks
                 for i, (p, g, has) in enumerate(zip(params, grads, stats[3:])):
                     p.grad = (g / samples).to(p.dtype).view_as(p) if has > 0 else None
-                    if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    if p.grad is not None and not all_finite(p.grad):
                         return losses, {"where": f"gradient of parameter {i} {list(p.shape)}", "step": step,
                                         "value": math.nan}
                 self.optimizer.step()
                 self.ledger.count_step()
                 losses.append(value)
         for i, p in enumerate(self.task.parameters()):
-            if not bool(torch.isfinite(p).all()):
+            if not all_finite(p):
                 return losses, {"where": f"parameter {i} {list(p.shape)} after the optimiser step",
                                 "step": None, "value": math.nan}
         return losses, None
