@@ -401,3 +401,13 @@ def test_a_shared_network_without_offset_input_is_the_same_map_for_every_sub_sol
     assert outs[False] == 0.0 and outs[True] > 1e-4, outs
     with pytest.raises(ValueError, match="needs shared_weights=True"):
         StaggeredFlowSolver(2, stride=2, hidden=4, levels=1, offset_input=False, **SCALES)
+
+
+def test_flow_experiments_take_every_optimiser_the_trainer_offers():
+    from pdeaccel.config import ConfigError
+    from pdeaccel.experiments.flow import validate_flow
+    cfg = runner.resolve_config("flow-2d-s2t1", "cpu", ["train.optimizer=adam-fused"])
+    validate_flow(cfg)  # the trainer's named option is accepted here too
+    cfg["train"]["optimizer"] = "adamw"
+    with pytest.raises(ConfigError, match="adam, adam-fused, sgd"):
+        validate_flow(cfg)

@@ -335,7 +335,7 @@ def validate_flow(cfg: dict[str, Any]) -> None:
         require(isinstance(t[key], int) and t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
     require(t["lr"] > 0, "train.lr", t["lr"], "a number > 0")
     require(0 < t["lr_decay"] <= 1, "train.lr_decay", t["lr_decay"], "a number in (0, 1]")
-    require(t["optimizer"] in ("adam", "sgd"), "train.optimizer", t["optimizer"], "adam, sgd")
+    require(t["optimizer"] in ("adam", "adam-fused", "sgd"), "train.optimizer", t["optimizer"], "adam, adam-fused, sgd")
     d = cfg["data"]
     for key in ("validation", "validation_steps"):
         require(isinstance(d[key], int) and d[key] >= 1, f"data.{key}", d[key], "an integer >= 1")
