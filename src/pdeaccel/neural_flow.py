@@ -219,8 +219,7 @@ def wall_potential(env: FlowEnvironment) -> tuple[torch.Tensor, torch.Tensor]:
     if env.ndim != 2:
         raise ValueError("wall_potential is defined for 2D environments (a scalar stream function); "
                          "3D staggered models use model.gauge=free.")
-    fluid, faces = env.background if env.background is not None else (env.fluid, tuple(env.face_velocity))
-    fluid = fluid.to(env.fluid.dtype)
+    fluid = (env.background[0] if env.background is not None else env.fluid).to(env.fluid.dtype)
     B = env.batch_size
     fluid = fluid.expand((B,) + tuple(fluid.shape[1:]))
     outflow = env.outflow if env.outflow is not None else torch.zeros_like(fluid)
@@ -236,13 +235,21 @@ def inflow_potential(env: FlowEnvironment) -> torch.Tensor:
     channel, ``a(x, y) = h·Σ_{y' < y} u_x(0, y')`` (obstacles ignored). It meets the walls' and the
     inflow's conditions (:func:`wall_potential`), so it is the start of a staggered rollout under
     the walls gauge, where the fluid at rest is not representable (the walls carry the flux)."""
-    fluid, faces = env.background if env.background is not None else (env.fluid, tuple(env.face_velocity))
-    B = env.batch_size
-    ux = faces[0].to(env.fluid.dtype).expand((B, 1) + tuple(faces[0].shape[2:]))
-    column = ux[:, :, :1, :]  # the outer inflow face of every cell row
-    value = torch.zeros((B, 1) + node_shape(env.grid), dtype=env.fluid.dtype, device=env.fluid.device)
-    value[:, :, :, 1:] = env.spacing[1] * torch.cumsum(column, dim=3)
-    return value
+    faces = env.background[1] if env.background is not None else tuple(env.face_velocity)
+    ux = faces[0].to(env.fluid.dtype).expand((env.batch_size, 1) + tuple(faces[0].shape[2:]))
+    carried = ux[:, :, :1, :].expand_as(ux)  # the outer inflow face of every cell row, down the channel
+    return potential_of((carried, None), env)
+
+
+def potential_of(velocity: Velocity, env: FlowEnvironment) -> torch.Tensor:
+    """A 2D potential whose curl is ``velocity`` (divergence-free, with zero normal flux through
+    the low-y boundary): ``a = Σ_y u_x·h`` up each grid column (only ``u_x`` is read)."""
+    if env.ndim != 2:
+        raise ValueError("potential_of is implemented for 2D velocities.")
+    ux = velocity[0]
+    a = torch.zeros((ux.shape[0], 1) + node_shape(env.grid), dtype=ux.dtype, device=ux.device)
+    a[:, :, :, 1:] = env.spacing[1] * torch.cumsum(ux, dim=3)
+    return a
 
 
 def check_state(state: PotentialState, env: FlowEnvironment, P: int) -> None:

@@ -188,7 +188,7 @@ class StaggeredFlowSolver(nn.Module):
         if not offset_input and not self.shared_weights:
             raise ValueError("offset_input=False needs shared_weights=True (separate networks know their offset "
                              "by construction).")
-        self.offset_input = bool(offset_input) or not self.shared_weights
+        self.offset_input = bool(offset_input)
         self.remove_mean = math.prod(self.stride) == 1  # see the module docstring (gauge)
         gauge = ("walls" if ndim == 2 else "free") if gauge is None else gauge
         if gauge not in ("walls", "free"):
@@ -217,7 +217,8 @@ class StaggeredFlowSolver(nn.Module):
 
     def config(self) -> dict:
         return {"ndim": self.ndim, "stride": list(self.stride), "window": self.window,
-                "shared_weights": self.shared_weights, "offset_input": self.offset_input, "gauge": self.gauge, **{f"{k}_scale": v for k, v in self.scales.items()},
+                "shared_weights": self.shared_weights, "offset_input": self.offset_input, "gauge": self.gauge,
+                **{f"{k}_scale": v for k, v in self.scales.items()},
                 **{f"{k}_bound": v for k, v in self.bounds.items()}}
 
     # ------------------------------------------------------------------ the flow-model interface

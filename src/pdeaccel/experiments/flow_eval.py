@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..losses import FlowResidual
-from ..neural_flow import node_shape, velocity_from_potential
+from ..neural_flow import potential_of, velocity_from_potential
 from ..physics.flow import FlowEnvironment, from_mask
 from ..physics.incompressible import MACFlowSolver
 from ..train import io
@@ -308,16 +308,6 @@ def _accumulate(out: Rollout, u: Velocity, count: int) -> None:
     """Add ``u / count`` to the rollout's time-averaged velocity (float64)."""
     part = tuple(c.detach().to(torch.float64) / count for c in u)
     out.mean_velocity = part if out.mean_velocity is None else tuple(a + b for a, b in zip(out.mean_velocity, part))
-
-
-def potential_of(velocity: Velocity, env: FlowEnvironment) -> torch.Tensor:
-    """A 2D potential whose curl is ``velocity`` (divergence-free, with zero normal flux through
-    the low-y boundary): ``a = Σ_y u_x·h`` up each grid column."""
-    if env.ndim != 2:
-        raise ValueError("potential_of is implemented for 2D velocities.")
-    a = torch.zeros((velocity[0].shape[0], 1) + node_shape(env.grid), dtype=velocity[0].dtype)
-    a[:, :, :, 1:] = env.spacing[1] * torch.cumsum(velocity[0], dim=3)
-    return a
 
 
 def loss_optimal_steps(env: FlowEnvironment, velocity: Velocity, steps: int, *, pressure: torch.Tensor | None = None,
