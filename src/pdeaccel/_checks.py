@@ -1,0 +1,78 @@
+"""Argument checks shared by the whole package (private: the public API raises their errors).
+
+Every check names the argument, says what it must be and what it got, and returns the value
+converted to a plain Python number, so a caller writes ``n = integer("n", n, minimum=3)``.
+
+The error is :class:`ArgumentError`, a ``ValueError`` *and* a ``TypeError``: a wrong type and a
+wrong value of an argument are the same mistake to the user (``True`` for a count, ``3.5`` for a
+grid size, ``-1`` for a batch), and callers that caught either before still catch it.
+``bool`` is never accepted as a number, although Python treats it as one.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable
+
+
+class ArgumentError(ValueError, TypeError):
+    """A bad argument: wrong type or out of range. The message names it and the fix."""
+
+
+def _fail(name: str, must: str, value: Any, fix: str) -> ArgumentError:
+    kind = "" if isinstance(value, (int, float, str, type(None))) and not isinstance(value, bool) \
+        else f" ({type(value).__name__})"
+    return ArgumentError(f"{name} must be {must}, got {value!r}{kind}.{(' ' + fix) if fix else ''}")
+
+
+def _bounds(minimum: Any, maximum: Any) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
+
+
+def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
+            fix: str = "") -> int:
+    """``value`` as an ``int`` (any integral number but ``bool``) within ``[minimum, maximum]``."""
+    must = "an integer" + _bounds(minimum, maximum)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _fail(name, must, value, fix)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise _fail(name, must, value, fix)
+    return int(value)
+
+
+def real(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
+         positive: bool = False, finite: bool = True, fix: str = "") -> float:
+    """``value`` as a ``float`` (any real number but ``bool``): finite unless ``finite=False``,
+    ``> 0`` with ``positive``, and within ``[minimum, maximum]``."""
+    must = ("a positive" if positive else "a") + (" finite" if finite else "") + " number" + _bounds(minimum, maximum)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _fail(name, must, value, fix)
+    v = float(value)
+    if (finite and not math.isfinite(v)) or math.isnan(v) or (positive and not v > 0) \
+            or (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+        raise _fail(name, must, value, fix)
+    return v
+
+
+def choice(name: str, value: Any, options: Iterable[Any], fix: str = "") -> Any:
+    """``value`` if it is one of ``options`` (compared with ``==``, ``bool`` never equal to a number)."""
+    options = list(options)
+    for option in options:
+        if type(option) is type(value) and option == value:
+            return value
+    raise _fail(name, "one of " + ", ".join(repr(o) for o in options), value, fix)
+
+
+def flag(name: str, value: Any, fix: str = "") -> bool:
+    """``value`` if it is a ``bool`` (a 0/1 or a string is refused: it is usually a typo)."""
+    if not isinstance(value, bool):
+        raise _fail(name, "true or false", value, fix)
+    return value
+
