@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -67,6 +67,8 @@ from .neural_flow import (FieldView, PotentialState, Velocity, advance_fields, e
                           input_channels, node_shape, potential_mask, scales_and_bounds,
                           velocity_from_potential, inflow_potential, wall_potential)
 from .physics.flow import FlowEnvironment
+# the placement of sub-solvers over processes; member_shares and SubSolverPlacement stay importable from here
+from .stagger_placement import SubSolverPlacement, SubState, gather_shares, member_shares  # noqa: F401
 
 
 @dataclass
@@ -81,69 +83,6 @@ class WindowState:
 
     def detach(self) -> "WindowState":
         return WindowState(self.potential.detach(), self.pressure.detach())
-
-
-@dataclass
-class SubState:
-    """The sub-fields of a window that a set of sub-solvers owns: ``potential[j]`` is
-    ``[B, P, *sub_nodes]`` and ``pressure[j]`` ``[B, 1, *sub_cells]`` of sub-solver ``indices[j]``."""
-
-    indices: tuple[int, ...]
-    potential: list[torch.Tensor]
-    pressure: list[torch.Tensor]
-
-
-def member_shares(sub_solvers: int, members: int) -> tuple[tuple[int, ...], ...]:
-    """The sub-solvers each of ``members`` processes runs: round-robin (``m, m + members, …``), so
-    the shares differ in size by at most one."""
-    return tuple(tuple(range(m, sub_solvers, members)) for m in range(members))
-
-
-@dataclass(frozen=True)
-class SubSolverPlacement:
-    """The sub-solvers of one model split over the members of a process group.
-
-    ``shares[m]`` are the sub-solvers member ``m`` runs, ``member`` is this process, and
-    ``all_gather(flat)`` returns every member's equally long 1-D tensor in member order (a
-    collective over the group; :mod:`pdeaccel.train.distributed` wraps it with its timeout and
-    failure handling).
-    """
-
-    shares: tuple[tuple[int, ...], ...]
-    member: int
-    all_gather: Callable[[torch.Tensor], list[torch.Tensor]]
-
-    def check(self, sub_solvers: int) -> None:
-        owned = sorted(j for share in self.shares for j in share)
-        if owned != list(range(sub_solvers)):
-            raise ValueError(f"a placement must give each of the {sub_solvers} sub-solvers to exactly one member; "
-                             f"got shares {[list(s) for s in self.shares]}.")
-        if not 0 <= self.member < len(self.shares):
-            raise ValueError(f"member {self.member} is not one of the {len(self.shares)} members of the placement.")
-
-
-class _GatherShares(torch.autograd.Function):
-    """All-gather of the members' new sub-fields whose backward sends nothing.
-
-    Every member of the group computes the loss from the same gathered window (identical
-    inputs, the same operations), so the gradient arriving at the gathered tensor is the same on
-    every member, and a member's own rows already carry the whole gradient of its sub-solvers'
-    outputs: the loss's direct dependence plus, in an unrolled loss, the dependence through the
-    next call, which reads sub-field ``j`` only in sub-solver ``j`` (on the same member). Summing
-    the members' gradients instead (the backward of ``torch.distributed.nn.all_gather``) would
-    count the direct part once per member, and dividing the loss by the number of members to
-    compensate would shrink the part through the next call, which only the owner computes. The
-    trainer then sums the parameter gradients over the members, each sub-solver's exactly once.
-    """
-
-    @staticmethod
-    def forward(ctx, flat: torch.Tensor, member: int, all_gather) -> torch.Tensor:  # noqa: D102
-        ctx.member = member
-        return torch.stack(all_gather(flat.contiguous()))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        return grad[ctx.member], None, None
 
 
 class StaggeredFlowSolver(nn.Module):
@@ -415,7 +354,7 @@ class StaggeredFlowSolver(nn.Module):
         the others' outputs over ``placement`` (``None``: all of them here again). The training
         loop (:mod:`pdeaccel.train.distributed`) places a model this way; every member of the
         group must then call the model in lock-step and, in training, back-propagate the same
-        loss of the gathered window (see :class:`_GatherShares`)."""
+        loss of the gathered window (see :class:`~pdeaccel.stagger_placement._GatherShares`)."""
         if placement is not None:
             placement.check(self.sub_solvers)
         self.placement = placement
@@ -444,25 +383,9 @@ class StaggeredFlowSolver(nn.Module):
         self._check(state, env)
         mine = placement.shares[placement.member]
         new = self.step_subset(self.decompose_state(state, env, mine), self.sub_views(env))
-        # equal-length flat buffers (every member's share padded to the largest share)
         probe = self.decompose_state(state, env, [0])
-        p_shape, q_shape = probe.potential[0].shape, probe.pressure[0].shape
-        p_size, q_size = math.prod(p_shape), math.prod(q_shape)
-        width = max(len(sh) for sh in placement.shares) * (p_size + q_size)
-        parts = [t.flatten() for pair in zip(new.potential, new.pressure) for t in pair]
-        pad = width - sum(t.numel() for t in parts)
-        zeros = state.potential.new_zeros(pad)
-        flat = torch.cat(parts + [zeros]) if parts else zeros
-        gathered = _GatherShares.apply(flat, placement.member, placement.all_gather)
-        indices, pots, press = [], [], []
-        for m, share in enumerate(placement.shares):
-            buf = gathered[m]
-            for n, j in enumerate(share):
-                base = n * (p_size + q_size)
-                indices.append(j)
-                pots.append(buf[base:base + p_size].reshape(p_shape))
-                press.append(buf[base + p_size:base + p_size + q_size].reshape(q_shape))
-        return self.assemble_state(SubState(tuple(indices), pots, press), env)
+        gathered = gather_shares(new, placement, probe.potential[0].shape, probe.pressure[0].shape, state.potential)
+        return self.assemble_state(gathered, env)
 
     def sub_velocity(self, potential: torch.Tensor, view: FieldView) -> Velocity:
         """A sub-solver's own (coarse) face velocities: the curl of its sub-field on its grid."""

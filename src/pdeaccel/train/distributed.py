@@ -29,7 +29,7 @@ process:
 * **NeuralStagger split over ranks** (``--sub-solver-ranks G``): the sub-solvers of one model
   replica run on ``G`` ranks (:func:`rank_layout`: replica ``d`` is ranks ``d·G … d·G+G-1``,
   which talk every model call, so they are neighbours, on one node when the node has ``G``
-  devices); their outputs are all-gathered (differentiably, :class:`~pdeaccel.stagger._GatherShares`)
+  devices); their outputs are all-gathered (differentiably, :class:`~pdeaccel.stagger_placement._GatherShares`)
   into the full-resolution window on which every member evaluates the physics loss.
   ``world_size / G`` replicas train data parallel on their own pools: the members of a replica
   build the same pool (seed ``pool.seed + replica``) and draw the same batch. Each parameter's
