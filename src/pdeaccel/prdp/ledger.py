@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ._checks import _int
+from .._checks import integer
 
 _PHASES = ("train", "validation")
 _DIRECTIONS = ("forward", "backward")
@@ -57,7 +57,7 @@ class IterationLedger:
                 raise ValueError("iterations is an empty tensor; a solve reports one count per sample.")
             run, total = iters.max().to(torch.int64), iters.sum().to(torch.int64)
         else:
-            run = total = _int("iterations", iterations, 0)
+            run = total = integer("iterations", iterations, minimum=0)
         prefix = "val_" if self._phase == "validation" else ""
         self._add(f"{prefix}{direction}_iters", run)
         self._add(f"{prefix}{direction}_iters_samples", total)
@@ -70,7 +70,7 @@ class IterationLedger:
     # -- epochs, budget, steps, phases -------------------------------------------------------
     def start_epoch(self, epoch: int, k: int | None = None) -> None:
         """Open epoch ``epoch``; ``k`` (optional) is the budget it uses (see :meth:`record_budget`)."""
-        epoch = _int("epoch", epoch, 0)
+        epoch = integer("epoch", epoch, minimum=0)
         if self._open is not None:
             raise RuntimeError(f"epoch {self._open['epoch']} is still open; call end_epoch() first.")
         self._open = {"epoch": epoch, "k": None, "steps": 0, "train_seconds": 0.0, "validation_seconds": 0.0}
@@ -83,13 +83,13 @@ class IterationLedger:
         """The budget K this epoch uses (None: solved to tolerance)."""
         if self._open is None:
             self.start_epoch(self.epochs[-1]["epoch"] + 1 if self.epochs else 0)
-        self._open["k"] = None if k is None else _int("k", k, 0)
+        self._open["k"] = None if k is None else integer("k", k, minimum=0)
 
     def count_step(self, n: int = 1) -> None:
         """Count ``n`` optimiser steps in the open epoch."""
         if self._open is None:
             self.start_epoch(self.epochs[-1]["epoch"] + 1 if self.epochs else 0)
-        self._open["steps"] += _int("n", n, 0)
+        self._open["steps"] += integer("n", n, minimum=0)
 
     def _sync(self) -> None:
         # wall-clock of asynchronous GPU work is only meaningful after the queue drained
