@@ -46,3 +46,15 @@ def test_choice_and_flag():
     assert flag("mirror", False) is False
     with pytest.raises(ArgumentError, match=r"mirror must be true or false, got 1"):
         flag("mirror", 1)
+
+
+def test_optional_lets_none_through_and_says_so():
+    assert integer("k_max", None, minimum=1, optional=True) is None
+    assert real("ck", None, positive=True, optional=True) is None
+    assert integer("k_max", 4, minimum=1, optional=True) == 4
+    with pytest.raises(ArgumentError, match=r"^k_max must be an integer >= 1 or None, got 0\.$"):
+        integer("k_max", 0, minimum=1, optional=True)
+    with pytest.raises(ArgumentError, match=r"^ck must be a positive finite number or None, got -1\.0\.$"):
+        real("ck", -1.0, positive=True, optional=True)
+    with pytest.raises(ArgumentError, match="got None"):
+        integer("n", None)  # not optional: None is refused like any other non-integer

@@ -48,12 +48,10 @@ class PRDPConfig:
             raise ValueError(f"PRDPConfig.k0 must be <= k_max, got k0={self.k0} > k_max={self.k_max}.")
         for name in ("tau_step", "tau_stop"):
             set_(name, real(f"PRDPConfig.{name}", getattr(self, name), positive=True, maximum=1.0))
-        if self.ema_window is not None:
-            set_("ema_window", integer("PRDPConfig.ema_window", self.ema_window, minimum=1))
+        set_("ema_window", integer("PRDPConfig.ema_window", self.ema_window, minimum=1, optional=True))
         set_("lookback", integer("PRDPConfig.lookback", self.lookback, minimum=2))
-        if self.initial_checkpoint is not None:
-            set_("initial_checkpoint", real("PRDPConfig.initial_checkpoint", self.initial_checkpoint,
-                                            positive=True, fix="None takes the first metric."))
+        set_("initial_checkpoint", real("PRDPConfig.initial_checkpoint", self.initial_checkpoint,
+                                        positive=True, optional=True, fix="None takes the first metric."))
         choice("PRDPConfig.metric", self.metric, METRICS)
 
     @property

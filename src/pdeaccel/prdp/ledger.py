@@ -83,7 +83,7 @@ class IterationLedger:
         """The budget K this epoch uses (None: solved to tolerance)."""
         if self._open is None:
             self.start_epoch(self.epochs[-1]["epoch"] + 1 if self.epochs else 0)
-        self._open["k"] = None if k is None else integer("k", k, minimum=0)
+        self._open["k"] = integer("k", k, minimum=0, optional=True)
 
     def count_step(self, n: int = 1) -> None:
         """Count ``n`` optimiser steps in the open epoch."""

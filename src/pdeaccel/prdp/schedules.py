@@ -211,7 +211,7 @@ class FixedSchedule(Schedule):
 
     def __init__(self, k: int, k_max: int | None = None) -> None:
         k = integer("k (fixed budget)", k, minimum=1)
-        self.k_max = None if k_max is None else integer("k_max", k_max, minimum=k)
+        self.k_max = integer("k_max", k_max, minimum=k, optional=True)
         super().__init__(k)
         self.name = f"fixed:{k}"
 
@@ -236,7 +236,7 @@ class ConvergedSchedule(Schedule):
     kind = "converged"
 
     def __init__(self, k_eps: int | None = None) -> None:
-        super().__init__(None if k_eps is None else integer("k_eps (converged budget)", k_eps, minimum=1))
+        super().__init__(integer("k_eps (converged budget)", k_eps, minimum=1, optional=True))
         self.name = "converged" if k_eps is None else f"converged:{self._k}"
 
     def _extra_state(self) -> dict:
@@ -261,7 +261,7 @@ class LinearSchedule(Schedule):
         self.k0 = integer("k0 (linear schedule)", k0, minimum=1)
         self.k1 = integer("k1 (linear schedule)", k1, minimum=self.k0)
         self.num_epochs = integer("epochs (linear schedule)", epochs, minimum=1)
-        self.k_max = None if k_max is None else integer("k_max", k_max, minimum=self.k1)
+        self.k_max = integer("k_max", k_max, minimum=self.k1, optional=True)
         self.floor = 0
         super().__init__(self._ramp(0))
         self.name = f"linear:{self.k0}:{self.k1}"
