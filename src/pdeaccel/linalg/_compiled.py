@@ -51,6 +51,7 @@ from typing import Any, Callable
 
 import torch
 
+from .._checks import choice
 from ._batched import Budget, MethodOutput
 from .bicgstab import bicgstab_init, bicgstab_step
 from .cg import cg_init, cg_step
@@ -339,6 +340,4 @@ def _graph_count() -> int:
 
 
 def validate_setting(value: Any) -> None:
-    if isinstance(value, bool) or (isinstance(value, str) and value == "auto"):
-        return
-    raise ValueError(f"compile must be 'auto', True or False, got {value!r}.")
+    choice("compile", value, ("auto", True, False))
