@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pdeaccel._checks import ArgumentError, choice, flag, integer, real
+from pdeaccel._checks import ArgumentError, choice, flag, integer, integers, real
 
 
 def test_integer_accepts_integral_numbers_and_returns_int():
@@ -58,3 +58,12 @@ def test_optional_lets_none_through_and_says_so():
         real("ck", -1.0, positive=True, optional=True)
     with pytest.raises(ArgumentError, match="got None"):
         integer("n", None)  # not optional: None is refused like any other non-integer
+
+
+def test_integers_broadcasts_one_integer_and_checks_each_entry():
+    assert integers("stride", 2, 3, minimum=1) == (2, 2, 2)
+    value = integers("n", [np.int64(4), 5], 2, minimum=2)
+    assert value == (4, 5) and all(type(v) is int for v in value)
+    for bad in [(1, 0), (1, 2, 3), (1, True), (1.0, 2), "12", None, 0]:
+        with pytest.raises(ArgumentError, match=r"^stride must be an integer >= 1 or a sequence of 2 of them, got "):
+            integers("stride", bad, 2, minimum=1)

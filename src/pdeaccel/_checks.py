@@ -44,11 +44,30 @@ def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int |
     if optional and value is None:
         return None
     must = "an integer" + _bounds(minimum, maximum) + (" or None" if optional else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _fail(name, must, value, fix)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if not _is_integer(value, minimum, maximum):
         raise _fail(name, must, value, fix)
     return int(value)
+
+
+def integers(name: str, value: Any, length: int, *, minimum: int | None = None,
+             maximum: int | None = None, fix: str = "") -> tuple[int, ...]:
+    """``value`` as a tuple of ``length`` ints within ``[minimum, maximum]``; a single integer
+    stands for all ``length`` of them (a stride per axis, cells per axis)."""
+    must = "an integer" + _bounds(minimum, maximum) + f" or a sequence of {length} of them"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        entries: tuple = (value,) * length
+    elif isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise _fail(name, must, value, fix)
+    else:
+        entries = tuple(value)
+    if len(entries) != length or not all(_is_integer(v, minimum, maximum) for v in entries):
+        raise _fail(name, must, value, fix)
+    return tuple(int(v) for v in entries)
+
+
+def _is_integer(value: Any, minimum: int | None, maximum: int | None) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) \
+        and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
 
 
 def real(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
