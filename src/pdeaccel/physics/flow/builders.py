@@ -19,17 +19,9 @@ PROFILES = ("parabolic", "uniform")
 OUTFLOWS = ("open", "prescribed")
 
 
-def lid_driven_cavity(
-    n: int | Sequence[int] = 32,
-    *,
-    ndim: int = 2,
-    length: float = 1.0,
-    lid_speed: float = 1.0,
-    reynolds: float = 100.0,
-    rho: float = 1.0,
-    dt: float | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> FlowEnvironment:
+def lid_driven_cavity(n: int | Sequence[int] = 32, *, ndim: int = 2, length: float = 1.0, lid_speed: float = 1.0,
+                      reynolds: float = 100.0, rho: float = 1.0, dt: float | None = None,
+                      dtype: torch.dtype = torch.float64) -> FlowEnvironment:
     """A square (cubic) cavity of side ``length`` with ``n`` fluid cells per side, closed by no-slip
     walls; the top wall (high y) slides along +x at ``lid_speed``.
 
@@ -43,10 +35,7 @@ def lid_driven_cavity(
     h = length / sizes[0]
     if any(abs(length / s - h) > 1e-12 * h for s in sizes):
         raise ValueError(f"a cavity needs square cells; got n={sizes} for one side length {length}.")
-    grid = Grid(tuple(s + 2 for s in sizes), tuple((s + 2) * h for s in sizes), "neumann")
-    fluid = torch.zeros((1, 1) + grid.shape, dtype=dtype)
-    fluid[(slice(None), slice(None)) + (slice(1, -1),) * ndim] = 1.0
-    faces = [torch.zeros((1, 1) + mac_face_shape(grid, d), dtype=dtype) for d in range(ndim)]
+    grid, fluid, faces = _walled_box(sizes, h, dtype)
     # the lid is the top layer of wall cells (high y): the x-faces inside it carry the lid speed
     faces[0][:, :, :, -1] = lid_speed
     mu = rho * abs(lid_speed) * length / reynolds if lid_speed != 0 else rho * length / reynolds
@@ -90,11 +79,8 @@ def channel(
     extents = [length, height] + ([height if depth is None else depth] if ndim == 3 else [])
     real("depth", extents[-1], positive=True)
     cells = [max(2, round(e / h)) for e in extents]
-    grid = Grid(tuple(c + 2 for c in cells), tuple((c + 2) * h for c in cells), "neumann")
+    grid, fluid, faces = _walled_box(cells, h, dtype)
     origin = (h,) * ndim
-    fluid = torch.zeros((1, 1) + grid.shape, dtype=dtype)
-    fluid[(slice(None), slice(None)) + (slice(1, -1),) * ndim] = 1.0
-    faces = [torch.zeros((1, 1) + mac_face_shape(grid, d), dtype=dtype) for d in range(ndim)]
     coords = mac_coordinates(grid, 0, origin, dtype, "cpu")
     shape_fn = torch.ones_like(coords[1])
     if profile == "parabolic":
@@ -168,18 +154,9 @@ def channel_with_cylinder(
     return channel(length, height, resolution, obstacles=(obstacle,), **channel_kwargs)
 
 
-def pipe(
-    length: float = 4.0,
-    diameter: float = 1.0,
-    resolution: int = 16,
-    *,
-    ndim: int = 2,
-    inflow_speed: float = 1.0,
-    mu: float = 0.01,
-    rho: float = 1.0,
-    dt: float | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> FlowEnvironment:
+def pipe(length: float = 4.0, diameter: float = 1.0, resolution: int = 16, *, ndim: int = 2,
+         inflow_speed: float = 1.0, mu: float = 0.01, rho: float = 1.0, dt: float | None = None,
+         dtype: torch.dtype = torch.float64) -> FlowEnvironment:
     """A straight pipe along x with Poiseuille inflow of mean speed ``inflow_speed`` and an open
     outflow. 2D: the plane channel of width ``diameter``. 3D: a circular cross-section (cells
     whose centre lies farther than ``diameter/2`` from the axis are wall), inflow
@@ -235,7 +212,7 @@ def from_mask(
     grid = Grid((nx + 2 * pad, ny + 2 * pad), ((nx + 2 * pad) * cell_size, (ny + 2 * pad) * cell_size), "neumann")
     fluid = torch.zeros((1, 1) + grid.shape, dtype=dtype)
     fluid[0, 0, pad:pad + nx, pad:pad + ny] = torch.as_tensor(arr, dtype=dtype)
-    faces = [torch.zeros((1, 1) + mac_face_shape(grid, d), dtype=dtype) for d in range(2)]
+    faces = _zero_faces(grid, dtype)
     origin = (pad * cell_size,) * 2
     out = torch.zeros_like(fluid)
     if frame == "channel":
@@ -295,3 +272,15 @@ def _read_mask(mask, threshold: float) -> np.ndarray:
         raise ValueError("mask has no fluid cell (all zeros); 1 marks fluid, 0 solid.")
     return arr
 
+
+def _walled_box(cells: Sequence[int], h: float, dtype: torch.dtype) -> tuple[Grid, torch.Tensor, list[torch.Tensor]]:
+    """A box of ``cells`` fluid cells of side ``h`` inside one layer of wall cells: its grid, the
+    fluid mask and zero face velocities."""
+    grid = Grid(tuple(c + 2 for c in cells), tuple((c + 2) * h for c in cells), "neumann")
+    fluid = torch.zeros((1, 1) + grid.shape, dtype=dtype)
+    fluid[(slice(None), slice(None)) + (slice(1, -1),) * grid.ndim] = 1.0
+    return grid, fluid, _zero_faces(grid, dtype)
+
+
+def _zero_faces(grid: Grid, dtype: torch.dtype) -> list[torch.Tensor]:
+    return [torch.zeros((1, 1) + mac_face_shape(grid, d), dtype=dtype) for d in range(grid.ndim)]
