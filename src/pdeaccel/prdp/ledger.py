@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .._checks import integer
+from .._checks import choice, integer
 
 _PHASES = ("train", "validation")
 _DIRECTIONS = ("forward", "backward")
@@ -47,8 +47,7 @@ class IterationLedger:
 
     # -- the monitor -------------------------------------------------------------------------
     def __call__(self, direction: str, method: str, iterations: torch.Tensor | int) -> None:
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}.")
+        choice("direction", direction, _DIRECTIONS)
         if self._open is None:
             self.start_epoch(self.epochs[-1]["epoch"] + 1 if self.epochs else 0)
         if isinstance(iterations, torch.Tensor):
@@ -99,8 +98,7 @@ class IterationLedger:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time a ``"train"`` or ``"validation"`` phase; solves inside are attributed to it."""
-        if name not in _PHASES:
-            raise ValueError(f"phase must be 'train' or 'validation', got {name!r}.")
+        choice("phase", name, _PHASES)
         if self._phase is not None:
             raise RuntimeError(f"phase {name!r} opened inside phase {self._phase!r}; phases do not nest.")
         if self._open is None:

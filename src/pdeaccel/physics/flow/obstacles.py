@@ -10,7 +10,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from ..._checks import real
+from ..._checks import choice, real
 from ...grid import Grid
 from ...stencils import face_neighbour_cells, mac_coordinates
 
@@ -35,8 +35,7 @@ class Obstacle:
     angular_velocity: float | tuple[float, float, float] = 0.0
 
     def __post_init__(self) -> None:
-        if self.shape not in ("box", "cylinder", "sphere"):
-            raise ValueError(f"Obstacle shape must be 'box', 'cylinder' or 'sphere', got {self.shape!r}.")
+        choice("Obstacle shape", self.shape, ("box", "cylinder", "sphere"))
         center = _float_tuple(self.center, "Obstacle center")
         ndim = len(center)
         if ndim not in (2, 3):
