@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pdeaccel._checks import ArgumentError, choice, flag, integer, real
+from pdeaccel._checks import ArgumentError, choice, flag, integer, integers, real
 
 
 def test_integer_accepts_integral_numbers_and_returns_int():
@@ -46,3 +46,24 @@ def test_choice_and_flag():
     assert flag("mirror", False) is False
     with pytest.raises(ArgumentError, match=r"mirror must be true or false, got 1"):
         flag("mirror", 1)
+
+
+def test_optional_lets_none_through_and_says_so():
+    assert integer("k_max", None, minimum=1, optional=True) is None
+    assert real("ck", None, positive=True, optional=True) is None
+    assert integer("k_max", 4, minimum=1, optional=True) == 4
+    with pytest.raises(ArgumentError, match=r"^k_max must be an integer >= 1 or None, got 0\.$"):
+        integer("k_max", 0, minimum=1, optional=True)
+    with pytest.raises(ArgumentError, match=r"^ck must be a positive finite number or None, got -1\.0\.$"):
+        real("ck", -1.0, positive=True, optional=True)
+    with pytest.raises(ArgumentError, match="got None"):
+        integer("n", None)  # not optional: None is refused like any other non-integer
+
+
+def test_integers_broadcasts_one_integer_and_checks_each_entry():
+    assert integers("stride", 2, 3, minimum=1) == (2, 2, 2)
+    value = integers("n", [np.int64(4), 5], 2, minimum=2)
+    assert value == (4, 5) and all(type(v) is int for v in value)
+    for bad in [(1, 0), (1, 2, 3), (1, True), (1.0, 2), "12", None, 0]:
+        with pytest.raises(ArgumentError, match=r"^stride must be an integer >= 1 or a sequence of 2 of them, got "):
+            integers("stride", bad, 2, minimum=1)

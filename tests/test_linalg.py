@@ -519,7 +519,7 @@ _B = torch.ones(2, 1, 5, dtype=DT)
         (lambda: solve(_OP, _B, x0=_B * float("inf")), ValueError, ["x0", "NaN or inf"]),
         (lambda: solve(_OP, _B, method="lu"), ValueError, ["method", "'lu'", "jacobi", "cg", "bicgstab", "gmres"]),
         (lambda: solve(_OP, _B, grad="adjoint"), ValueError, ["grad mode", "'adjoint'", "implicit", "unrolled"]),
-        (lambda: solve(_OP, _B, max_iters=-1), ValueError, ["max_iters", "-1", "non-negative"]),
+        (lambda: solve(_OP, _B, max_iters=-1), ValueError, ["max_iters", "-1", ">= 0 or None"]),
         (lambda: solve(_OP, _B, max_iters=2.5), ValueError, ["max_iters", "2.5"]),
         (lambda: solve(_OP, _B, adjoint_max_iters=-3), ValueError, ["adjoint_max_iters", "-3"]),
         (lambda: solve(_OP, _B, rtol=-1e-3), ValueError, ["rtol", "-0.001"]),

@@ -86,7 +86,7 @@ def test_mlp_rejects_bad_sizes():
         MLP(30, 30)(torch.randn(2, 1, 31))
     with pytest.raises(ValueError, match="out_shape"):
         MLP(30, 30, out_shape=(1, 29))
-    with pytest.raises(ValueError, match="activation='sigmoid'"):
+    with pytest.raises(ValueError, match="activation must be one of 'relu', .*got 'sigmoid'"):
         MLP(3, 3, activation="sigmoid")
     with pytest.raises(ValueError, match="depth"):
         MLP(3, 3, depth=-1)
@@ -136,9 +136,9 @@ def test_resnet_prdp_ns_configuration_has_about_222k_parameters():
 def test_resnet_rejects_bad_arguments():
     with pytest.raises(ValueError, match="kernel_size"):
         ConvResNet(2, 1, 1, kernel_size=4)
-    with pytest.raises(ValueError, match="padding_mode='periodic'"):
+    with pytest.raises(ValueError, match="padding_mode must be one of 'circular', .*got 'periodic'"):
         ConvResNet(2, 1, 1, padding_mode="periodic")
-    with pytest.raises(ValueError, match="ndim=4"):
+    with pytest.raises(ValueError, match=r"ndim must be an integer in \[1, 3\], got 4"):
         ConvResNet(4, 1, 1)
     with pytest.raises(ValueError, match=r"\[batch, 2, n, n\]"):
         ConvResNet(2, 2, 1, hidden=2, blocks=1)(torch.randn(1, 3, 4, 4))

@@ -55,7 +55,7 @@ def test_node_and_cell_sub_fields_keep_the_mac_layout_and_bad_strides_are_refuse
     assert cells == (68, 36) and nodes == (72, 40)  # 17×9 sub-cells, 18×10 sub-nodes: one node more per axis
     with pytest.raises(ValueError, match="periodic axis of 30 cells cannot be staggered with stride 4"):
         staggered_shapes((30,), (4,), (True,))
-    with pytest.raises(ValueError, match="stride must be a positive integer"):
+    with pytest.raises(ValueError, match="stride must be an integer >= 1"):
         as_stride((2, 0), 2)
     with pytest.raises(ValueError, match="multiple of the stride"):
         decompose(torch.zeros(1, 1, 5), (2,), padded=(5,))

@@ -1,7 +1,8 @@
 """Argument checks shared by the whole package (private: the public API raises their errors).
 
 Every check names the argument, says what it must be and what it got, and returns the value
-converted to a plain Python number, so a caller writes ``n = integer("n", n, minimum=3)``.
+converted to a plain Python number, so a caller writes ``n = integer("n", n, minimum=3)``
+(``optional=True`` lets ``None`` through, for "no limit" or "not set" arguments).
 
 The error is :class:`ArgumentError`, a ``ValueError`` *and* a ``TypeError``: a wrong type and a
 wrong value of an argument are the same mistake to the user (``True`` for a count, ``3.5`` for a
@@ -37,21 +38,47 @@ def _bounds(minimum: Any, maximum: Any) -> str:
 
 
 def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
-            fix: str = "") -> int:
-    """``value`` as an ``int`` (any integral number but ``bool``) within ``[minimum, maximum]``."""
-    must = "an integer" + _bounds(minimum, maximum)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _fail(name, must, value, fix)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            optional: bool = False, fix: str = "") -> int | None:
+    """``value`` as an ``int`` (any integral number but ``bool``) within ``[minimum, maximum]``;
+    ``None`` passes through with ``optional``."""
+    if optional and value is None:
+        return None
+    must = "an integer" + _bounds(minimum, maximum) + (" or None" if optional else "")
+    if not _is_integer(value, minimum, maximum):
         raise _fail(name, must, value, fix)
     return int(value)
 
 
+def integers(name: str, value: Any, length: int, *, minimum: int | None = None,
+             maximum: int | None = None, fix: str = "") -> tuple[int, ...]:
+    """``value`` as a tuple of ``length`` ints within ``[minimum, maximum]``; a single integer
+    stands for all ``length`` of them (a stride per axis, cells per axis)."""
+    must = "an integer" + _bounds(minimum, maximum) + f" or a sequence of {length} of them"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        entries: tuple = (value,) * length
+    elif isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise _fail(name, must, value, fix)
+    else:
+        entries = tuple(value)
+    if len(entries) != length or not all(_is_integer(v, minimum, maximum) for v in entries):
+        raise _fail(name, must, value, fix)
+    return tuple(int(v) for v in entries)
+
+
+def _is_integer(value: Any, minimum: int | None, maximum: int | None) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) \
+        and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+
+
 def real(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
-         positive: bool = False, finite: bool = True, fix: str = "") -> float:
+         positive: bool = False, finite: bool = True, optional: bool = False, fix: str = "") -> float | None:
     """``value`` as a ``float`` (any real number but ``bool``): finite unless ``finite=False``,
-    ``> 0`` with ``positive``, and within ``[minimum, maximum]``."""
-    must = ("a positive" if positive else "a") + (" finite" if finite else "") + " number" + _bounds(minimum, maximum)
+    ``> 0`` with ``positive``, and within ``[minimum, maximum]``; ``None`` passes through with
+    ``optional``."""
+    if optional and value is None:
+        return None
+    must = ("a positive" if positive else "a") + (" finite" if finite else "") + " number" \
+        + _bounds(minimum, maximum) + (" or None" if optional else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _fail(name, must, value, fix)
     v = float(value)

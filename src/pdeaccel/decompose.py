@@ -28,13 +28,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ._checks import integers
+
 
 def as_stride(stride: int | Sequence[int], ndim: int) -> tuple[int, ...]:
     """One positive integer stride per spatial axis (an integer applies to every axis)."""
-    strides = (stride,) * ndim if isinstance(stride, int) and not isinstance(stride, bool) else tuple(stride)
-    if len(strides) != ndim or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
-        raise ValueError(f"stride must be a positive integer or {ndim} positive integers, got {stride!r}.")
-    return strides
+    return integers("stride", stride, ndim, minimum=1)
 
 
 def offsets(stride: Sequence[int]) -> list[tuple[int, ...]]:

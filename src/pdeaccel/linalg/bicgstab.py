@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div, sum_prod, xpay
+from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, precondition, safe_div, sum_prod, xpay
 from .operator import LinearOperator
 
 
 def bicgstab(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, budget: Budget,
              *, inv_diag: torch.Tensor | None = None, inplace: bool = False) -> MethodOutput:
-    def precond(v):
-        return v if inv_diag is None else inv_diag * v
-
     if inplace:  # the caller's x0 and r0 must not change; r̂ must not follow r
         x, r = x.clone(), r.clone()
     r_hat = r.clone() if inplace else r
     rho = alpha = omega = torch.ones(b.shape[0], dtype=b.dtype, device=b.device)
     v, p = torch.zeros_like(b), torch.zeros_like(b)  # distinct: p is updated in place
-    iterations = torch.zeros(b.shape[0], dtype=torch.int64, device=b.device)
-    res = bnorm(r)
+    iterations, res = budget.start(r)
     for _ in range(budget.max_iters):
         active, iterations, done = budget.advance(res, iterations)
         if done:
@@ -34,12 +30,12 @@ def bicgstab(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tens
         rho_new = bdot(r_hat, r)
         beta = safe_div(rho_new, rho) * safe_div(alpha, omega)
         p = xpay(r, bcast(beta, p), axpy(bcast(omega, v), v, p, inplace=inplace, value=-1.0), inplace=inplace)
-        p_hat = precond(p)
+        p_hat = precondition(inv_diag, p)
         v = op.matvec(p_hat)
         # a stopped sample keeps x and r (α = ω = 0) and a bounded p (β = 0 next time)
         alpha = safe_div(rho_new, bdot(r_hat, v), active)
         s = axpy(bcast(alpha, v), v, r, inplace=inplace, value=-1.0)  # r is not needed after s
-        s_hat = precond(s)
+        s_hat = precondition(inv_diag, s)
         t = op.matvec(s_hat)
         omega = safe_div(bdot(t, s), bdot(t, t), active)
         x = axpy(bcast(alpha, x), p_hat, x, inplace=inplace)
@@ -68,11 +64,11 @@ def bicgstab_step(matvec, consts: tuple, state: tuple, active: torch.Tensor) -> 
     rho_new = sum_prod(r_hat, r)
     beta = safe_div(rho_new, rho) * safe_div(alpha, omega)
     p = r + bcast(beta, p) * (p - bcast(omega, v) * v)
-    p_hat = p if inv_diag is None else inv_diag * p
+    p_hat = precondition(inv_diag, p)
     v = matvec(p_hat)
     alpha = safe_div(rho_new, sum_prod(r_hat, v), active)
     s = r - bcast(alpha, v) * v
-    s_hat = s if inv_diag is None else inv_diag * s
+    s_hat = precondition(inv_diag, s)
     t = matvec(s_hat)
     omega = safe_div(sum_prod(t, s), sum_prod(t, t), active)
     x = x + bcast(alpha, x) * p_hat + bcast(omega, x) * s_hat

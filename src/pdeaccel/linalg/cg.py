@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, safe_div, sum_prod, xpay
+from ._batched import Budget, MethodOutput, axpy, bcast, bdot, bnorm, precondition, safe_div, sum_prod, xpay
 from .operator import LinearOperator
 
 
@@ -17,11 +17,10 @@ def cg(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, bu
        *, inv_diag: torch.Tensor | None = None, inplace: bool = False) -> MethodOutput:
     if inplace:  # the caller's x0 and r0 must not change
         x, r = x.clone(), r.clone()
-    iterations = torch.zeros(b.shape[0], dtype=torch.int64, device=b.device)
-    z = r if inv_diag is None else inv_diag * r
+    iterations, res = budget.start(r)
+    z = precondition(inv_diag, r)
     p = z.clone() if inplace else z  # p is overwritten in place, so it must not alias r or z
     rz = bdot(r, z)
-    res = bnorm(r)
     for _ in range(budget.max_iters):
         active, iterations, done = budget.advance(res, iterations)
         if done:
@@ -49,7 +48,7 @@ def cg(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, bu
 
 def cg_init(b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, inv_diag: torch.Tensor | None) -> tuple:
     """State ``(x, r, p, ⟨r,z⟩, ‖r‖)`` before the first iteration."""
-    z = r if inv_diag is None else inv_diag * r
+    z = precondition(inv_diag, r)
     rz = sum_prod(r, z)
     res = torch.sqrt(rz) if inv_diag is None else sum_prod(r, r).sqrt()
     return x, r, z, rz, res
@@ -64,7 +63,7 @@ def cg_step(matvec, consts: tuple, state: tuple, active: torch.Tensor) -> tuple:
     a = bcast(safe_div(rz, sum_prod(p, Ap), active), x)
     x = x + a * p
     r = r - a * Ap
-    z = r if inv_diag is None else inv_diag * r
+    z = precondition(inv_diag, r)
     rz_new = sum_prod(r, z)
     beta = safe_div(rz_new, rz, active)
     p = z + bcast(beta, p) * p

@@ -18,9 +18,8 @@ def jacobi(op: LinearOperator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor
            *, omega: float = 1.0, inv_diag: torch.Tensor, inplace: bool = False) -> MethodOutput:
     if inplace:  # the caller's x0 must not change
         x = x.clone()
-    iterations = torch.zeros(b.shape[0], dtype=torch.int64, device=b.device)
+    iterations, res = budget.start(r)
     step = omega * inv_diag
-    res = bnorm(r)
     for _ in range(budget.max_iters):
         active, iterations, done = budget.advance(res, iterations)
         if done:

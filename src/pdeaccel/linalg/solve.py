@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
 
+from .._checks import ArgumentError, choice, integer, real
 from . import _compiled
 from ._batched import Budget, MethodOutput, bnorm
 from .bicgstab import bicgstab
@@ -228,28 +228,25 @@ def _result(out: MethodOutput, b: torch.Tensor, s: _Settings) -> SolveResult:
 
 def check_settings(method: str, max_iters: int | None, rtol: float, atol: float, grad: str,
                    preconditioner: str | None, adjoint_max_iters: int | None, restart: int, omega: float) -> None:
-    """Raise ValueError/TypeError naming the first solver setting that is not acceptable."""
-    for name, value, allowed in (("solver method", method, METHODS), ("grad mode", grad, GRAD_MODES),
-                                 ("preconditioner", preconditioner, PRECONDITIONERS)):
-        if not (value is None or isinstance(value, str)):
-            raise TypeError(f"the {name} must be a string, got {type(value).__name__} ({value!r}).")
-        if value not in allowed:
-            raise ValueError(f"Unknown {name} {value!r}; choose one of "
-                             f"{', '.join(repr(a) if a is None else a for a in allowed)}.")
-    for name, value in (("max_iters", max_iters), ("adjoint_max_iters", adjoint_max_iters)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}.")
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    """Raise an ArgumentError (a ValueError and a TypeError) naming the first solver setting that
+    is not acceptable."""
+    choice("solver method", method, METHODS)
+    choice("grad mode", grad, GRAD_MODES)
+    choice("preconditioner", preconditioner, PRECONDITIONERS)
+    integer("max_iters", max_iters, minimum=0, optional=True, fix="None runs until the tolerance.")
+    integer("adjoint_max_iters", adjoint_max_iters, minimum=0, optional=True)
+    real("rtol", rtol, minimum=0)
+    real("atol", atol, minimum=0)
     if max_iters is None and rtol == 0 and atol == 0:
         # "until the tolerance" with no tolerance would silently run the whole safety cap (20000+ iterations)
-        raise ValueError("max_iters=None runs until the tolerance, but rtol = atol = 0 sets none; give a budget "
-                         "max_iters=K (exactly K iterations) or a tolerance rtol/atol > 0.")
-    if isinstance(restart, bool) or not (isinstance(restart, int) and restart >= 1):
-        raise ValueError(f"restart (GMRES) must be an integer >= 1, got {restart!r}.")
-    if isinstance(omega, bool) or not (isinstance(omega, (int, float)) and 0 < omega < 2):
-        raise ValueError(f"omega (Jacobi relaxation) must be a number in (0, 2), got {omega!r}.")
+        raise ArgumentError("max_iters=None runs until the tolerance, but rtol = atol = 0 sets none; give a budget "
+                            "max_iters=K (exactly K iterations) or a tolerance rtol/atol > 0.")
+    integer("restart (GMRES)", restart, minimum=1)
+    if real("omega (Jacobi relaxation)", omega, positive=True, maximum=2, fix=_OMEGA) == 2:
+        raise ArgumentError(f"omega (Jacobi relaxation) must be < 2, got {omega!r}. {_OMEGA}")
+
+
+_OMEGA = "Weighted Jacobi converges only for omega in (0, 2)."
 
 
 def _validate(op, b, method, max_iters, rtol, atol, x0, grad, preconditioner, adjoint_max_iters,

@@ -7,6 +7,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .._checks import ArgumentError, choice, integer
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -21,28 +23,22 @@ _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 def make_activation(name: str) -> nn.Module:
-    if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise ValueError(f"activation={name!r} is not supported; allowed: {', '.join(ACTIVATIONS)}.")
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS[choice("activation", name, ACTIVATIONS)]()
 
 
-def check_positive_int(value: object, name: str) -> int:
-    # bool is an int subclass; True as a width is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
-def check_ndim(ndim: object, allowed: tuple[int, ...]) -> int:
-    if isinstance(ndim, bool) or ndim not in allowed:
-        raise ValueError(f"ndim={ndim!r} is not supported; allowed: {', '.join(map(str, allowed))}.")
-    return ndim  # type: ignore[return-value]
-
-
-def check_padding_mode(mode: object) -> str:
-    if mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode={mode!r} is not supported; allowed: {', '.join(PADDING_MODES)}.")
-    return mode  # type: ignore[return-value]
+def check_conv_args(ndim: object, in_channels: object, out_channels: object, hidden: object,
+                    kernel_size: object, padding_mode: object, activation: object) -> tuple[int, int, int]:
+    """Check the arguments the convolutional nets share before anything is built; returns
+    ``(ndim, in_channels, out_channels)`` as plain ints."""
+    ndim = integer("ndim", ndim, minimum=1, maximum=3)
+    in_channels = integer("in_channels", in_channels, minimum=1)
+    out_channels = integer("out_channels", out_channels, minimum=1)
+    integer("hidden", hidden, minimum=1)
+    if integer("kernel_size", kernel_size, minimum=1) % 2 == 0:
+        raise ArgumentError(f"kernel_size must be odd so the net preserves shape, got {kernel_size}.")
+    choice("padding_mode", padding_mode, PADDING_MODES)
+    make_activation(activation)
+    return ndim, in_channels, out_channels
 
 
 def conv(

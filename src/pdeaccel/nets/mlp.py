@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._common import check_positive_int, make_activation
+from .._checks import ArgumentError, integer
+from ._common import make_activation
 
 
 class MLP(nn.Module):
@@ -50,16 +51,14 @@ class MLP(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = check_positive_int(in_features, "in_features")
-        self.out_features = check_positive_int(out_features, "out_features")
-        check_positive_int(width, "width")
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-            raise ValueError(f"depth must be a non-negative integer, got {depth!r}.")
+        self.in_features = integer("in_features", in_features, minimum=1)
+        self.out_features = integer("out_features", out_features, minimum=1)
+        integer("width", width, minimum=1)
+        integer("depth", depth, minimum=0)
         if out_shape is not None:
-            out_shape = tuple(out_shape)
-            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in out_shape) \
-                    or math.prod(out_shape) != out_features:
-                raise ValueError(
+            out_shape = tuple(integer("out_shape entry", n, minimum=1) for n in out_shape)
+            if math.prod(out_shape) != out_features:
+                raise ArgumentError(
                     f"out_shape={out_shape!r} must be positive integers whose product equals "
                     f"out_features={out_features}."
                 )

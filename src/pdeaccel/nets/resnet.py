@@ -8,14 +8,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ._common import (
-    check_input,
-    check_ndim,
-    check_padding_mode,
-    check_positive_int,
-    conv,
-    make_activation,
-)
+from .._checks import integer
+from ._common import check_conv_args, check_input, conv, make_activation
 
 # The PRDP paper's Navier–Stokes correction net C_θ (2 velocity channels in and out, 64 hidden
 # channels, "≈222k parameters"): 3 blocks of two 3×3 convolutions give
@@ -87,17 +81,9 @@ class ConvResNet(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.ndim = check_ndim(ndim, (1, 2, 3))
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.out_channels = check_positive_int(out_channels, "out_channels")
-        check_positive_int(hidden, "hidden")
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
-            raise ValueError(f"blocks must be a non-negative integer, got {blocks!r}.")
-        check_positive_int(kernel_size, "kernel_size")
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd so the net preserves shape, got {kernel_size}.")
-        check_padding_mode(padding_mode)
-        make_activation(activation)  # validate before building anything
+        self.ndim, self.in_channels, self.out_channels = check_conv_args(
+            ndim, in_channels, out_channels, hidden, kernel_size, padding_mode, activation)
+        integer("blocks", blocks, minimum=0)
 
         self.lift = conv(ndim, in_channels, hidden, 1, padding_mode, device, dtype)
         self.blocks = nn.Sequential(*(

@@ -6,14 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import (
-    check_input,
-    check_ndim,
-    check_padding_mode,
-    check_positive_int,
-    conv,
-    make_activation,
-)
+from .._checks import integer
+from ._common import check_conv_args, check_input, conv, make_activation
 
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -67,41 +61,21 @@ class UNet(nn.Module):
     non-divisible periodic field breaks that at the seam.
 
     Args:
-        ndim: number of spatial axes (1, 2 or 3).
-        in_channels, out_channels: channels of the input and output fields.
         hidden: channels at the finest level (doubled at each coarser level).
         levels: number of ×2 downsamplings.
         kernel_size: odd spatial kernel size of every non-pointwise convolution.
-        padding_mode: ``"circular"`` (periodic grids), ``"zeros"``, ``"replicate"`` or ``"reflect"``.
-        activation: ``"relu"``, ``"tanh"``, ``"gelu"`` or ``"silu"``.
-        device, dtype: where and in which precision the parameters live (float32 by default).
+        ndim, in_channels, out_channels, padding_mode, activation, device, dtype: as for
+            :class:`~pdeaccel.nets.ConvResNet`.
     """
 
-    def __init__(
-        self,
-        ndim: int,
-        in_channels: int,
-        out_channels: int,
-        hidden: int = 20,
-        levels: int = 4,
-        kernel_size: int = 3,
-        padding_mode: str = "zeros",
-        activation: str = "relu",
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, hidden: int = 20, levels: int = 4,
+                 kernel_size: int = 3, padding_mode: str = "zeros", activation: str = "relu", *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.ndim = check_ndim(ndim, (1, 2, 3))
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.out_channels = check_positive_int(out_channels, "out_channels")
-        check_positive_int(hidden, "hidden")
-        self.levels = check_positive_int(levels, "levels")
-        check_positive_int(kernel_size, "kernel_size")
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd so the net preserves shape, got {kernel_size}.")
-        self.padding_mode = check_padding_mode(padding_mode)
-        make_activation(activation)
+        self.ndim, self.in_channels, self.out_channels = check_conv_args(
+            ndim, in_channels, out_channels, hidden, kernel_size, padding_mode, activation)
+        self.levels = integer("levels", levels, minimum=1)
+        self.padding_mode = padding_mode
         self.kernel_size = kernel_size
         # Wrapping needs halo <= size and mirroring halo < size at the coarsest level.
         halo = kernel_size // 2

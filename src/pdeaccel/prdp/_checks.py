@@ -1,4 +1,7 @@
-"""Argument checks shared by the PRDP configuration, the schedules, the ledger and the savings."""
+"""The PRDP-specific argument check: a metric fed to a schedule or to the savings report.
+
+Integers and plain reals are checked with the package's shared :mod:`pdeaccel._checks`.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +11,20 @@ from typing import Any
 
 import torch
 
+from .._checks import real
 
-def _int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
+_DIVERGED = ("A diverged epoch is the divergence guard's business (roll back, raise_budget); "
+             "do not feed it to the schedule.")
+_RATIO = "PRDP compares ratios of an error measure (validation error or a non-negative loss)."
 
 
-def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
-    return float(value)
-
-
-def _metric(value: Any, positive: bool, name: str = "metric") -> float:
-    """A metric as a float: Python/numpy numbers and one-element tensors are accepted."""
+def check_metric(value: Any, positive: bool, name: str = "metric") -> float:
+    """A metric as a finite float (``> 0`` with ``positive``): Python/numpy numbers and
+    one-element tensors are accepted."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise TypeError(f"{name} must be a scalar, got a tensor of shape {list(value.shape)}.")
         value = value.detach().item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(
-            f"{name} must be finite, got {value!r}. A diverged epoch is the divergence guard's business "
-            "(roll back, raise_budget); do not feed it to the schedule."
-        )
-    if positive and value <= 0:
-        raise ValueError(
-            f"metric must be > 0 for PRDP, got {value!r}: the controller compares ratios of an error "
-            "measure (validation error or a non-negative loss)."
-        )
-    return value
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    fix = _DIVERGED if number and not math.isfinite(value) else _RATIO if positive else ""
+    return real(name, value, positive=positive, fix=fix)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
-from ._checks import _int, _real
+from .._checks import choice, integer, real
 
 METRICS = ("validation", "train_loss")
 
@@ -42,27 +41,18 @@ class PRDPConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
-        set_("k0", _int("PRDPConfig.k0", self.k0, 1))
-        set_("delta_k", _int("PRDPConfig.delta_k", self.delta_k, 1))
-        set_("k_max", _int("PRDPConfig.k_max", self.k_max, 1))
+        set_("k0", integer("PRDPConfig.k0", self.k0, minimum=1))
+        set_("delta_k", integer("PRDPConfig.delta_k", self.delta_k, minimum=1))
+        set_("k_max", integer("PRDPConfig.k_max", self.k_max, minimum=1))
         if self.k0 > self.k_max:
             raise ValueError(f"PRDPConfig.k0 must be <= k_max, got k0={self.k0} > k_max={self.k_max}.")
         for name in ("tau_step", "tau_stop"):
-            value = _real(f"PRDPConfig.{name}", getattr(self, name))
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"PRDPConfig.{name} must lie in (0, 1], got {value!r}.")
-            set_(name, value)
-        if self.ema_window is not None:
-            set_("ema_window", _int("PRDPConfig.ema_window", self.ema_window, 1))
-        set_("lookback", _int("PRDPConfig.lookback", self.lookback, 2))
-        if self.initial_checkpoint is not None:
-            value = _real("PRDPConfig.initial_checkpoint", self.initial_checkpoint)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(
-                    f"PRDPConfig.initial_checkpoint must be a finite number > 0 or None, got {value!r}.")
-            set_("initial_checkpoint", value)
-        if self.metric not in METRICS:
-            raise ValueError(f"PRDPConfig.metric must be one of {', '.join(METRICS)}; got {self.metric!r}.")
+            set_(name, real(f"PRDPConfig.{name}", getattr(self, name), positive=True, maximum=1.0))
+        set_("ema_window", integer("PRDPConfig.ema_window", self.ema_window, minimum=1, optional=True))
+        set_("lookback", integer("PRDPConfig.lookback", self.lookback, minimum=2))
+        set_("initial_checkpoint", real("PRDPConfig.initial_checkpoint", self.initial_checkpoint,
+                                        positive=True, optional=True, fix="None takes the first metric."))
+        choice("PRDPConfig.metric", self.metric, METRICS)
 
     @property
     def ema_alpha(self) -> float:

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ._checks import _int
+from .._checks import choice, integer
 
 _PHASES = ("train", "validation")
 _DIRECTIONS = ("forward", "backward")
@@ -47,8 +47,7 @@ class IterationLedger:
 
     # -- the monitor -------------------------------------------------------------------------
     def __call__(self, direction: str, method: str, iterations: torch.Tensor | int) -> None:
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}.")
+        choice("direction", direction, _DIRECTIONS)
         if self._open is None:
             self.start_epoch(self.epochs[-1]["epoch"] + 1 if self.epochs else 0)
         if isinstance(iterations, torch.Tensor):
@@ -57,7 +56,7 @@ class IterationLedger:
                 raise ValueError("iterations is an empty tensor; a solve reports one count per sample.")
             run, total = iters.max().to(torch.int64), iters.sum().to(torch.int64)
         else:
-            run = total = _int("iterations", iterations, 0)
+            run = total = integer("iterations", iterations, minimum=0)
         prefix = "val_" if self._phase == "validation" else ""
         self._add(f"{prefix}{direction}_iters", run)
         self._add(f"{prefix}{direction}_iters_samples", total)
@@ -70,7 +69,7 @@ class IterationLedger:
     # -- epochs, budget, steps, phases -------------------------------------------------------
     def start_epoch(self, epoch: int, k: int | None = None) -> None:
         """Open epoch ``epoch``; ``k`` (optional) is the budget it uses (see :meth:`record_budget`)."""
-        epoch = _int("epoch", epoch, 0)
+        epoch = integer("epoch", epoch, minimum=0)
         if self._open is not None:
             raise RuntimeError(f"epoch {self._open['epoch']} is still open; call end_epoch() first.")
         self._open = {"epoch": epoch, "k": None, "steps": 0, "train_seconds": 0.0, "validation_seconds": 0.0}
@@ -83,13 +82,13 @@ class IterationLedger:
         """The budget K this epoch uses (None: solved to tolerance)."""
         if self._open is None:
             self.start_epoch(self.epochs[-1]["epoch"] + 1 if self.epochs else 0)
-        self._open["k"] = None if k is None else _int("k", k, 0)
+        self._open["k"] = integer("k", k, minimum=0, optional=True)
 
     def count_step(self, n: int = 1) -> None:
         """Count ``n`` optimiser steps in the open epoch."""
         if self._open is None:
             self.start_epoch(self.epochs[-1]["epoch"] + 1 if self.epochs else 0)
-        self._open["steps"] += _int("n", n, 0)
+        self._open["steps"] += integer("n", n, minimum=0)
 
     def _sync(self) -> None:
         # wall-clock of asynchronous GPU work is only meaningful after the queue drained
@@ -99,8 +98,7 @@ class IterationLedger:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time a ``"train"`` or ``"validation"`` phase; solves inside are attributed to it."""
-        if name not in _PHASES:
-            raise ValueError(f"phase must be 'train' or 'validation', got {name!r}.")
+        choice("phase", name, _PHASES)
         if self._phase is not None:
             raise RuntimeError(f"phase {name!r} opened inside phase {self._phase!r}; phases do not nest.")
         if self._open is None:

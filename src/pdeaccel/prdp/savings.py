@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ._checks import _int, _metric
+from .._checks import integer
+from ._checks import check_metric
 from .ledger import IterationLedger, _as_ledger
 
 __all__ = ["QUANTITIES", "REPORT_KEYS", "LEGACY_NAMES", "savings_report", "savings_table",
@@ -106,9 +107,9 @@ def savings_report(prdp: IterationLedger | dict, converged: IterationLedger | di
     are those of :data:`QUANTITIES`.
     """
     p, c = _as_ledger(prdp, "prdp"), _as_ledger(converged, "converged")
-    k_converged = _int("k_converged", k_converged, 1)
-    final_p = _metric(prdp_final_metric, False, "prdp_final_metric")
-    final_c = _metric(converged_final_metric, False, "converged_final_metric")
+    k_converged = integer("k_converged", k_converged, minimum=1)
+    final_p = check_metric(prdp_final_metric, False, "prdp_final_metric")
+    final_c = check_metric(converged_final_metric, False, "converged_final_metric")
     for ledger, name in ((p, "prdp"), (c, "converged")):
         if not ledger.epochs:
             raise ValueError(f"the {name} ledger has no finished epochs.")

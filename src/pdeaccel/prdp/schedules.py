@@ -5,7 +5,8 @@ A schedule owns one iteration budget K, sees one metric per epoch and never lowe
 
 from __future__ import annotations
 
-from ._checks import _int, _metric
+from .._checks import integer
+from ._checks import check_metric
 from .config import PRDPConfig, RefinementEvent
 
 #: The spellings :func:`make_schedule` understands.
@@ -43,21 +44,21 @@ class Schedule:
 
     def update(self, epoch: int, metric: float) -> RefinementEvent | None:
         """Record the metric of the epoch just finished; returns the event if K changed."""
-        epoch = _int("epoch", epoch, 0)
+        epoch = integer("epoch", epoch, minimum=0)
         if self.epochs_seen and epoch <= self.epochs_seen[-1]:
             raise ValueError(
                 f"epoch must increase from call to call; got epoch={epoch} after epoch="
                 f"{self.epochs_seen[-1]}. Each epoch's metric is recorded once (a rollback must also "
                 "restore the schedule's state_dict)."
             )
-        value = _metric(metric, self._positive_metric)
+        value = check_metric(metric, self._positive_metric)
         self.epochs_seen.append(epoch)
         self.metrics.append(value)
         return self._decide(epoch, value)
 
     def raise_budget(self, epoch: int, reason: str) -> RefinementEvent | None:
         """Raise K outside the metric logic (divergence guard). Returns None if K cannot rise."""
-        epoch = _int("epoch", epoch, 0)
+        epoch = integer("epoch", epoch, minimum=0)
         if not isinstance(reason, str) or not reason:
             raise ValueError(f"reason must be a non-empty string, got {reason!r}.")
         new_k = self._raised_k()
@@ -146,7 +147,7 @@ class PRDPSchedule(Schedule):
         """
         if self.metrics or self.ema:
             raise ValueError("observe_initial must come before the first update (the history is not empty).")
-        value = _metric(metric, self._positive_metric)
+        value = check_metric(metric, self._positive_metric)
         self.ema.append(value)
         if self.checkpoint is None:
             self.checkpoint = value
@@ -209,8 +210,8 @@ class FixedSchedule(Schedule):
     kind = "fixed"
 
     def __init__(self, k: int, k_max: int | None = None) -> None:
-        k = _int("k (fixed budget)", k, 1)
-        self.k_max = None if k_max is None else _int("k_max", k_max, k)
+        k = integer("k (fixed budget)", k, minimum=1)
+        self.k_max = integer("k_max", k_max, minimum=k, optional=True)
         super().__init__(k)
         self.name = f"fixed:{k}"
 
@@ -235,7 +236,7 @@ class ConvergedSchedule(Schedule):
     kind = "converged"
 
     def __init__(self, k_eps: int | None = None) -> None:
-        super().__init__(None if k_eps is None else _int("k_eps (converged budget)", k_eps, 1))
+        super().__init__(integer("k_eps (converged budget)", k_eps, minimum=1, optional=True))
         self.name = "converged" if k_eps is None else f"converged:{self._k}"
 
     def _extra_state(self) -> dict:
@@ -257,10 +258,10 @@ class LinearSchedule(Schedule):
     kind = "linear"
 
     def __init__(self, k0: int, k1: int, epochs: int, k_max: int | None = None) -> None:
-        self.k0 = _int("k0 (linear schedule)", k0, 1)
-        self.k1 = _int("k1 (linear schedule)", k1, self.k0)
-        self.num_epochs = _int("epochs (linear schedule)", epochs, 1)
-        self.k_max = None if k_max is None else _int("k_max", k_max, self.k1)
+        self.k0 = integer("k0 (linear schedule)", k0, minimum=1)
+        self.k1 = integer("k1 (linear schedule)", k1, minimum=self.k0)
+        self.num_epochs = integer("epochs (linear schedule)", epochs, minimum=1)
+        self.k_max = integer("k_max", k_max, minimum=self.k1, optional=True)
         self.floor = 0
         super().__init__(self._ramp(0))
         self.name = f"linear:{self.k0}:{self.k1}"

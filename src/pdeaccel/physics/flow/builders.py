@@ -3,45 +3,39 @@ pipe, and any user-drawn 2D mask."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
+from ..._checks import choice, integer, integers, real
 from ...grid import Grid
 from ...stencils import mac_coordinates, mac_face_shape
 from .environment import FlowEnvironment
 from .obstacles import Obstacle, rasterise
 
+PROFILES = ("parabolic", "uniform")
+OUTFLOWS = ("open", "prescribed")
 
-def lid_driven_cavity(
-    n: int | Sequence[int] = 32,
-    *,
-    ndim: int = 2,
-    length: float = 1.0,
-    lid_speed: float = 1.0,
-    reynolds: float = 100.0,
-    rho: float = 1.0,
-    dt: float | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> FlowEnvironment:
+
+def lid_driven_cavity(n: int | Sequence[int] = 32, *, ndim: int = 2, length: float = 1.0, lid_speed: float = 1.0,
+                      reynolds: float = 100.0, rho: float = 1.0, dt: float | None = None,
+                      dtype: torch.dtype = torch.float64) -> FlowEnvironment:
     """A square (cubic) cavity of side ``length`` with ``n`` fluid cells per side, closed by no-slip
     walls; the top wall (high y) slides along +x at ``lid_speed``.
 
     ``μ = ρ·lid_speed·length / reynolds``. Default ``dt``: half a cell per lid passage
     (``0.5·h/lid_speed``). The grid has ``n+2`` cells per axis (the wall layer).
     """
-    sizes = _int_tuple(n, ndim, "n")
-    _positive(length, "length"), _finite(lid_speed, "lid_speed"), _positive(reynolds, "reynolds"), _positive(rho, "rho")
+    ndim = integer("ndim", ndim, minimum=2, maximum=3)
+    sizes = integers("n", n, ndim, minimum=2)
+    real("length", length, positive=True), real("lid_speed", lid_speed)
+    real("reynolds", reynolds, positive=True), real("rho", rho, positive=True)
     h = length / sizes[0]
     if any(abs(length / s - h) > 1e-12 * h for s in sizes):
         raise ValueError(f"a cavity needs square cells; got n={sizes} for one side length {length}.")
-    grid = Grid(tuple(s + 2 for s in sizes), tuple((s + 2) * h for s in sizes), "neumann")
-    fluid = torch.zeros((1, 1) + grid.shape, dtype=dtype)
-    fluid[(slice(None), slice(None)) + (slice(1, -1),) * ndim] = 1.0
-    faces = [torch.zeros((1, 1) + mac_face_shape(grid, d), dtype=dtype) for d in range(ndim)]
+    grid, fluid, faces = _walled_box(sizes, h, dtype)
     # the lid is the top layer of wall cells (high y): the x-faces inside it carry the lid speed
     faces[0][:, :, :, -1] = lid_speed
     mu = rho * abs(lid_speed) * length / reynolds if lid_speed != 0 else rho * length / reynolds
@@ -76,24 +70,17 @@ def channel(
     coordinates (origin at the inflow wall corner). Default ``dt``: half a cell at the peak
     inflow speed.
     """
-    _positive(length, "length"), _positive(height, "height"), _finite(inflow_speed, "inflow_speed")
-    if profile not in ("parabolic", "uniform"):
-        raise ValueError(f"profile must be 'parabolic' or 'uniform', got {profile!r}.")
-    if outflow not in ("open", "prescribed"):
-        raise ValueError(f"outflow must be 'open' or 'prescribed', got {outflow!r}.")
-    if not _is_int(ndim) or ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim!r}.")
-    if not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution (cells across the height) must be an integer >= 2, got {resolution!r}.")
+    real("length", length, positive=True), real("height", height, positive=True), real("inflow_speed", inflow_speed)
+    choice("profile", profile, PROFILES)
+    choice("outflow", outflow, OUTFLOWS)
+    ndim = integer("ndim", ndim, minimum=2, maximum=3)
+    integer("resolution (cells across the height)", resolution, minimum=2)
     h = height / resolution
     extents = [length, height] + ([height if depth is None else depth] if ndim == 3 else [])
-    _positive(extents[-1], "depth")
+    real("depth", extents[-1], positive=True)
     cells = [max(2, round(e / h)) for e in extents]
-    grid = Grid(tuple(c + 2 for c in cells), tuple((c + 2) * h for c in cells), "neumann")
+    grid, fluid, faces = _walled_box(cells, h, dtype)
     origin = (h,) * ndim
-    fluid = torch.zeros((1, 1) + grid.shape, dtype=dtype)
-    fluid[(slice(None), slice(None)) + (slice(1, -1),) * ndim] = 1.0
-    faces = [torch.zeros((1, 1) + mac_face_shape(grid, d), dtype=dtype) for d in range(ndim)]
     coords = mac_coordinates(grid, 0, origin, dtype, "cpu")
     shape_fn = torch.ones_like(coords[1])
     if profile == "parabolic":
@@ -160,25 +147,16 @@ def channel_with_cylinder(
     if ndim == 3 and len(center) == 2:
         center = (center[0], center[1], (channel_kwargs.get("depth") or height) / 2)
     if reynolds is not None:
-        _positive(reynolds, "reynolds")
+        real("reynolds", reynolds, positive=True)
         rho = channel_kwargs.get("rho", 1.0)
         channel_kwargs["mu"] = rho * abs(channel_kwargs.get("inflow_speed", 1.0)) * 2 * radius / reynolds
     obstacle = Obstacle.cylinder(center, radius, angular_velocity=angular_velocity)
     return channel(length, height, resolution, obstacles=(obstacle,), **channel_kwargs)
 
 
-def pipe(
-    length: float = 4.0,
-    diameter: float = 1.0,
-    resolution: int = 16,
-    *,
-    ndim: int = 2,
-    inflow_speed: float = 1.0,
-    mu: float = 0.01,
-    rho: float = 1.0,
-    dt: float | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> FlowEnvironment:
+def pipe(length: float = 4.0, diameter: float = 1.0, resolution: int = 16, *, ndim: int = 2,
+         inflow_speed: float = 1.0, mu: float = 0.01, rho: float = 1.0, dt: float | None = None,
+         dtype: torch.dtype = torch.float64) -> FlowEnvironment:
     """A straight pipe along x with Poiseuille inflow of mean speed ``inflow_speed`` and an open
     outflow. 2D: the plane channel of width ``diameter``. 3D: a circular cross-section (cells
     whose centre lies farther than ``diameter/2`` from the axis are wall), inflow
@@ -227,20 +205,19 @@ def from_mask(
     rest).
     """
     arr = _read_mask(mask, threshold)
-    if frame not in ("channel", "closed", "none"):
-        raise ValueError(f"frame must be 'channel', 'closed' or 'none', got {frame!r}.")
-    _positive(cell_size, "cell_size")
+    choice("frame", frame, ("channel", "closed", "none"))
+    real("cell_size", cell_size, positive=True)
     nx, ny = arr.shape
     pad = 0 if frame == "none" else 1
     grid = Grid((nx + 2 * pad, ny + 2 * pad), ((nx + 2 * pad) * cell_size, (ny + 2 * pad) * cell_size), "neumann")
     fluid = torch.zeros((1, 1) + grid.shape, dtype=dtype)
     fluid[0, 0, pad:pad + nx, pad:pad + ny] = torch.as_tensor(arr, dtype=dtype)
-    faces = [torch.zeros((1, 1) + mac_face_shape(grid, d), dtype=dtype) for d in range(2)]
+    faces = _zero_faces(grid, dtype)
     origin = (pad * cell_size,) * 2
     out = torch.zeros_like(fluid)
     if frame == "channel":
-        if profile not in ("parabolic", "uniform"):
-            raise ValueError(f"profile must be 'parabolic' or 'uniform', got {profile!r}.")
+        choice("profile", profile, PROFILES)
+        choice("outflow", outflow, OUTFLOWS)
         _, y = mac_coordinates(grid, 0, origin, dtype, "cpu")
         H = ny * cell_size
         yc = y.clamp(0.0, H)
@@ -248,10 +225,8 @@ def from_mask(
         faces[0][0, 0, :2] = u_in[:2]
         if outflow == "prescribed":
             faces[0][0, 0, -2:] = u_in[-2:]
-        elif outflow == "open":
-            out[0, 0, -1, 1:-1] = 1.0
         else:
-            raise ValueError(f"outflow must be 'open' or 'prescribed', got {outflow!r}.")
+            out[0, 0, -1, 1:-1] = 1.0
         # inflow/outflow cells next to a solid pixel of the mask's first/last column stay walls
         faces[0][0, 0, 1] *= fluid[0, 0, 1]
         out[0, 0, -1] *= fluid[0, 0, -2]
@@ -298,24 +273,14 @@ def _read_mask(mask, threshold: float) -> np.ndarray:
     return arr
 
 
-def _int_tuple(n, ndim: int, name: str) -> tuple[int, ...]:
-    if not _is_int(ndim) or ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim!r}.")
-    t = (n,) * ndim if isinstance(n, int) else tuple(n)
-    if len(t) != ndim or not all(isinstance(v, int) and v >= 2 for v in t):
-        raise ValueError(f"{name} must be an integer >= 2 (or {ndim} of them), got {n!r}.")
-    return t
+def _walled_box(cells: Sequence[int], h: float, dtype: torch.dtype) -> tuple[Grid, torch.Tensor, list[torch.Tensor]]:
+    """A box of ``cells`` fluid cells of side ``h`` inside one layer of wall cells: its grid, the
+    fluid mask and zero face velocities."""
+    grid = Grid(tuple(c + 2 for c in cells), tuple((c + 2) * h for c in cells), "neumann")
+    fluid = torch.zeros((1, 1) + grid.shape, dtype=dtype)
+    fluid[(slice(None), slice(None)) + (slice(1, -1),) * grid.ndim] = 1.0
+    return grid, fluid, _zero_faces(grid, dtype)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
-
-
-def _finite(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+def _zero_faces(grid: Grid, dtype: torch.dtype) -> list[torch.Tensor]:
+    return [torch.zeros((1, 1) + mac_face_shape(grid, d), dtype=dtype) for d in range(grid.ndim)]

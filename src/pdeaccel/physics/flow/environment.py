@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..._checks import real
 from ...grid import Grid
 from ...stencils import mac_coordinates, mac_face_shape, mac_spacing
 from .obstacles import Obstacle, rasterise
@@ -96,8 +96,7 @@ class FlowEnvironment:
         mu = _per_sample(self.mu, B, "mu", dtype, fluid.device)
         rho = _per_sample(self.rho, B, "rho", dtype, fluid.device)
         dt = self.dt
-        if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (math.isfinite(dt) and dt > 0):
-            raise ValueError(f"dt must be a positive finite number, got {dt!r}.")
+        real("dt", dt, positive=True)
         if self.body_force is None:
             body = torch.zeros(B, grid.ndim, dtype=dtype, device=fluid.device)
         else:

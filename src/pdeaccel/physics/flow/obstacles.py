@@ -10,6 +10,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from ..._checks import choice, real
 from ...grid import Grid
 from ...stencils import face_neighbour_cells, mac_coordinates
 
@@ -34,8 +35,7 @@ class Obstacle:
     angular_velocity: float | tuple[float, float, float] = 0.0
 
     def __post_init__(self) -> None:
-        if self.shape not in ("box", "cylinder", "sphere"):
-            raise ValueError(f"Obstacle shape must be 'box', 'cylinder' or 'sphere', got {self.shape!r}.")
+        choice("Obstacle shape", self.shape, ("box", "cylinder", "sphere"))
         center = _float_tuple(self.center, "Obstacle center")
         ndim = len(center)
         if ndim not in (2, 3):
@@ -51,15 +51,10 @@ class Obstacle:
                 raise ValueError(f"a box needs {ndim} positive side lengths, got size={size}.")
             object.__setattr__(self, "size", size)
         else:
-            r = float(self.radius)
-            if not (math.isfinite(r) and r > 0):
-                raise ValueError(f"a {self.shape} needs a positive finite radius, got radius={self.radius!r}.")
-            object.__setattr__(self, "radius", r)
+            object.__setattr__(self, "radius", real(f"the radius of a {self.shape}", self.radius, positive=True))
         omega = self.angular_velocity
         if ndim == 2:
-            if not isinstance(omega, (int, float)) or not math.isfinite(omega):
-                raise ValueError(f"a 2D obstacle's angular_velocity is one finite number, got {omega!r}.")
-            object.__setattr__(self, "angular_velocity", float(omega))
+            object.__setattr__(self, "angular_velocity", real("a 2D obstacle's angular_velocity", omega))
         else:
             omega = (0.0, 0.0, float(omega)) if isinstance(omega, (int, float)) else _float_tuple(omega, "angular_velocity")
             if len(omega) != 3:

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from ..._checks import choice
 from ...stencils import mac_spacing, shift
 from .environment import FlowEnvironment
 from .topology import BEYOND, FREE, INTERIOR, OPEN, PRESCRIBED
@@ -194,8 +195,7 @@ class MACOperators:
         ``(u_{i+1} − u_{i−1})/2h`` with the neighbours' boundary rules of the Laplacian — the
         advection term of Wandel et al.'s physics-constrained loss; the upwind schemes are the
         solver's own."""
-        if scheme != "central" and scheme not in UPWIND_ORDER:
-            raise ValueError(f"scheme must be 'central' or one of {', '.join(UPWIND_ORDER)}, got {scheme!r}.")
+        choice("scheme", scheme, ("central", *UPWIND_ORDER))
         u = self.complete(self.check_velocity(velocity))
         return tuple(-r for r in self.advection_rate(u, 0 if scheme == "central" else UPWIND_ORDER[scheme]))
 
