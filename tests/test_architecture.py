@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("linalg",),
     ("physics", "nets"),
     ("losses",),
-    ("neural_flow", "decompose"),
+    ("neural_flow", "decompose", "stagger_placement"),
     ("stagger",),
     ("flow_model", "control"),
     ("prdp",),
@@ -44,11 +44,6 @@ _REGISTRATION = ("the registry imports the experiment modules on first lookup, a
 LAZY_CYCLES: dict[tuple[str, str], str] = {
     **{("experiments.registry", f"experiments.{name}"): _REGISTRATION
        for name in ("burgers", "flow", "heat", "navier_stokes", "poisson")},
-    # to be removed: reference_substeps (and potential_of, which neural_flow already holds) belong
-    # below both modules, then flow.py can import them at module level
-    ("experiments.flow", "experiments.flow_eval"): "developed_states needs the reference solver's "
-                                                   "sub-stepping, and flow_eval imports flow's environment "
-                                                   "builders at module level",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..neural_flow import PotentialState
+from ..neural_flow import PotentialState, potential_of
 from ..physics.flow import FlowEnvironment, Obstacle, channel
 
 OBSTACLE_KINDS = {2: ("box", "cylinder", "magnus", "moving"), 3: ("box", "cylinder", "sphere", "moving")}
@@ -136,7 +136,6 @@ def developed_states(physics: dict[str, Any], specs: list[dict[str, Any]], time:
     batch), turned into the model's state (2D potential by column integration, pressure with
     its fluid mean removed). A moving obstacle is held still (it becomes a cylinder)."""
     from ..physics.incompressible import MACFlowSolver
-    from .flow_eval import potential_of, reference_substeps
 
     specs = [{**{k: v for k, v in s.items() if k != "velocity"}, "kind": "cylinder"} if s["kind"] == "moving" else s
              for s in specs]
@@ -162,3 +161,10 @@ def developed_states(physics: dict[str, Any], specs: list[dict[str, Any]], time:
             fine.append(PotentialState(potential_of(u, env).to(dtype), p.to(dtype)))
         out.append((spec, model.from_trajectory(fine)))
     return out
+
+
+def reference_substeps(env: FlowEnvironment, courant: float = 0.5) -> int:
+    """Sub-steps per network step that keep the reference solver at ``courant`` for the peak
+    prescribed speed (×1.5 for the overshoot around obstacles)."""
+    peak = max(float(f.abs().max()) for f in env.face_velocity)
+    return max(1, math.ceil(1.5 * peak * env.dt / (courant * min(env.spacing))))

@@ -32,6 +32,7 @@ from ..physics.flow import FlowEnvironment, from_mask
 from ..physics.incompressible import MACFlowSolver
 from ..train import io
 from .flow import HELD_OUT, build_environment, build_model, held_out_environment, held_out_spec, move_spec
+from .flow_envs import reference_substeps  # noqa: F401 (benchmarks import it from here)
 
 Velocity = tuple[torch.Tensor, ...]
 
@@ -265,13 +266,6 @@ def coarse_rollout(model: Any, env: FlowEnvironment, steps: int, space: int, tim
                 break
     out.wall_seconds = time.perf_counter() - start
     return out, grid
-
-
-def reference_substeps(env: FlowEnvironment, courant: float = 0.5) -> int:
-    """Sub-steps per network step that keep the reference solver at ``courant`` for the peak
-    prescribed speed (×1.5 for the overshoot around obstacles)."""
-    peak = max(float(f.abs().max()) for f in env.face_velocity)
-    return max(1, math.ceil(1.5 * peak * env.dt / (courant * min(env.spacing))))
 
 
 def reference_rollout(env: FlowEnvironment, steps: int, *, save_steps: Iterable[int] = (), substeps: int | None = None,
