@@ -36,3 +36,31 @@ def test_hash_ignores_key_order_and_sees_values():
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash({"x": 1, "y": {"z": 3}})
     assert flatten(a) == {"x": 1, "y.z": 2}
+
+
+def test_declared_ranges_name_the_key_the_value_and_what_is_allowed():
+    from pdeaccel.config import check_ranges, flag, integer_in, number_in, one_of
+
+    ranges = {"a.n": integer_in(1, 8, note="cells"), "a.x": number_in(positive=True), "b.mode": one_of("p", "q"),
+              "b.on": flag(), "b.absent": integer_in(0)}
+    good = {"a": {"n": 8, "x": 0.5}, "b": {"mode": "q", "on": False}}
+    check_ranges(good, ranges)  # a key the config does not hold is not required
+    for key, bad, allowed in [("a.n", True, r"an integer in \[1, 8\] \(cells\)"), ("a.n", 9, r"an integer in \[1, 8\]"),
+                              ("a.x", float("inf"), "a finite number > 0"), ("a.x", 0, "a finite number > 0"),
+                              ("b.mode", "r", "p, q"), ("b.on", 1, "true or false")]:
+        cfg = {"a": dict(good["a"]), "b": dict(good["b"])}
+        head, leaf = key.split(".")
+        cfg[head][leaf] = bad
+        with pytest.raises(ConfigError, match=rf"config key '{key}' has value {bad!r}; allowed: {allowed}"):
+            check_ranges(cfg, ranges)
+
+
+def test_a_flow_experiment_checks_its_declared_ranges():
+    from pdeaccel.experiments import runner
+    from pdeaccel.experiments.flow import validate_flow
+
+    validate_flow(runner.resolve_config("flow-2d", "cpu", []))
+    for override, key in [("pool.young=-1", "pool.young"), ("physics.dt=0.0", "physics.dt"),
+                          ("model.gauge=rigid", "model.gauge"), ("loss.unroll=33", "loss.unroll")]:
+        with pytest.raises(ConfigError, match=f"'{key}' has value"):
+            validate_flow(runner.resolve_config("flow-2d", "cpu", [override]))

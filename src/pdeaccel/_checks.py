@@ -27,7 +27,7 @@ def _fail(name: str, must: str, value: Any, fix: str) -> ArgumentError:
     return ArgumentError(f"{name} must be {must}, got {value!r}{kind}.{(' ' + fix) if fix else ''}")
 
 
-def _bounds(minimum: Any, maximum: Any) -> str:
+def bounds_text(minimum: Any, maximum: Any) -> str:
     if minimum is not None and maximum is not None:
         return f" in [{minimum}, {maximum}]"
     if minimum is not None:
@@ -43,7 +43,7 @@ def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int |
     ``None`` passes through with ``optional``."""
     if optional and value is None:
         return None
-    must = "an integer" + _bounds(minimum, maximum) + (" or None" if optional else "")
+    must = "an integer" + bounds_text(minimum, maximum) + (" or None" if optional else "")
     if not _is_integer(value, minimum, maximum):
         raise _fail(name, must, value, fix)
     return int(value)
@@ -53,7 +53,7 @@ def integers(name: str, value: Any, length: int, *, minimum: int | None = None,
              maximum: int | None = None, fix: str = "") -> tuple[int, ...]:
     """``value`` as a tuple of ``length`` ints within ``[minimum, maximum]``; a single integer
     stands for all ``length`` of them (a stride per axis, cells per axis)."""
-    must = "an integer" + _bounds(minimum, maximum) + f" or a sequence of {length} of them"
+    must = "an integer" + bounds_text(minimum, maximum) + f" or a sequence of {length} of them"
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         entries: tuple = (value,) * length
     elif isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
@@ -78,7 +78,7 @@ def real(name: str, value: Any, *, minimum: float | None = None, maximum: float 
     if optional and value is None:
         return None
     must = ("a positive" if positive else "a") + (" finite" if finite else "") + " number" \
-        + _bounds(minimum, maximum) + (" or None" if optional else "")
+        + bounds_text(minimum, maximum) + (" or None" if optional else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _fail(name, must, value, fix)
     v = float(value)

@@ -11,9 +11,12 @@ import copy
 import difflib
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
+
+from . import _checks
 
 
 class ConfigError(ValueError):
@@ -100,3 +103,53 @@ def require(cond: bool, key: str, value: Any, allowed: str) -> None:
     """Raise :class:`ConfigError` naming the key, the value and what is allowed unless ``cond``."""
     if not cond:
         raise ConfigError(f"config key {key!r} has value {value!r}; allowed: {allowed}.")
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What one config key may hold: ``check(key, value)`` raises :class:`~pdeaccel._checks.ArgumentError`
+    when the value is not allowed, and ``text`` says what is, in the words of the error message."""
+
+    check: Callable[[str, Any], Any]
+    text: str
+
+
+def _note(text: str, note: str) -> str:
+    return f"{text} ({note})" if note else text
+
+
+def integer_in(minimum: int | None = None, maximum: int | None = None, note: str = "") -> Allowed:
+    """An integer (never a bool) within ``[minimum, maximum]`` (either may be open)."""
+    text = "an integer" + _checks.bounds_text(minimum, maximum)
+    return Allowed(lambda k, v: _checks.integer(k, v, minimum=minimum, maximum=maximum), _note(text, note))
+
+
+def number_in(minimum: float | None = None, maximum: float | None = None, *, positive: bool = False,
+              note: str = "") -> Allowed:
+    """A finite real number (never a bool), ``> 0`` with ``positive``, within ``[minimum, maximum]``."""
+    text = ("a finite number > 0" if positive else "a finite number") + _checks.bounds_text(minimum, maximum)
+    return Allowed(lambda k, v: _checks.real(k, v, minimum=minimum, maximum=maximum, positive=positive),
+                   _note(text, note))
+
+
+def one_of(*options: Any, note: str = "") -> Allowed:
+    return Allowed(lambda k, v: _checks.choice(k, v, options), _note(", ".join(str(o) for o in options), note))
+
+
+def flag(note: str = "") -> Allowed:
+    return Allowed(lambda k, v: _checks.flag(k, v), _note("true or false", note))
+
+
+def check_ranges(cfg: Mapping[str, Any], ranges: Mapping[str, Allowed]) -> None:
+    """Check every key of ``ranges`` (dotted names) that ``cfg`` holds against its declared range;
+    the first value out of range raises :class:`ConfigError` naming the key, the value and what is
+    allowed. An experiment declares its ranges next to its config dict and checks the relations
+    between keys (which a per-key range cannot express) with :func:`require`."""
+    flat = flatten(cfg)
+    for key, allowed in ranges.items():
+        if key in flat:
+            try:
+                allowed.check(key, flat[key])
+            except _checks.ArgumentError:
+                raise ConfigError(f"config key {key!r} has value {flat[key]!r}; allowed: {allowed.text}.") from None
+

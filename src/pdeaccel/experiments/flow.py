@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, require
+from ..config import Allowed, ConfigError, check_ranges, flag, integer_in, number_in, one_of, require
 from ..flow_model import MODEL_KINDS, build_flow_model
 from ..neural_flow import random_potential_perturbation
 from ..physics.flow import FlowEnvironment
@@ -74,6 +74,33 @@ _CPU_2D: dict[str, Any] = {
 }
 
 
+#: what each key of a flow config may hold (the relations between keys are checked in validate_flow)
+FLOW_RANGES: dict[str, Allowed] = {
+    "physics.ndim": one_of(2, 3),
+    "physics.length": integer_in(8, note="cells"), "physics.height": integer_in(8, note="cells"),
+    **{f"physics.{k}": number_in(positive=True) for k in ("mu", "rho", "dt", "inflow_min", "inflow_max")},
+    "physics.move_max": number_in(0, 2, note="a moving obstacle's top speed / inflow"),
+    "pool.size": integer_in(1), "pool.reset_every": integer_in(0, note="0: never reset"),
+    "pool.perturb": number_in(0, 10, note="peak perturbation speed / inflow; 0: off"),
+    "pool.perturb_every": integer_in(0, note="0: never perturb"),
+    "pool.warm_fraction": number_in(0, 1), "pool.warm_bank": integer_in(1, 256),
+    "pool.warm_time": number_in(0, 1e5, positive=True, note="time units"),
+    "pool.young": integer_in(0, note="0: no young slots"), "pool.young_reset_every": integer_in(0),
+    "loss.unroll": integer_in(1, 32),
+    "model.stride": integer_in(1, 8, note="the spatial stride s, the same on every axis"),
+    "model.window": integer_in(1, 16, note="the temporal stride T"),
+    "model.shared_weights": flag(), "model.mirror": flag(), "model.gauge": one_of("walls", "free"),
+    "model.offset_input": flag(),
+    "net.levels": integer_in(1, 6), "net.kernel_size": integer_in(1), "net.hidden": integer_in(1),
+    "loss.beta": number_in(positive=True), "loss.theta": number_in(0, 1, note="0.5: IMEX"),
+    "loss.advection": one_of("central", "upwind", "upwind2", "upwind3"),
+    "train.epochs": integer_in(1), "train.steps_per_epoch": integer_in(1), "train.batch_size": integer_in(1),
+    "train.lr": number_in(positive=True), "train.lr_decay": number_in(0, 1, positive=True),
+    "train.optimizer": one_of("adam", "adam-fused", "sgd"),
+    "data.validation": integer_in(1), "data.validation_steps": integer_in(1),
+}
+
+
 def _paper_2d() -> dict[str, Any]:
     cfg = copy.deepcopy(_CPU_2D)
     cfg["physics"].update({"length": 300, "height": 100, "dt": 4.0})
@@ -108,58 +135,25 @@ def _paper_3d() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ build
 def validate_flow(cfg: dict[str, Any]) -> None:
-    p, t = cfg["physics"], cfg["train"]
-    require(p["ndim"] in (2, 3), "physics.ndim", p["ndim"], "2, 3")
-    for key in ("length", "height"):
-        require(isinstance(p[key], int) and p[key] >= 8, f"physics.{key}", p[key], "an integer >= 8 (cells)")
-    for key in ("mu", "rho", "dt"):
-        require(isinstance(p[key], (int, float)) and math.isfinite(p[key]) and p[key] > 0, f"physics.{key}", p[key],
-                "a finite number > 0")
-    require(0 < p["inflow_min"] <= p["inflow_max"] < math.inf, "physics.inflow_min", p["inflow_min"],
+    """Every key against :data:`FLOW_RANGES`, then the relations between keys."""
+    check_ranges(cfg, FLOW_RANGES)
+    p, pc, m, n = cfg["physics"], cfg["pool"], cfg["model"], cfg["net"]
+    require(p["inflow_min"] <= p["inflow_max"], "physics.inflow_min", p["inflow_min"],
             f"a number in (0, physics.inflow_max={p['inflow_max']}]")
     kinds = OBSTACLE_KINDS[p["ndim"]]
-    require(isinstance(p["move_max"], (int, float)) and 0 <= p["move_max"] <= 2, "physics.move_max", p["move_max"],
-            "a number in [0, 2] (a moving obstacle's top speed / inflow)")
     require(isinstance(p["obstacles"], list) and len(p["obstacles"]) > 0 and all(k in kinds for k in p["obstacles"]),
             "physics.obstacles", p["obstacles"], f"a non-empty list of {', '.join(kinds)}")
     for key in ("mu_range", "rho_range"):
         r = p[key]
-        require(isinstance(r, list) and len(r) == 2 and 0 < r[0] <= r[1] < math.inf, f"physics.{key}", r,
-                "[lo, hi] with 0 < lo <= hi")
-    require(isinstance(cfg["pool"]["size"], int) and cfg["pool"]["size"] >= 1, "pool.size", cfg["pool"]["size"],
-            "an integer >= 1")
-    require(isinstance(cfg["pool"]["reset_every"], int) and cfg["pool"]["reset_every"] >= 0, "pool.reset_every",
-            cfg["pool"]["reset_every"], "an integer >= 0 (0: never reset)")
-    require(isinstance(cfg["pool"]["perturb"], (int, float)) and 0 <= cfg["pool"]["perturb"] <= 10, "pool.perturb",
-            cfg["pool"]["perturb"], "a number in [0, 10] (peak perturbation speed / inflow; 0: off)")
-    pc = cfg["pool"]
-    require(isinstance(pc["warm_fraction"], (int, float)) and 0 <= pc["warm_fraction"] <= 1, "pool.warm_fraction",
-            pc["warm_fraction"], "a number in [0, 1]")
+        require(isinstance(r, list) and len(r) == 2 and all(isinstance(x, (int, float)) for x in r)
+                and 0 < r[0] <= r[1] < math.inf, f"physics.{key}", r, "[lo, hi] with 0 < lo <= hi")
     require(pc["warm_fraction"] == 0 or p["ndim"] == 2, "pool.warm_fraction", pc["warm_fraction"],
             "0 in 3D (a developed numerical state is turned into a potential in 2D only)")
-    require(isinstance(pc["warm_bank"], int) and 1 <= pc["warm_bank"] <= 256, "pool.warm_bank", pc["warm_bank"],
-            "an integer in [1, 256]")
-    require(isinstance(pc["warm_time"], (int, float)) and 0 < pc["warm_time"] <= 1e5, "pool.warm_time",
-            pc["warm_time"], "a number in (0, 1e5] (time units)")
-    require(isinstance(pc["young"], int) and not isinstance(pc["young"], bool) and 0 <= pc["young"] <= pc["size"],
-            "pool.young", pc["young"], f"an integer in [0, pool.size={pc['size']}] (0: no young slots)")
-    require(isinstance(pc["young_reset_every"], int) and not isinstance(pc["young_reset_every"], bool)
-            and pc["young_reset_every"] >= 0 and (pc["young"] > 0) == (pc["young_reset_every"] > 0),
-            "pool.young_reset_every", pc["young_reset_every"],
+    require(pc["young"] <= pc["size"], "pool.young", pc["young"],
+            f"an integer in [0, pool.size={pc['size']}] (0: no young slots)")
+    require((pc["young"] > 0) == (pc["young_reset_every"] > 0), "pool.young_reset_every", pc["young_reset_every"],
             "an integer > 0 when pool.young > 0, and 0 when pool.young = 0")
-    require(isinstance(cfg["loss"]["unroll"], int) and 1 <= cfg["loss"]["unroll"] <= 32, "loss.unroll",
-            cfg["loss"]["unroll"], "an integer in [1, 32]")
-    require(isinstance(cfg["pool"]["perturb_every"], int) and cfg["pool"]["perturb_every"] >= 0, "pool.perturb_every",
-            cfg["pool"]["perturb_every"], "an integer >= 0 (0: never perturb)")
-    m = cfg["model"]
     require(m["kind"] in MODEL_KINDS, "model.kind", m["kind"], ", ".join(sorted(MODEL_KINDS)))
-    require(isinstance(m["stride"], int) and 1 <= m["stride"] <= 8, "model.stride", m["stride"],
-            "an integer in [1, 8] (the spatial stride s, the same on every axis)")
-    require(isinstance(m["window"], int) and 1 <= m["window"] <= 16, "model.window", m["window"],
-            "an integer in [1, 16] (the temporal stride T)")
-    require(isinstance(m.get("mirror", False), bool), "model.mirror", m.get("mirror"), "true or false")
-    require(m.get("gauge", "walls") in ("walls", "free"), "model.gauge", m.get("gauge"), "walls, free")
-    require(isinstance(m.get("offset_input", True), bool), "model.offset_input", m.get("offset_input"), "true or false")
     if not m.get("offset_input", True):
         require(m["kind"] == "staggered" and m["shared_weights"], "model.offset_input", m["offset_input"],
                 "true unless model.kind=staggered with model.shared_weights=true (separate networks know their offset)")
@@ -172,27 +166,10 @@ def validate_flow(cfg: dict[str, Any]) -> None:
     if m["kind"] == "vanilla":
         require(m["stride"] == 1 and m["window"] == 1, "model.stride/model.window", (m["stride"], m["window"]),
                 "1 and 1 for model.kind=vanilla (use model.kind=staggered to decompose the solver)")
-    n = cfg["net"]
-    require(isinstance(n["levels"], int) and 1 <= n["levels"] <= 6, "net.levels", n["levels"], "an integer in [1, 6]")
     coarse = math.ceil(p["height"] / m["stride"])
     require(2 ** n["levels"] <= coarse, "net.levels", n["levels"],
             f"2**levels <= physics.height / model.stride ({coarse}) so the U-Net's coarsest level has a cell")
-    require(isinstance(n["kernel_size"], int) and n["kernel_size"] % 2 == 1, "net.kernel_size", n["kernel_size"],
-            "an odd integer")
-    require(isinstance(n["hidden"], int) and n["hidden"] >= 1, "net.hidden", n["hidden"], "an integer >= 1")
-    lo = cfg["loss"]
-    require(lo["beta"] > 0, "loss.beta", lo["beta"], "a number > 0")
-    require(0 <= lo["theta"] <= 1, "loss.theta", lo["theta"], "a number in [0, 1] (0.5: IMEX)")
-    require(lo["advection"] in ("central", "upwind", "upwind2", "upwind3"), "loss.advection", lo["advection"],
-            "central, upwind, upwind2, upwind3")
-    for key in ("epochs", "steps_per_epoch", "batch_size"):
-        require(isinstance(t[key], int) and t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
-    require(t["lr"] > 0, "train.lr", t["lr"], "a number > 0")
-    require(0 < t["lr_decay"] <= 1, "train.lr_decay", t["lr_decay"], "a number in (0, 1]")
-    require(t["optimizer"] in ("adam", "adam-fused", "sgd"), "train.optimizer", t["optimizer"], "adam, adam-fused, sgd")
-    d = cfg["data"]
-    for key in ("validation", "validation_steps"):
-        require(isinstance(d[key], int) and d[key] >= 1, f"data.{key}", d[key], "an integer >= 1")
+    require(n["kernel_size"] % 2 == 1, "net.kernel_size", n["kernel_size"], "an odd integer")
 
 
 def build_model(cfg: dict[str, Any]) -> torch.nn.Module:
