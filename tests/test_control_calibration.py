@@ -87,3 +87,28 @@ def test_the_result_is_the_round_closest_to_the_target():
                               tolerance=0.001)
     errors = [abs(r["error_numerical"]) for r in res.rounds]
     assert abs(float(res.check.frequency) - 0.02) / 0.02 == pytest.approx(min(errors), abs=1e-9)
+
+
+def test_pdeaccel_control_with_calibration_writes_its_rounds(tmp_path):
+    import json
+
+    from pdeaccel.cli import main
+    from test_control import TINY, _untrained_run
+
+    run = _untrained_run(tmp_path)
+    out = tmp_path / "out"
+    args = ["control", "inflow", "--model", str(run), "--target", "0.06", "--out", str(out), "--quiet", *TINY,
+            "require_shedding=false", "calibration.rounds=1", "calibration.tolerance=0.001"]
+    assert main(args) == 0
+    (row,) = json.loads((out / "report.json").read_text())["targets"]
+    rounds = row["calibration_rounds"]
+    assert 1 <= len(rounds) <= 2 and rounds[0]["model_target"] == 0.06
+    if len(rounds) == 2:  # corrected by the first round's numerical miss
+        assert rounds[1]["model_target"] == pytest.approx(0.06 * 0.06 / rounds[0]["frequency_numerical"])
+    best = min(rounds, key=lambda r: abs(r["frequency_numerical"] - 0.06))
+    assert row["frequency_numerical"] == pytest.approx(best["frequency_numerical"])
+    assert row["seconds_total"] >= row["numerical_seconds"] > 0
+    assert [h["iteration"] for h in row["history"]] == list(range(len(row["history"])))
+    assert (out / "frequency.png").exists() and "Output calibration" in (out / "report.md").read_text()
+    # the plain protocol refuses an out-of-range number of rounds by name
+    assert main(args[:-2] + ["calibration.rounds=-1"]) == 2

@@ -18,7 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from ..control import ControlRun, ControlSettings, ControlledEnvironment, Evaluation, Probe, evaluate, optimise
+from .control_report import eval_record
 
 
 @dataclass
@@ -35,6 +38,7 @@ class CalibratedRun:
     history: list[dict[str, Any]] = field(default_factory=list)  # every optimisation step of every round
     model_seconds: float = 0.0
     numerical_seconds: float = 0.0
+    first_signal: Any = None  # the probe signal at the initial control (round 0's first iteration)
 
 
 def calibrated_optimise(sim, verifier, cenv: ControlledEnvironment, probe: Probe, settings: ControlSettings,
@@ -47,10 +51,12 @@ def calibrated_optimise(sim, verifier, cenv: ControlledEnvironment, probe: Probe
     records: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     model_seconds = numerical_seconds = 0.0
+    first_signal = None
     for r in range(rounds + 1):
         run = optimise(sim, cenv, start, model_target, probe, settings,
                        callback=None if callback is None else (lambda row, r=r: callback({**row, "round": r})))
         model_seconds += run.seconds
+        first_signal = run.first_signal if r == 0 else first_signal
         control = dict(run.best or start)
         through = run.best_evaluation or evaluate(sim, cenv, control, probe, settings)
         t0 = time.perf_counter()
@@ -58,7 +64,9 @@ def calibrated_optimise(sim, verifier, cenv: ControlledEnvironment, probe: Probe
         check_seconds = time.perf_counter() - t0
         numerical_seconds += check_seconds
         f_model, f_num = float(through.frequency.detach()), float(check.frequency.detach())
-        history += [{**row, "round": r, "model_target": model_target} for row in run.history]
+        # one running iteration count over the rounds (each round's own count kept as round_iteration)
+        history += [{**row, "iteration": len(history) + i, "round_iteration": row["iteration"], "round": r,
+                     "model_target": model_target} for i, row in enumerate(run.history)]
         records.append({"round": r, "model_target": model_target, "control": control, "frequency_model": f_model,
                         "frequency_numerical": f_num, "error_numerical": (f_num - target) / target,
                         "iterations": len(run.history), "stopped": run.stop_reason, "model_seconds": run.seconds,
@@ -72,4 +80,40 @@ def calibrated_optimise(sim, verifier, cenv: ControlledEnvironment, probe: Probe
     assert best is not None
     best.rounds, best.history = records, history
     best.model_seconds, best.numerical_seconds = model_seconds, numerical_seconds
+    best.first_signal = first_signal
     return best
+
+
+def calibrated_target(sim, verifier, cenv, probe, settings, target, initial, inflow, progress, rounds, tolerance):
+    """``control_target``'s record for one target reached with output calibration (the rounds kept
+    under ``calibration_rounds``; the numerical re-simulations counted in ``seconds_total``)."""
+    name = cenv.names[0]
+
+    def show(row):
+        if progress:
+            print(f"  target {target:g}, round {row['round']}: iteration {row['iteration']}: "
+                  f"{name} = {row[f'control.{name}']:.4f}, f = {row['frequency']:.5f}, {row['seconds']:.1f} s", flush=True)
+
+    res = calibrated_optimise(sim, verifier, cenv, probe, settings, target, initial, rounds=rounds,
+                              tolerance=tolerance, callback=show)
+    model_rec, check_rec = eval_record(res.through, settings, inflow), eval_record(res.check, settings, inflow)
+    steps = res.history
+    return {
+        "target": target, "initial": dict(initial), "best": res.control, "iterations": len(steps),
+        "converged": abs(check_rec["frequency"] - target) <= tolerance * target,
+        "stopped": f"calibrated, {len(res.rounds)} round(s)",
+        "frequency_model": model_rec["frequency"], "frequency_numerical": check_rec["frequency"],
+        "error_model": (model_rec["frequency"] - target) / target,
+        "error_numerical": (check_rec["frequency"] - target) / target,
+        "model_eval": model_rec, "numerical_eval": check_rec,
+        "seconds_per_iteration": float(np.mean([h["seconds"] for h in steps])),
+        "gradient_seconds_per_iteration": float(np.mean([h["gradient_seconds"] for h in steps])),
+        # the numerical re-simulations the calibration ran count in its total
+        "seconds_total": res.model_seconds + res.numerical_seconds, "numerical_seconds": res.numerical_seconds,
+        "calibration_rounds": res.rounds, "history": steps,
+        "_signals": {"model_first": res.first_signal, "model_best": res.through.signal,
+                     "numerical_best": res.check.signal, "sample_dt_model": res.through.sample_dt,
+                     "sample_dt_numerical": res.check.sample_dt},
+        "_snapshots": {"model": res.through.bound.snapshot(res.through.state),
+                       "numerical": res.check.bound.snapshot(res.check.state)},
+    }
