@@ -170,7 +170,7 @@ def test_solve(b, op, diag, method, max_iters, rtol, restart, omega, grad, preco
     "method": mostly(st.sampled_from(METHODS), junk), "max_iters": mostly(st.integers(0, 50)),
     "rtol": mostly(floats(0, 1)), "atol": mostly(floats(0, 1)), "grad": mostly(st.just("unrolled"), junk),
     "restart": mostly(st.integers(1, 9)), "omega": mostly(floats(0.1, 1.9)), "preconditioner": junk,
-    "adjoint_max_iters": mostly(st.integers(0, 9)), "monitor": junk, "nonlinear_iters": mostly(st.integers(1, 5))}))
+    "adjoint_max_iters": mostly(st.integers(0, 9)), "monitor": junk}))
 def test_solver_config(kwargs):
     cfg = outcome(lambda: SolverConfig(**kwargs))
     if isinstance(cfg, SolverConfig):  # what was accepted must also be accepted by solve itself

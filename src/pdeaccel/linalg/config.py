@@ -37,9 +37,6 @@ class SolverConfig:
     #: not repaid within a PRDP run of heat-2d, and a run that switches mid-way is not bit-identical
     #: after a resume). See :func:`~pdeaccel.linalg.solve`.
     compile: bool | str = False
-    #: budget of the nonlinear (Picard) iterations a stepper wraps around its linear solves;
-    #: ``None`` leaves the stepper's own default. Not a linear-solver setting: ``solve`` ignores it.
-    nonlinear_iters: int | None = None
 
     def __post_init__(self) -> None:
         # fail where the settings are made, not at the first solve deep inside a training step
@@ -48,13 +45,10 @@ class SolverConfig:
         validate_compile_setting(self.compile)
         if self.monitor is not None and not callable(self.monitor):
             raise TypeError(f"monitor must be callable(direction, method, iterations), got {type(self.monitor).__name__}.")
-        n = self.nonlinear_iters
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ValueError(f"nonlinear_iters must be an integer >= 1 or None, got {n!r}.")
 
     def solve(self, A: LinearOperator | Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
               x0: torch.Tensor | None = None) -> SolveResult:
-        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "nonlinear_iters"}
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return solve(A, b, x0=x0, **settings)
 
     def with_budget(self, max_iters: int | None) -> "SolverConfig":

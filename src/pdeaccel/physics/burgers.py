@@ -7,7 +7,6 @@ import torch
 from ..grid import Grid
 from ..linalg import LinearOperator, SolverConfig
 from ..stencils import laplacian, laplacian_diagonal
-from ._picard import refuse_nonlinear_iters
 from .heat import check_solver, positive_scalar
 
 
@@ -109,7 +108,6 @@ class BurgersStepper:
         stepper's)."""
         self.grid.check_field(u, "u")
         check_solver(solver)
-        refuse_nonlinear_iters(solver)
         if solver.method == "cg":
             raise ValueError(
                 "BurgersStepper's system matrix is non-symmetric, so conjugate gradients does not apply; "

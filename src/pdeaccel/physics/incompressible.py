@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -219,11 +219,32 @@ class MACFlowSolver:
         if velocity is None:
             velocity = tuple(torch.zeros_like(f) for f in env.face_velocity)
         u = self.ops.complete(self.ops.check_velocity(velocity))
-        u, _ = self._project(u, torch.zeros_like(env.fluid))
+        u, _ = self._project(u, torch.zeros_like(env.fluid), self.pressure_solver)
         return FlowState(u, torch.zeros_like(env.fluid), 0.0)
 
-    def step(self, state: FlowState) -> FlowState:
-        """One time step of size ``env.dt`` (see the class docstring)."""
+    def __call__(self, state: FlowState, solver: SolverConfig | Mapping[str, SolverConfig] | None = None) -> FlowState:
+        """One time step of size ``env.dt`` (the stepper contract, :class:`~pdeaccel.physics.stepper.Stepper`):
+        ``solver`` sets this call's linear solves — one :class:`~pdeaccel.linalg.SolverConfig` for
+        the pressure equation (the budget that matters; a PRDP schedule may change it every step),
+        or a mapping with ``"pressure"`` and/or ``"diffusion"`` — and ``None`` uses the settings
+        given at construction."""
+        return self.step(state, solver)
+
+    def solvers_for(self, solver: SolverConfig | Mapping[str, SolverConfig] | None) -> tuple[SolverConfig, SolverConfig]:
+        """The ``(pressure, diffusion)`` solver settings of one call (see :meth:`__call__`)."""
+        if solver is None:
+            return self.pressure_solver, self.diffusion_solver
+        if isinstance(solver, SolverConfig):
+            return solver, self.diffusion_solver
+        if isinstance(solver, Mapping) and set(solver) <= {"pressure", "diffusion"} and all(
+                isinstance(v, SolverConfig) for v in solver.values()):
+            return solver.get("pressure", self.pressure_solver), solver.get("diffusion", self.diffusion_solver)
+        raise TypeError("solver must be a SolverConfig (the pressure solve), a mapping with 'pressure' and/or "
+                        f"'diffusion' SolverConfigs, or None (the constructor's settings); got {solver!r}.")
+
+    def step(self, state: FlowState, solver: SolverConfig | Mapping[str, SolverConfig] | None = None) -> FlowState:
+        """One time step of size ``env.dt`` (see the class docstring and :meth:`__call__`)."""
+        pressure_solver, diffusion_solver = self.solvers_for(solver)
         if not isinstance(state, FlowState):
             raise TypeError(f"state must be a FlowState, got {type(state).__name__}.")
         env = self._env
@@ -259,12 +280,12 @@ class MACFlowSolver:
             u1 = self.ops.complete(euler(u))
             u2 = self.ops.complete(tuple(0.75 * a + 0.25 * b for a, b in zip(u, euler(u1))))
             ua = tuple(a / 3.0 + 2.0 / 3.0 * b for a, b in zip(u, euler(u2)))
-        us = ua if explicit else self._implicit_diffusion(ua)
+        us = ua if explicit else self._implicit_diffusion(ua, diffusion_solver)
         # the previous step's increment is a good first guess while the flow evolves smoothly
         guess = self._last_increment
         if guess is None or guess.shape != p.shape or guess.dtype != p.dtype:
             guess = torch.zeros_like(p)
-        u_new, dphi = self._project(self.ops.complete(us), guess)
+        u_new, dphi = self._project(self.ops.complete(us), guess, pressure_solver)
         self._last_increment = dphi
         new = FlowState(u_new, p + self._rho * dphi / dt, state.time + dt)
         if env.has_moving_obstacles:
@@ -313,7 +334,7 @@ class MACFlowSolver:
         return self._env.dt * max(float((u * f).abs().max()) / h for u, f, h in zip(velocity, self._free, self.h))
 
     # ---------------------------------------------------------------------------- internals
-    def _implicit_diffusion(self, ua: Velocity) -> Velocity:
+    def _implicit_diffusion(self, ua: Velocity, solver: SolverConfig) -> Velocity:
         """Backward Euler ``(I − dt·ν·L) u* = ũ``: all components in one batched CG solve,
         each zero-padded to a common shape (padding rows are identity rows with zero data)."""
         dt = self._env.dt
@@ -328,7 +349,7 @@ class MACFlowSolver:
         rhs = x + coef * const
         guess = rhs + coef * laplacian_apply(diag, offdiag, x)
         op = LinearOperator(matvec, diagonal=1.0 - coef * diag, symmetric=True)
-        result = self.diffusion_solver.solve(op, rhs, x0=guess)
+        result = solver.solve(op, rhs, x0=guess)
         self.last_diffusion_solve = result
         return self._unpack(result.solution)
 
@@ -397,7 +418,7 @@ class MACFlowSolver:
         mean = (sums / self._label_counts).gather(1, self._labels)
         return (flat - mean).view_as(x)
 
-    def _project(self, us: Velocity, phi0: torch.Tensor) -> tuple[Velocity, torch.Tensor]:
+    def _project(self, us: Velocity, phi0: torch.Tensor, cfg: SolverConfig) -> tuple[Velocity, torch.Tensor]:
         env = self._env
         b = -env.fluid * mac_divergence(us, env.grid)
         b = self._remove_closed_mean(b)
@@ -407,7 +428,6 @@ class MACFlowSolver:
         scale = max(float(u.abs().max()) for u in us) / min(self.h)
         # (positive even for a flow at rest: a zero threshold would mean "run the whole budget")
         floor = max(1e-13 * scale * math.sqrt(env.fluid[0].numel()), torch.finfo(b.dtype).tiny)
-        cfg = self.pressure_solver
         if cfg.atol < floor:
             cfg = cfg.replace(atol=floor)
         ops = self.ops

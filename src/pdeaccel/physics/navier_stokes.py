@@ -27,7 +27,6 @@ import torch
 from ..grid import Grid
 from ..linalg import LinearOperator, SolverConfig
 from ..stencils import laplacian, mac_divergence, mac_gradient
-from ._picard import refuse_nonlinear_iters
 from .burgers import MAX_PICARD
 
 NS_METHODS = ("coupled", "projection")
@@ -255,7 +254,15 @@ class NavierStokes2D:
 
         Returns:
             ``(velocity, pressure)`` at the new time; the pressure has zero mean when ``p^n`` has.
+            That pair is the stepper's state: it may be passed back as ``velocity`` (the stepper
+            contract, :class:`~pdeaccel.physics.stepper.Stepper`: state in, state out), which
+            is the same as passing its pressure as ``pressure``.
         """
+        if isinstance(velocity, tuple):
+            if len(velocity) != 2 or pressure is not None:
+                raise ValueError("a NavierStokes2D state is the pair (velocity, pressure) it returns; pass either that "
+                                 "pair or a velocity with pressure=, not both.")
+            velocity, pressure = velocity
         self._check_velocity(velocity)
         if pressure is not None:
             self._check_pressure(pressure, "pressure")
@@ -265,7 +272,6 @@ class NavierStokes2D:
                     f"{velocity.dtype}, got batch {pressure.shape[0]} and dtype {pressure.dtype}."
                 )
         solver = self.default_solver(velocity.dtype) if solver is None else solver
-        refuse_nonlinear_iters(solver)
         if self.method == "coupled":
             if pressure_solver is not None:
                 raise ValueError("pressure_solver is only used by method='projection'; the coupled "
