@@ -5,7 +5,6 @@ model and re-simulated)."""
 from __future__ import annotations
 
 import math
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 
 from ..control import ControlSettings, power_spectrum
-from ..train import io
+from ..train.report import figure, save_png
 from .flow_eval import shedding_frequency, vorticity
 
 
@@ -78,19 +77,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _figure(rows: int, cols: int, figsize: tuple[float, float]):
-    """A figure and its axes grid, drawn with matplotlib's object-oriented API: no pyplot, no global
-    backend switch, nothing to close."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(rows, cols, squeeze=False)
+    return figure(rows, cols, figsize=figsize, squeeze=False)
 
 
 def _save(fig, path: Path) -> None:
-    buf = BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=90)
-    io.atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=90)
 
 
 def plot_frequency(path: Path, report: dict[str, Any]) -> None:

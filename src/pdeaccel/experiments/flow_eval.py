@@ -31,6 +31,7 @@ from ..neural_flow import potential_of, velocity_from_potential
 from ..physics.flow import FlowEnvironment, from_mask
 from ..physics.incompressible import MACFlowSolver
 from ..train import io
+from ..train.report import figure, save_png
 from .flow import HELD_OUT, build_environment, build_model, held_out_environment, held_out_spec, move_spec
 from .flow_envs import reference_substeps  # noqa: F401 (benchmarks import it from here)
 
@@ -515,15 +516,6 @@ def _write_h5(path: Path, roll: Rollout, env: FlowEnvironment, cfg: dict, spec: 
     io.atomic_write_bytes(path, buf.getvalue())
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _limits(u: Velocity, h: float) -> tuple[float, float]:
     """Colour-scale limits: the largest speed and the largest |vorticity|."""
     return float(cell_speed(u).max()), float(vorticity(u, h).abs().max()) if len(u) == 2 else 1.0
@@ -548,22 +540,17 @@ def _draw(axes, u: Velocity, solid: np.ndarray, h: float, limits=None):
 
 
 def _plot_fields(path: Path, u: Velocity, solid: np.ndarray, h: float, title: str) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 1, figsize=(8, 5.5))
+    fig, axes = figure(2, 1, figsize=(8, 5.5))
     ims, _ = _draw(axes, u, solid, h)
     for im, ax in zip(ims, axes):
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(title)
     fig.tight_layout()
-    buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    io.atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=100)
 
 
 def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvironment, fps: int = 10,
                     h: float | None = None) -> None:
-    plt = _pyplot()
     from PIL import Image
 
     h = env.spacing[0] if h is None else h
@@ -571,7 +558,7 @@ def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvir
     limits = _limits(roll.snapshots[-1], h)  # one colour scale for all frames: the developed flow's
     solids = roll.snapshot_solids or [solid] * len(roll.snapshots)
     for u, k, solid_k in zip(roll.snapshots, roll.snapshot_steps, solids):
-        fig, axes = plt.subplots(2, 1, figsize=(6, 4.2), dpi=70)
+        fig, axes = figure(2, 1, figsize=(6, 4.2), dpi=70)
         ims, _ = _draw(axes, u, solid_k, h, limits)
         for im, ax in zip(ims, axes):  # the colour bars also put every colour of the maps in each frame
             fig.colorbar(im, ax=ax, shrink=0.8)
@@ -579,7 +566,6 @@ def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvir
         fig.tight_layout()
         fig.canvas.draw()
         frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
-        plt.close(fig)
     # one palette for all frames, from the developed flow (the first frames are nearly uniform)
     palette = frames[-1].quantize(colors=255, method=Image.Quantize.MEDIANCUT)
     frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]

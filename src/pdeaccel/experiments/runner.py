@@ -618,7 +618,7 @@ def _write_compare_report(out_dir: Path, data: dict[str, Any]) -> None:
              *([f"K_ε = {data['k_converged']} is fixed (prdp.k_converged, the paper's); our solver measures "
                 f"{data.get('k_converged_measured')} at solver.rtol_converged.", ""]
               if data.get("k_converged_setting", "measured") != "measured" else []),
-             *([f"Deviations from the paper at this size: " + "; ".join(data["deviations"]), ""]
+             *(["Deviations from the paper at this size: " + "; ".join(data["deviations"]), ""]
               if data.get("deviations") else []),
              *([f"Nonlinear (Picard) budget refined too: P_final {data['seeds'][0]['picard_final']} of "
                 f"P_ε = {data['seeds'][0]['picard_converged']}; Picard iterations saved: "

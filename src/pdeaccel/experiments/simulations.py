@@ -42,7 +42,7 @@ from ..physics.burgers import BurgersStepper
 from ..physics.initial_conditions import random_fourier
 from ..physics.navier_stokes import NS_METHODS, NavierStokes2D, decaying_turbulence, taylor_green
 from ..train import io
-from ..train.report import markdown_table
+from ..train.report import figure, markdown_table, save_png
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -631,15 +631,6 @@ def _write_trajectory(path: Path, name: str, cfg: dict[str, Any], setup: _Setup,
             grid.create_dataset(f"{setup.view_name}_axis{axis}", data=coords)
     io.atomic_write_bytes(path, buf.getvalue())
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _image_extent(coordinates: list[np.ndarray]) -> list[float]:
     """imshow extent so that pixel centres sit at the sample positions."""
     out = []
@@ -688,14 +679,15 @@ def _series_panel(ax, setup: _Setup, series: dict[str, list[float]], times: list
 
 def _plot_final(path: Path, name: str, setup: _Setup, views: torch.Tensor, times: list[float], steps: list[int],
                 series: dict[str, list[float]], series_times: list[float], error: torch.Tensor | None) -> None:
-    plt = _pyplot()
+    import matplotlib
+
     sample = views[:, 0].numpy()  # first batch sample: [T, *space]
     ndim = sample.ndim - 1
     last = len(times) - 1
     if ndim == 1:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+        fig, axes = figure(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
         picks = sorted(set(np.linspace(0, last, min(6, last + 1)).round().astype(int).tolist()))
-        cmap = plt.get_cmap("viridis")
+        cmap = matplotlib.colormaps["viridis"]
         for i, idx in enumerate(picks):
             axes[0].plot(setup.coordinates[0], sample[idx], color=cmap(i / max(len(picks) - 1, 1)), lw=1.6,
                          label=f"t = {times[idx]:.3g} (step {steps[idx]})")
@@ -706,7 +698,7 @@ def _plot_final(path: Path, name: str, setup: _Setup, views: torch.Tensor, times
         axes[0].grid(alpha=0.3)
         _series_panel(axes[1], setup, series, series_times)
     else:
-        fig, axes = plt.subplots(1, 3, figsize=(15.5, 4.4))
+        fig, axes = figure(1, 3, figsize=(15.5, 4.4))
         where = ""
         if ndim == 3:
             mid = sample.shape[-1] // 2
@@ -723,8 +715,7 @@ def _plot_final(path: Path, name: str, setup: _Setup, views: torch.Tensor, times
         _series_panel(axes[2], setup, series, series_times)
     fig.suptitle(f"{name} — step {steps[-1]}, t = {times[-1]:.3g}", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def _animate(path: Path, name: str, setup: _Setup, views: torch.Tensor, times: list[float], steps: list[int],
@@ -735,13 +726,12 @@ def _animate(path: Path, name: str, setup: _Setup, views: torch.Tensor, times: l
     Frames are blitted: the axes and labels are drawn once, then only the image, the title and
     (when rescaling) the colorbar are redrawn per frame (a full matplotlib draw costs ~0.1 s).
     """
-    plt = _pyplot()
     from PIL import Image
 
     frames = views[:, 0].numpy()
     picks = sorted(set(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int).tolist()))
     limits = _color_limits(frames[0], setup.symmetric_colors)
-    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=80)
+    fig, ax = figure(figsize=(5.2, 4.4), dpi=80)
     image = _field_panel(fig, ax, frames[0], setup, f"{name}: {setup.view_name}\nstep 0, t = 0", limits)
     fig.tight_layout()
     colorbar_axes = image.colorbar.ax
@@ -766,7 +756,6 @@ def _animate(path: Path, name: str, setup: _Setup, views: torch.Tensor, times: l
         # one palette for all frames, from the first (its colorbar holds every colour of the map)
         palette = palette or frame.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
         images.append(frame.quantize(palette=palette, dither=Image.Dither.NONE))
-    plt.close(fig)
     buf = BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     io.atomic_write_bytes(path, buf.getvalue())

@@ -16,17 +16,22 @@ from matplotlib.figure import Figure
 from .io import atomic_write_bytes
 
 
-def _subplots(*grid: int, figsize: tuple[float, float]):
+def figure(*grid: int, figsize: tuple[float, float], dpi: float | None = None, **subplots_kw):
     """A figure and its axes without pyplot: no global backend is chosen or changed by importing
-    or using this module (a user's interactive session keeps its own)."""
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*grid)
+    or using this module (a user's interactive session keeps its own). The figure has its own Agg
+    canvas, so it can be drawn to pixels (``fig.canvas.buffer_rgba()``, for GIF frames) as well as
+    saved; nothing needs closing. Every figure the package writes is made here."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(*grid, **subplots_kw)
 
 
-def _save(fig, path: str | Path) -> None:
+def save_png(fig, path: str | Path, dpi: float = 110) -> None:
     """PNG through an atomic write: a run killed while drawing never leaves half a figure behind."""
     buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=dpi)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -64,7 +69,7 @@ def cumulative(values: Sequence[float]) -> list[float]:
 def plot_run(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> None:
     """Training loss, validation metric and K against epoch for one run."""
     epochs = [r["epoch"] for r in rows]
-    fig, axes = _subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = figure(1, 3, figsize=(13, 3.6))
     losses = [r["train_loss"] for r in rows]
     # a log-loss (physics-constrained flow training) is negative: plot it on a linear axis
     (axes[0].semilogy if min(losses) > 0 else axes[0].plot)(epochs, losses)
@@ -86,7 +91,7 @@ def plot_run(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) ->
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_comparison(runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], path: str | Path,
@@ -95,7 +100,7 @@ def plot_comparison(runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], p
 
     ``runs`` maps a label ("PRDP", "converged") to a list of runs (one per seed).
     """
-    fig, axes = _subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = figure(1, 3, figsize=(14, 3.8))
     for i, (label, seeds) in enumerate(runs.items()):
         color = f"C{i}"
         for j, rows in enumerate(seeds):
@@ -117,13 +122,13 @@ def plot_comparison(runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], p
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_sweep(ks: Sequence[int], finals: Sequence[Sequence[float]], path: str | Path, title: str,
                k_converged: int | None = None) -> None:
     """Final validation metric against a fixed K (incomplete convergence evidence)."""
-    fig, ax = _subplots(figsize=(5.5, 3.8))
+    fig, ax = figure(figsize=(5.5, 3.8))
     for k, vals in zip(ks, finals):
         ax.scatter([k] * len(vals), vals, color="C0", alpha=0.6)
     means = [sum(v) / len(v) for v in finals]
@@ -135,7 +140,7 @@ def plot_sweep(ks: Sequence[int], finals: Sequence[Sequence[float]], path: str |
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
