@@ -238,3 +238,26 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     first = allocator.keep_freed_memory()
     assert isinstance(first, bool) and allocator.keep_freed_memory() is first  # once per process
+
+
+def test_fit_flushes_subnormals_only_while_it_runs_and_restores_the_setting(tmp_path, monkeypatch):
+    import torch
+
+    from pdeaccel.train import trainer as trainer_module
+
+    assert trainer_module._denormals_flushed() in (True, False)
+    for before in (False, True):
+        calls = []
+        real = torch.set_flush_denormal
+        monkeypatch.setattr(trainer_module, "_denormals_flushed", lambda: before)  # the state fit finds
+        monkeypatch.setattr(torch, "set_flush_denormal", lambda on: calls.append(on) or real(on))
+        trainer = _trainer(tmp_path / f"run{before}", FixedSchedule(5), epochs=2)
+        assert calls == []  # constructing a trainer changes nothing process-wide
+        seen = []
+        original = trainer._run_epoch
+        trainer._run_epoch = lambda: (seen.append(list(calls)), original())
+        trainer.fit()
+        assert seen == [[True], [True]]  # on while every epoch runs
+        assert calls == [True, before]  # and back to what it was
+        monkeypatch.undo()
+    torch.set_flush_denormal(True)  # the suite's setting (conftest.py)

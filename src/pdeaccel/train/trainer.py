@@ -89,6 +89,12 @@ class NothingResumedError(ValueError):
     """``resume`` found checkpoints, but every one of them is damaged: nothing could be resumed."""
 
 
+def _denormals_flushed() -> bool:
+    """Whether subnormal floats are flushed to zero now (PyTorch has a setter but no getter): a
+    float64 subnormal survives a multiplication by 1 only when they are not."""
+    return bool((torch.tensor([1e-310], dtype=torch.float64) * 1.0)[0] == 0)
+
+
 class Trainer:
     """Train ``task`` for ``settings.epochs`` epochs, changing its budgets by their schedules.
 
@@ -120,10 +126,6 @@ class Trainer:
         if set(schedules) != set(declared):
             raise ValueError(f"the task declares the budgets {list(declared)} (task.budgets) but schedules were given "
                              f"for {list(schedules)}; give exactly one schedule per declared budget.")
-        # gradients of tiny residuals reach the subnormal range, where x86 arithmetic is ~100× slower
-        torch.set_flush_denormal(True)
-        # large tensors of one step reused by the next instead of page-faulted in anew (allocator.py)
-        keep_freed_memory()
         self.dist = dist if dist is not None else DistContext()
         if self.dist.device != "cpu":  # before the optimiser sees the parameters
             move = getattr(task, "to", None)
@@ -301,6 +303,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> list[dict[str, Any]]:
+        """Train until ``settings.epochs`` (or the target metric). Two process-wide settings are made
+        here, not at import or construction: subnormal floats are flushed to zero while ``fit`` runs
+        (gradients of tiny residuals reach the subnormal range, where x86 arithmetic is ~100× slower)
+        and restored to what they were when it returns; and glibc is told to keep freed memory for
+        reuse (:func:`~pdeaccel.train.allocator.keep_freed_memory`: once per process, off with
+        ``PDEACCEL_ALLOCATOR=system``), so one step's large tensors are reused by the next."""
+        keep_freed_memory()
+        flushed = _denormals_flushed()
+        torch.set_flush_denormal(True)
+        try:
+            return self._fit()
+        finally:
+            torch.set_flush_denormal(flushed)
+
+    def _fit(self) -> list[dict[str, Any]]:
         total = self.settings.epochs
         bar = tqdm(total=total, initial=self.epoch, desc="epochs", disable=not self.settings.progress,
                    dynamic_ncols=True, leave=False)
