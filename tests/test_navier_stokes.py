@@ -476,9 +476,9 @@ def test_downsample_keeps_divergence_zero_and_approximates_the_coarse_field():
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="n \\(cells per axis\\)"):
         NavierStokes2D(2)
-    with pytest.raises(ValueError, match="dt must be finite and > 0"):
+    with pytest.raises(ValueError, match="dt must be a positive finite number"):
         NavierStokes2D(8, dt=0.0)
-    with pytest.raises(ValueError, match="nu must be finite and >= 0"):
+    with pytest.raises(ValueError, match="nu must be a finite number >= 0"):
         NavierStokes2D(8, nu=-1.0)
     with pytest.raises(ValueError, match="Unknown Navier–Stokes method 'explicit'"):
         NavierStokes2D(8, method="explicit")
