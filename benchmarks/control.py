@@ -23,10 +23,12 @@ Writes benchmarks/results/control.md, control.json and control_<model>.png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -46,9 +48,10 @@ REPO = Path(__file__).resolve().parent.parent
 PROBLEM = "inflow"
 
 
-def label_of(model: str, resolution: tuple[int, int]) -> str:
+def label_of(model: str, resolution: tuple[int, int], overrides: tuple[str, ...] = ()) -> str:
     base = "numerical" if model == "numerical" else Path(model).name
-    return base if resolution == (1, 1) else f"{base}@{resolution[0]}:{resolution[1]}"
+    base = base if resolution == (1, 1) else f"{base}@{resolution[0]}:{resolution[1]}"
+    return base + "".join(f" {o}" for o in overrides)
 
 
 def _rel(path: str) -> str:
@@ -59,17 +62,23 @@ def _rel(path: str) -> str:
 
 
 # ------------------------------------------------------------------------------ timing and settings
-def timing(models: list[tuple[str, tuple[int, int]]], repeats: int) -> dict:
+def timing(models: list[tuple[str, tuple[int, int]]], repeats: int, checkpoints: tuple[int, ...] = (10,)) -> dict:
     """One optimisation step (warm-up, window forward, backward) of every model at the problem's
-    starting control, interleaved ``repeats`` times; medians."""
+    starting control, interleaved ``repeats`` times; medians. With several ``checkpoints`` values
+    (simulator calls per checkpointed chunk; 0: none) every model runs with each."""
     cfg = get_problem(PROBLEM).config("cpu")
     cenv, probe = build_problem(cfg)
-    settings = settings_of(cfg)
-    sims = {label_of(m, r): simulator_for(m, cfg, r)[0] for m, r in models}
+    base = settings_of(cfg)
+    sims = {}
+    for m, r in models:
+        sim = simulator_for(m, cfg, r)[0]
+        for c in checkpoints:
+            label = label_of(m, r) if len(checkpoints) == 1 else f"{label_of(m, r)} (checkpoints {c or 'off'})"
+            sims[label] = (sim, dataclasses.replace(base, checkpoint_every=c))
     x0 = float(cfg["control"]["initial"])
     rows: dict[str, list[dict]] = {k: [] for k in sims}
     for _ in range(repeats):
-        for label, sim in sims.items():
+        for label, (sim, settings) in sims.items():
             u = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
             t0 = time.perf_counter()
             ev = evaluate(sim, cenv, {cenv.names[0]: u}, probe, settings, grad=True)
@@ -83,14 +92,15 @@ def timing(models: list[tuple[str, tuple[int, int]]], repeats: int) -> dict:
     for label, rs in rows.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("warmup", "forward", "backward", "step")}
         out[label] = {**med, "gradient_window": med["forward"] + med["backward"], "repeats": len(rs),
-                      "frequency": rs[0]["frequency"], "describe": sims[label].describe()}
-    ref = out.get("numerical")
+                      "frequency": rs[0]["frequency"], "describe": sims[label][0].describe(),
+                      "checkpoint_every": sims[label][1].checkpoint_every}
+    ref = out.get("numerical", out.get(f"numerical (checkpoints {checkpoints[0] or 'off'})"))
     for label, r in out.items():
         if ref is not None:
             r["speedup_step"] = ref["step"] / r["step"]
             r["speedup_gradient_window"] = ref["gradient_window"] / r["gradient_window"]
-    return {"control": x0, "warmup": settings.warmup, "window": settings.window,
-            "checkpoint_every": settings.checkpoint_every, "models": out}
+    return {"control": x0, "warmup": base.warmup, "window": base.window,
+            "checkpoint_every": list(checkpoints), "models": out}
 
 
 def paper_timing(window: int, warmup: int) -> dict:
@@ -158,13 +168,14 @@ def numerical_settings_check(scale: float) -> dict:
 
 # ------------------------------------------------------------------------------ control runs
 def control_part(model: str, resolution: tuple[int, int], targets: list[float], quiet: bool,
-                 problem: str = PROBLEM) -> tuple[dict, dict]:
-    label = label_of(model, resolution)
+                 problem: str = PROBLEM, overrides: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    label = label_of(model, resolution, overrides)
     if problem != PROBLEM:
         label = f"{problem}-{label}"
-    out = REPO / "runs" / "control" / "benchmark" / f"{label.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    slug = re.sub(r"[^A-Za-z0-9._@-]+", "-", label.replace(":", "-")).strip("-")  # a file name from the label
+    out = REPO / "runs" / "control" / "benchmark" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     report = run_control(problem, model=model, size="cpu", targets=targets, resolution=resolution, out=out,
-                         progress=not quiet)
+                         progress=not quiet, overrides=list(overrides))
     results, before = report.pop("_results"), report.pop("_before")
     report["run_dir"] = _rel(report["run_dir"])
     if report["model"].get("model") not in (None, "numerical"):
@@ -172,7 +183,7 @@ def control_part(model: str, resolution: tuple[int, int], targets: list[float], 
     done = [r for r in results if "_signals" in r]
     if not done:
         return report, {"figure": None}
-    name = f"control_{label.replace(':', '-').replace('/', '_')}.png"
+    name = f"control_{slug}.png"
     plot_model(RESULTS / name, label, report, done, before)
     return report, {"figure": name}
 
@@ -337,7 +348,9 @@ def markdown(data: dict) -> str:
         lines += [f"## Time per optimisation step, side by side (one invocation, models interleaved, median of "
                   f"{next(iter(t['models'].values()))['repeats']})", "",
                   f"At inflow_scale = {t['control']}: warm-up {t['warmup']} steps without gradient, window {t['window']} "
-                  f"steps forward and backward (checkpoints every {t['checkpoint_every']}).", "",
+                  f"steps forward and backward (gradient checkpoints every "
+                  f"{' or '.join(str(c) if c else 'none' for c in (t['checkpoint_every'] if isinstance(t['checkpoint_every'], list) else [t['checkpoint_every']]))} "
+                  "simulator calls, as labelled).", "",
                   "| model | warm-up s | window forward s | backward s | gradient window s | optimisation step s | "
                   "numerical / model (step) | numerical / model (gradient window) |", "|---|---|---|---|---|---|---|---|"]
         for label, r in t["models"].items():
@@ -403,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-scale", type=float, default=1.0, help="inflow_scale of the numerical settings check")
     ap.add_argument("--render", action="store_true", help="only rewrite control.md from control.json")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--checkpoints", default="10",
+                    help="with --timing: comma-separated checkpoint_every values, every model timed with each (0: off)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the control problem for the control runs "
+                                                 "(e.g. calibration.rounds=2); they become part of the row's label")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = load()
@@ -421,14 +438,15 @@ def main(argv: list[str] | None = None) -> int:
             data["paper_timing_command"] = command
             save(data)
         elif args.timing:
-            data["timing"] = timing(models, args.repeats)
+            data["timing"] = timing(models, args.repeats, tuple(int(c) for c in args.checkpoints.split(",")))
             data["timing_command"] = command
             data["numerical_check"] = numerical_settings_check(args.check_scale)
             save(data)
         else:
             for model, res in models:
-                report, extra = control_part(model, res, targets, args.quiet, args.problem)
-                key = label_of(model, res) if args.problem == PROBLEM else f"{args.problem}/{label_of(model, res)}"
+                report, extra = control_part(model, res, targets, args.quiet, args.problem, tuple(args.overrides))
+                key = label_of(model, res, tuple(args.overrides))
+                key = key if args.problem == PROBLEM else f"{args.problem}/{key}"
                 data.setdefault("parts", {})[key] = {"report": report, "command": command, **extra}
                 save(data)
     print((RESULTS / "control.md").read_text())

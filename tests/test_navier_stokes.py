@@ -504,7 +504,7 @@ def test_bad_arguments_raise_clear_errors():
         downsample_velocity(good, 3)
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         decaying_turbulence(8, generator=0)
-    with pytest.raises(ValueError, match="peak_wavenumber must be finite and > 0"):
+    with pytest.raises(ValueError, match="peak_wavenumber must be a positive finite number"):
         decaying_turbulence(8, peak_wavenumber=0.0)
 
 
