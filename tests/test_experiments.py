@@ -406,3 +406,21 @@ def test_ns_correction_beats_the_uncorrected_coarse_solver_after_a_few_epochs(tm
             p.zero_()
     uncorrected = built.task.validate(Budgets({"linear": None}))
     assert rows[-1]["val_metric"] < uncorrected / 1.15 and rows[-1]["train_loss"] < rows[0]["train_loss"] / 1.2
+
+
+def test_one_registry_holds_every_runnable_and_refuses_unknown_names_with_a_suggestion():
+    import pdeaccel.experiments.control  # noqa: F401  (registers the control problems)
+    import pdeaccel.experiments.simulations  # noqa: F401  (registers the simulations)
+    from pdeaccel.config import ConfigError
+    from pdeaccel.experiments.registry import RUNNABLES, lookup
+
+    assert {"experiment", "simulation", "control problem"} == set(RUNNABLES)
+    assert lookup("experiment", "heat-1d").name == "heat-1d"
+    assert lookup("simulation", "heat-1d").name == "heat-1d"  # a name is unique within its kind
+    assert lookup("control problem", "inflow").name == "inflow"
+    for kind, typo, suggestion in [("experiment", "heat-2", "heat-2d"), ("simulation", "taylor-gren", "taylor-green"),
+                                   ("control problem", "magnuss", "magnus")]:
+        with pytest.raises(ConfigError, match=f"unknown {kind} '{typo}'. Did you mean .*{suggestion}"):
+            lookup(kind, typo)
+    with pytest.raises(ConfigError, match="'taylor-green' is a simulation"):
+        lookup("experiment", "taylor-green")

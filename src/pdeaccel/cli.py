@@ -304,11 +304,10 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, progress: bool) -> int:
-    import time
-
     from .experiments import runner
+    from .experiments.registry import timestamped_run_dir
 
-    out = args.out or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or str(timestamped_run_dir("demo"))
     print(f"pdeaccel demo: PRDP against converged training on {args.experiment} ({args.size or 'cpu'} size, "
           f"{args.seeds} seed(s)). Run directory: {out}\n", flush=True)
     data = runner.compare(args.experiment, seeds=args.seeds, size=args.size or "cpu", overrides=args.overrides,

@@ -37,6 +37,7 @@ from ..control import (ControlledEnvironment, ControlRun, ControlSettings, Learn
                        Probe, evaluate, optimise)
 from ..train import io
 from .flow import _CPU_2D, _paper_2d, build_environment
+from .registry import RUNNABLES, lookup, register_runnable, timestamped_run_dir
 from .control_calibration import calibrated_target
 from .control_report import eval_record, markdown, plot_flows, plot_frequency, plot_spectra
 from .flow_eval import cell_speed, load_flow_model
@@ -120,11 +121,12 @@ def _magnus(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-PROBLEMS: dict[str, ControlProblem] = {}
+#: the control problems of the one registry (:data:`pdeaccel.experiments.registry.RUNNABLES`)
+PROBLEMS: dict[str, ControlProblem] = RUNNABLES["control problem"]
 
 
 def register_problem(problem: ControlProblem) -> None:
-    PROBLEMS[problem.name] = problem
+    register_runnable("control problem", problem.name, problem)
 
 
 register_problem(ControlProblem(
@@ -136,9 +138,7 @@ register_problem(ControlProblem(
 
 
 def get_problem(name: str) -> ControlProblem:
-    if name not in PROBLEMS:
-        raise ConfigError(f"unknown control problem {name!r}; problems: {', '.join(PROBLEMS)}.")
-    return PROBLEMS[name]
+    return lookup("control problem", name)
 
 
 # ------------------------------------------------------------------------------ building
@@ -312,7 +312,7 @@ def run_control(problem: str, *, model: str = "numerical", size: str | None = No
     cenv, probe = build_problem(cfg)
     settings = settings_of(cfg)
     verifier = numerical_simulator(cfg)
-    run_dir = Path(out) if out is not None else Path("runs") / "control" / problem / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out) if out is not None else timestamped_run_dir("control", problem)
     io.prepare_fresh_run_dir(run_dir)
     io.atomic_write_text(run_dir / "config.yaml", to_yaml({"config": cfg, "model": info}))
     name0 = cenv.names[0]

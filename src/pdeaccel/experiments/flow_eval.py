@@ -33,6 +33,7 @@ from ..physics.incompressible import MACFlowSolver
 from ..train import io
 from ..train.report import figure, save_png
 from .flow import HELD_OUT, build_environment, build_model, held_out_environment, held_out_spec, move_spec
+from .registry import timestamped_run_dir
 from .flow_envs import reference_substeps  # noqa: F401 (benchmarks import it from here)
 
 Velocity = tuple[torch.Tensor, ...]
@@ -445,7 +446,7 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
         if "velocity" in spec:
             raise ValueError("--resolution other than 'full' runs on a fixed environment; --env moving is not "
                              "supported there.")
-    run_dir = Path(out) if out is not None else Path("runs") / "simulate" / "flow" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out) if out is not None else timestamped_run_dir("simulate", "flow")
     io.prepare_fresh_run_dir(run_dir)
     save_every = max(1, steps // 80)
     h = env.spacing[0]

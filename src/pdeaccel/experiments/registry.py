@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -58,12 +60,45 @@ class Experiment:
         return cfg
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
+# ------------------------------------------------------------------------------ the one registry
+#: everything ``pdeaccel`` can run, by kind: training experiments (``pdeaccel train/compare/sweep``),
+#: simulations (``pdeaccel simulate``) and control problems (``pdeaccel control``). A name is unique
+#: within its kind (``heat-1d`` is both an experiment and a simulation).
+RUNNABLES: dict[str, dict[str, Any]] = {"experiment": {}, "simulation": {}, "control problem": {}}
+EXPERIMENTS: dict[str, Experiment] = RUNNABLES["experiment"]
+
+
+def register_runnable(kind: str, name: str, entry: Any) -> Any:
+    """Add ``entry`` under ``name`` to the registry of ``kind`` (a key of :data:`RUNNABLES`)."""
+    if kind not in RUNNABLES:
+        raise ValueError(f"unknown kind of runnable {kind!r}; kinds: {', '.join(RUNNABLES)}.")
+    RUNNABLES[kind][name] = entry
+    return entry
+
+
+def lookup(kind: str, name: str) -> Any:
+    """The runnable ``name`` of ``kind``; an unknown name fails with a :class:`ConfigError` that
+    suggests the closest names of that kind, and says so when the name is another kind's."""
+    if kind == "experiment":
+        _load_all()
+    table = RUNNABLES[kind]
+    if name in table:
+        return table[name]
+    close = difflib.get_close_matches(str(name), list(table), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    elsewhere = [k for k, t in RUNNABLES.items() if k != kind and name in t]
+    if elsewhere:
+        hint += f" {name!r} is a{'n' if elsewhere[0][0] in 'aeiou' else ''} {elsewhere[0]}."
+    raise ConfigError(f"unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(table))}.")
+
+
+def timestamped_run_dir(*parts: str, suffix: str = "") -> Path:
+    """The default run directory of every command: ``runs/<parts…>/<YYYYmmdd-HHMMSS><suffix>``."""
+    return Path("runs", *parts, time.strftime("%Y%m%d-%H%M%S") + suffix)
 
 
 def register(exp: Experiment) -> Experiment:
-    EXPERIMENTS[exp.name] = exp
-    return exp
+    return register_runnable("experiment", exp.name, exp)
 
 
 def _load_all() -> None:
@@ -71,12 +106,7 @@ def _load_all() -> None:
 
 
 def get_experiment(name: str) -> Experiment:
-    _load_all()
-    if name not in EXPERIMENTS:
-        close = difflib.get_close_matches(name, list(EXPERIMENTS), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown experiment {name!r}.{hint} Available: {', '.join(sorted(EXPERIMENTS))}.")
-    return EXPERIMENTS[name]
+    return lookup("experiment", name)
 
 
 def list_experiments() -> list[Experiment]:

@@ -24,11 +24,11 @@ from ..train.budgets import LINEAR, PICARD, Budgets
 from ..train.report import markdown_table, plot_comparison, plot_run, plot_sweep, read_metrics
 from ..train.trainer import NothingResumedError, Trainer, TrainSettings
 from . import data as data_mod
-from .registry import Experiment, get_experiment, k_converged_setting, prdp_config, validate_config
+from .registry import Experiment, get_experiment, timestamped_run_dir, k_converged_setting, prdp_config, validate_config
 
 
 def default_run_dir(kind: str, name: str) -> Path:
-    return Path("runs") / name / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
+    return timestamped_run_dir(name, suffix=f"-{kind}")
 
 
 def resolve_config(name: str, size: str = "cpu", overrides: Iterable[str] = (), seed: int | None = None) -> dict[str, Any]:
