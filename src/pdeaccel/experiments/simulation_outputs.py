@@ -18,7 +18,7 @@ from ..train import io
 from ..train.report import figure, markdown_table, save_png
 
 if TYPE_CHECKING:
-    from .simulations import _Setup
+    from .simulation_setups import _Setup
 
 #: how the report and the figures name each diagnostic series
 _LABELS = {
