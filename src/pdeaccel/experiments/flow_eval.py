@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -31,98 +30,15 @@ from ..neural_flow import potential_of, velocity_from_potential
 from ..physics.flow import FlowEnvironment, from_mask
 from ..physics.incompressible import MACFlowSolver
 from ..train import io
-from ..train.report import figure, save_png
-from .flow import HELD_OUT, build_environment, build_model, held_out_environment, held_out_spec, move_spec
+from .flow import HELD_OUT, build_environment, held_out_environment, held_out_spec, move_spec
 from .registry import timestamped_run_dir
+# model files and output writers live in flow_models / flow_outputs; these names stay importable from here
+from .flow_models import (MODELS_DIR, export_flow_model, load_flow_model, resolve_model, step_mirrored,  # noqa: F401
+                          training_command)
+from .flow_outputs import _animate_fields, _plot_fields, _write_h5, cell_speed, vorticity  # noqa: F401
 from .flow_envs import reference_substeps  # noqa: F401 (benchmarks import it from here)
 
 Velocity = tuple[torch.Tensor, ...]
-
-
-MODELS_DIR = Path(__file__).resolve().parents[3] / "models"  # the repository's shipped models
-
-
-def resolve_model(model: str | Path) -> Path:
-    """A model argument as a path: a run directory, an exported model directory, or the name of
-    a shipped model (``models/NAME`` here or in the repository)."""
-    path = Path(model)
-    if path.exists():
-        return path
-    for base in (Path("models"), MODELS_DIR):
-        if (base / str(model) / "model.json").exists():
-            return base / str(model)
-    shipped = sorted(p.name for p in MODELS_DIR.glob("*") if (p / "model.json").exists()) if MODELS_DIR.is_dir() else []
-    raise FileNotFoundError(f"--model {model}: no such run directory or model; shipped models: "
-                            f"{', '.join(shipped) or 'none'} (train one with `pdeaccel train flow-2d`).")
-
-
-def load_flow_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any], int]:
-    """The trained model of a flow run directory (newest intact checkpoint) or of an exported
-    model (``model.safetensors`` + ``model.json``, e.g. a shipped ``models/flow-2d``), its config
-    and the number of epochs it was trained. The model's class comes from the config's
-    ``model.kind`` (:mod:`pdeaccel.flow_model`); runs from before that key are vanilla. An
-    exported model is read from JSON and safetensors only: loading it never executes code."""
-    import yaml
-
-    run_dir = resolve_model(run_dir)
-    if (run_dir / "model.json").exists():
-        state, cfg, meta = io.load_model(run_dir)
-        epochs = int(meta.get("epochs", 0))
-    else:
-        path = run_dir / "config.yaml"
-        if not path.exists():
-            raise FileNotFoundError(f"--model {run_dir}: no config.yaml or model.json; not a pdeaccel run directory "
-                                    "or exported model (train one with `pdeaccel train flow-2d`).")
-        cfg = yaml.safe_load(path.read_text())["config"]
-        found = io.latest_valid_checkpoint(run_dir / "checkpoints")
-        if found is None:
-            raise FileNotFoundError(f"--model {run_dir}: no intact checkpoint in {run_dir / 'checkpoints'}.")
-        state, epochs = found[1]["task"]["net"], int(found[1]["epoch"])
-    if "pool" not in cfg or "physics" not in cfg:
-        raise ValueError(f"--model {run_dir}: a {cfg.get('experiment')!r} run, not a flow one (flow-2d, flow-3d or "
-                         "a NeuralStagger flow-*-s*t* run).")
-    cfg.setdefault("model", {"kind": "vanilla", "stride": 1, "window": 1, "shared_weights": False})
-    model = build_model(cfg)
-    model.load_state_dict(state)
-    model.eval()
-    return model, cfg, epochs
-
-
-def step_mirrored(model: torch.nn.Module) -> None:
-    """Make a trained 2D vanilla model step mirror-equivariantly (``model.mirror``), whatever it
-    was trained with."""
-    if not hasattr(model, "mirror") or model.ndim != 2:
-        raise ValueError("--mirror needs a 2D vanilla flow model (a NeuralStagger or 3D model has no mirror step).")
-    model.mirror = True
-
-
-def training_command(cfg: dict[str, Any]) -> str:
-    """The ``pdeaccel train`` command that reproduces a run's config (its overrides of the defaults)."""
-    from ..config import flatten
-    from .registry import get_experiment
-
-    exp = get_experiment(cfg["experiment"])
-    defaults = flatten(exp.config(cfg.get("size", "cpu")))
-    changed = [f"{k}={v}" for k, v in flatten(cfg).items()
-               if k not in ("experiment", "size") and defaults.get(k) != v and k != "net.init_from"]
-    size = [] if cfg.get("size", "cpu") == "cpu" else ["--size", cfg["size"]]
-    return " ".join(["pdeaccel", "train", cfg["experiment"], *size, *changed])
-
-
-def export_flow_model(run_dir: str | Path, dest: str | Path) -> Path:
-    """Write the trained model of a flow run as ``dest/model.safetensors`` + ``model.json`` with
-    its config, the command that trains it and the training budget it had."""
-    import csv
-
-    model, cfg, epochs = load_flow_model(run_dir)
-    rows = list(csv.DictReader(open(Path(run_dir) / "metrics.csv"))) if (Path(run_dir) / "metrics.csv").exists() else []
-    wall = sum(float(r.get("train_seconds") or 0) + float(r.get("validation_seconds") or 0) for r in rows[:epochs])
-    t = cfg["train"]
-    meta = {"command": training_command(cfg), "epochs": epochs, "optimizer_steps": epochs * t["steps_per_epoch"],
-            "batch_size": t["batch_size"], "wall_seconds": round(wall, 1),
-            "final_validation_metric": float(rows[epochs - 1]["val_metric"]) if rows else None,
-            "parameters": sum(p.numel() for p in model.parameters()), "source": Path(run_dir).name}
-    return io.save_model(dest, model.state_dict(), cfg, meta)
 
 
 # ------------------------------------------------------------------------------ rollouts
@@ -414,19 +330,6 @@ def _environment(cfg: dict[str, Any], env_name: str, inflow: float | None) -> tu
                      f"array [x, y], 1 = fluid); got {env_name!r}.")
 
 
-def cell_speed(u: Velocity) -> torch.Tensor:
-    """|u| at cell centres (face values averaged per axis), ``[*cells]`` of the first sample."""
-    comps = [0.5 * (c.narrow(d + 2, 0, c.shape[d + 2] - 1) + c.narrow(d + 2, 1, c.shape[d + 2] - 1))
-             for d, c in enumerate(u)]
-    return torch.sqrt(sum(c[0, 0] ** 2 for c in comps))
-
-
-def vorticity(u: Velocity, h: float) -> torch.Tensor:
-    """2D vorticity ∂v/∂x − ∂u/∂y at interior cell corners of the first sample."""
-    ux, uy = u[0][0, 0], u[1][0, 0]
-    return (uy[1:, 1:-1] - uy[:-1, 1:-1]) / h - (ux[1:-1, 1:] - ux[1:-1, :-1]) / h
-
-
 def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps: int = 200,
                      inflow: float | None = None, out: str | Path | None = None, animate: bool = True,
                      progress: bool = True, resolution: str = "full", mirror: bool = False) -> dict[str, Any]:
@@ -493,83 +396,3 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
     lines += ["", "![final](final.png)", ""] + (["![animation](animation.gif)", ""] if "animation.gif" in files else [])
     io.atomic_write_text(run_dir / "report.md", "\n".join(lines))
     return report
-
-
-def _write_h5(path: Path, roll: Rollout, env: FlowEnvironment, cfg: dict, spec: dict) -> None:
-    import json
-
-    import h5py
-
-    buf = BytesIO()  # written whole, then published atomically: a crash never leaves half a file
-    with h5py.File(buf, "w") as f:
-        f.attrs["config"] = json.dumps(cfg)
-        f.attrs["environment"] = json.dumps(spec)
-        f.create_dataset("fluid", data=env.fluid[0, 0].numpy())
-        f.create_dataset("times", data=np.asarray(roll.times))
-        f.create_dataset("probe", data=np.asarray(roll.probe))
-        f.create_dataset("snapshot_steps", data=np.asarray(roll.snapshot_steps))
-        for d in range(env.ndim):
-            if roll.snapshots:
-                f.create_dataset(f"velocity_{'xyz'[d]}", data=torch.stack([s[d][0, 0] for s in roll.snapshots]).numpy(),
-                                 compression="gzip")
-        for k, v in roll.diagnostics.items():
-            f.create_dataset(f"diagnostics/{k}", data=np.asarray(v))
-    io.atomic_write_bytes(path, buf.getvalue())
-
-
-def _limits(u: Velocity, h: float) -> tuple[float, float]:
-    """Colour-scale limits: the largest speed and the largest |vorticity|."""
-    return float(cell_speed(u).max()), float(vorticity(u, h).abs().max()) if len(u) == 2 else 1.0
-
-
-def _draw(axes, u: Velocity, solid: np.ndarray, h: float, limits=None):
-    speed = np.ma.masked_where(solid, cell_speed(u).numpy())
-    vort = vorticity(u, h).numpy() if len(u) == 2 else None
-    lim = limits or _limits(u, h)
-    ims = [axes[0].imshow(speed.T, origin="lower", cmap="viridis", vmin=0, vmax=lim[0])]
-    if vort is not None:
-        ims.append(axes[1].imshow(vort.T, origin="lower", cmap="RdBu_r", vmin=-lim[1], vmax=lim[1],
-                                  # interior corners sit half a cell past the cell centres 0..N-2
-                                  extent=(0.0, solid.shape[0] - 1.0, 0.0, solid.shape[1] - 1.0)))
-    for ax in axes:
-        ax.contour(solid.T.astype(float), levels=[0.5], colors="k", linewidths=0.8)  # the obstacle and walls
-        ax.set_xticks([]), ax.set_yticks([])
-    axes[0].set_title("speed |u|", fontsize=9)
-    if len(axes) > 1:
-        axes[1].set_title("vorticity", fontsize=9)
-    return ims, lim
-
-
-def _plot_fields(path: Path, u: Velocity, solid: np.ndarray, h: float, title: str) -> None:
-    fig, axes = figure(2, 1, figsize=(8, 5.5))
-    ims, _ = _draw(axes, u, solid, h)
-    for im, ax in zip(ims, axes):
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_png(fig, path, dpi=100)
-
-
-def _animate_fields(path: Path, roll: Rollout, solid: np.ndarray, env: FlowEnvironment, fps: int = 10,
-                    h: float | None = None) -> None:
-    from PIL import Image
-
-    h = env.spacing[0] if h is None else h
-    frames = []
-    limits = _limits(roll.snapshots[-1], h)  # one colour scale for all frames: the developed flow's
-    solids = roll.snapshot_solids or [solid] * len(roll.snapshots)
-    for u, k, solid_k in zip(roll.snapshots, roll.snapshot_steps, solids):
-        fig, axes = figure(2, 1, figsize=(6, 4.2), dpi=70)
-        ims, _ = _draw(axes, u, solid_k, h, limits)
-        for im, ax in zip(ims, axes):  # the colour bars also put every colour of the maps in each frame
-            fig.colorbar(im, ax=ax, shrink=0.8)
-        fig.suptitle(f"step {k}, t = {k * env.dt:g}", fontsize=10)
-        fig.tight_layout()
-        fig.canvas.draw()
-        frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
-    # one palette for all frames, from the developed flow (the first frames are nearly uniform)
-    palette = frames[-1].quantize(colors=255, method=Image.Quantize.MEDIANCUT)
-    frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
-    buf = BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
-    io.atomic_write_bytes(path, buf.getvalue())
