@@ -296,7 +296,9 @@ def _launch(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
     try:
-        return distributed.launch(argv, args.nproc, run_dir=str(run_dir), name=args.name)
+        from .train.launcher import launch
+
+        return launch(argv, args.nproc, run_dir=str(run_dir), name=args.name)
     except SignalException as exc:
         print(f"pdeaccel train: stopped by {exc.sigval.name}; completed epochs are checkpointed (continue with "
               f"`pdeaccel train {args.name} --resume {run_dir}`).", file=sys.stderr)
