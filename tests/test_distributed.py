@@ -534,7 +534,7 @@ def test_rank_layout_of_sub_solver_groups_and_replicas():
         distributed.sub_solver_shares(4, 8)
     with pytest.raises(ConfigError, match="multiple of it.*this job has 6"):
         DistContext(rank=0, world_size=6, sub_solver_ranks=4)
-    with pytest.raises(ConfigError, match="positive integer"):
+    with pytest.raises(ConfigError, match="sub-solver-ranks must be an integer >= 1"):
         distributed.check_layout(4, 0)
     # the replicas (not the ranks) share the pool and the batch; a replica's ranks build the same pool
     cfg = resolve_config("flow-2d-s2t1")

@@ -60,6 +60,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ._checks import integer
 from .decompose import as_stride, assemble, decompose, offsets, staggered_shapes
 from .grid import Grid
 from .nets import UNet
@@ -115,8 +116,7 @@ class StaggeredFlowSolver(nn.Module):
         self.scales, self.bounds = scales_and_bounds(
             ndim, velocity_scale=velocity_scale, potential_scale=potential_scale, pressure_scale=pressure_scale,
             potential_bound=potential_bound, pressure_bound=pressure_bound)
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window (the temporal stride T) must be a positive integer, got {window!r}.")
+        window = integer("window (the temporal stride T)", window, minimum=1)
         self.ndim = ndim
         self.P = 1 if ndim == 2 else 3
         self.stride = as_stride(stride, ndim)

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._checks import integer
 from .environment import ControlledEnvironment, Probe
 from .simulators import Bound, State, simulate
 from .spectral import peak_share, spectral_frequency
@@ -40,9 +41,7 @@ class ControlSettings:
 
     def __post_init__(self) -> None:
         for key in ("warmup", "window", "iterations", "checkpoint_every", "pad"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key in ("window", "pad") else 0):
-                raise ValueError(f"{key} must be an integer >= {1 if key in ('window', 'pad') else 0}, got {v!r}.")
+            integer(key, getattr(self, key), minimum=1 if key in ("window", "pad") else 0)
         if not (self.lr > 0 and self.band > 0 and self.tolerance >= 0 and 0 < self.cross_decay <= 1):
             raise ValueError("lr and band must be positive, tolerance non-negative and cross_decay in (0, 1].")
 

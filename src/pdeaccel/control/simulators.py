@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .._checks import integer
 from ..linalg import SolverConfig
 from ..neural_flow import PotentialState, velocity_from_potential
 from ..physics.flow import FlowEnvironment
@@ -44,9 +45,7 @@ class NumericalSimulator:
 
     def __init__(self, substeps: int, *, dtype: torch.dtype = torch.float64, rtol: float = 1e-6,
                  advection: str = "upwind3") -> None:
-        if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
-            raise ValueError(f"substeps must be a positive integer, got {substeps!r}.")
-        self.substeps = substeps
+        self.substeps = integer("substeps", substeps, minimum=1)
         self.dtype = dtype
         self.rtol = float(rtol)
         self.advection = advection

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._checks import integer
 from ..losses import FlowResidual
 from ..neural_flow import potential_of, velocity_from_potential
 from ..physics.flow import FlowEnvironment, from_mask
@@ -337,8 +338,7 @@ def simulate_trained(model_dir: str | Path, env_name: str = "cylinder", *, steps
     NeuralStagger model, ``resolution`` ``"R"`` or ``"R:Q"`` runs only the sub-solvers of a
     simulation R times coarser in space and Q in time (:func:`coarse_rollout`). ``mirror``
     steps a 2D vanilla model mirror-equivariantly (``model.mirror``) whatever it was trained with."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {steps!r}.")
+    steps = integer("--steps", steps, minimum=1)
     space, time_ = parse_resolution(resolution)
     model, cfg, _ = load_flow_model(model_dir)
     if mirror:

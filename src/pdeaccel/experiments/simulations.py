@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, apply_overrides, flatten, require
+from ..config import apply_overrides, flatten, require
 from ..train import io
 from .registry import RUNNABLES, lookup, register_runnable, timestamped_run_dir
 from .simulation_setups import (_TURBULENCE_INIT, DTYPES, _build_burgers, _build_heat, _build_navier_stokes,  # noqa: F401
@@ -142,8 +142,7 @@ def resolve_config(name: str, overrides: Iterable[str] = (), steps: int | None =
     cfg = apply_overrides(defaults, list(overrides),
                           keys_hint=f"The keys of simulation {name!r} are: {', '.join(flatten(defaults))}.")
     if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {steps!r}.")
+        require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "steps", steps, "an integer >= 1")
         cfg["steps"] = steps
     return cfg
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import integer
 from ..grid import Grid
 from ..linalg import LinearOperator, SolverConfig
 from ..stencils import laplacian, laplacian_diagonal
@@ -138,6 +139,4 @@ MAX_PICARD = 1000  # the converged count is 3-4; far beyond that a typo would ru
 
 
 def _check_picard(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PICARD:
-        raise ValueError(f"picard_iterations must be an integer in [1, {MAX_PICARD}], got {value!r}.")
-    return value
+    return integer("picard_iterations", value, minimum=1, maximum=MAX_PICARD)

@@ -13,6 +13,7 @@ from typing import Callable, Literal, Mapping
 import torch
 import torch.nn.functional as F
 
+from .._checks import integer
 from ..linalg import LinearOperator, SolveResult, SolverConfig
 from ..linalg.deflation import SubdomainDeflation
 from ..stencils import mac_coordinates, mac_divergence, mac_gradient
@@ -123,9 +124,7 @@ class MACFlowSolver:
         for name, cfg in (("pressure_solver", pressure_solver), ("diffusion_solver", diffusion_solver)):
             if cfg is not None and not isinstance(cfg, SolverConfig):
                 raise TypeError(f"{name} must be a pdeaccel SolverConfig, got {type(cfg).__name__}.")
-        if deflation_block is not None and (isinstance(deflation_block, bool) or not isinstance(deflation_block, int)
-                                            or deflation_block < 2):
-            raise ValueError(f"deflation_block must be an integer >= 2 or None, got {deflation_block!r}.")
+        deflation_block = integer("deflation_block", deflation_block, minimum=2, optional=True)
         self.advection = advection
         self.diffusion = diffusion
         self.deflation_block = deflation_block
@@ -295,8 +294,7 @@ class MACFlowSolver:
     def run(self, state: FlowState, steps: int,
             callback: Callable[[int, FlowState], None] | None = None) -> FlowState:
         """``steps`` time steps; ``callback(i, state)`` after each."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be a non-negative integer, got {steps!r}.")
+        steps = integer("steps", steps, minimum=0)
         for i in range(steps):
             state = self.step(state)
             if callback is not None:

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from .._checks import integer, real
 from ..grid import Grid
 
 
@@ -77,9 +78,7 @@ def _max_modes(kind: str, n: int) -> int:
 def _validate(grid, batch, modes, amplitude, generator, dtype) -> None:
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be a pdeaccel Grid, got {type(grid).__name__}.")
-    for name, value in (("batch", batch), ("modes", modes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    batch, modes = integer("batch", batch, minimum=1), integer("modes", modes, minimum=1)
     for axis, (n, kind) in enumerate(zip(grid.shape, grid.boundary)):
         limit = _max_modes(kind, n)
         if modes > limit:
@@ -87,10 +86,7 @@ def _validate(grid, batch, modes, amplitude, generator, dtype) -> None:
                 f"modes={modes} is more than axis {axis} ({kind}, {n} points) resolves; "
                 f"at most {limit} there."
             )
-    if isinstance(amplitude, bool) or not isinstance(amplitude, (int, float)) or not (
-        math.isfinite(amplitude) and amplitude > 0
-    ):
-        raise ValueError(f"amplitude must be a finite number > 0, got {amplitude!r}.")
+    amplitude = real("amplitude", amplitude, positive=True)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

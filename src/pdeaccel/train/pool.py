@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import torch
 
+from .._checks import integer
 from ..physics.flow import FlowEnvironment
 
 Spec = dict[str, Any]
@@ -77,16 +78,12 @@ class FlowPool:
                  warm: Callable[[list[Spec], torch.Generator], list[tuple[Spec, Any]]] | None = None,
                  warm_fraction: float = 0.0, warm_bank: int = 8,
                  young: int = 0, young_reset_every: int = 0) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"pool size must be a positive integer, got {size!r}.")
-        if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 0:
-            raise ValueError(f"reset_every must be a non-negative integer, got {reset_every!r}.")
-        if isinstance(perturb_every, bool) or not isinstance(perturb_every, int) or perturb_every < 0:
-            raise ValueError(f"perturb_every must be a non-negative integer, got {perturb_every!r}.")
-        if isinstance(young, bool) or not isinstance(young, int) or not 0 <= young <= size:
-            raise ValueError(f"young must be an integer in [0, size={size}], got {young!r}.")
-        if isinstance(young_reset_every, bool) or not isinstance(young_reset_every, int) or young_reset_every < 0 \
-                or (young > 0) != (young_reset_every > 0):
+        size = integer("pool size", size, minimum=1)
+        reset_every = integer("reset_every", reset_every, minimum=0)
+        perturb_every = integer("perturb_every", perturb_every, minimum=0)
+        young = integer("young", young, minimum=0, maximum=size)
+        young_reset_every = integer("young_reset_every", young_reset_every, minimum=0)
+        if (young > 0) != (young_reset_every > 0):
             raise ValueError(f"young_reset_every must be a positive integer when young > 0 (and 0 otherwise), "
                              f"got young={young!r}, young_reset_every={young_reset_every!r}.")
         if perturb_every and perturb is None:

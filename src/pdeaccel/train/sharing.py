@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 if TYPE_CHECKING:
-    from .distributed import DistContext
+    from .._checks import ArgumentError, integer
+from .distributed import DistContext
 
 
 # ---------------------------------------------------------------------- the flow pool
@@ -64,8 +65,10 @@ def check_layout(world_size: int, sub_solver_ranks: int) -> None:
     """Refuse a split of sub-solvers that the job's ranks cannot form (a ``ConfigError``)."""
     from ..config import ConfigError
 
-    if isinstance(sub_solver_ranks, bool) or not isinstance(sub_solver_ranks, int) or sub_solver_ranks < 1:
-        raise ConfigError(f"--sub-solver-ranks must be a positive integer, got {sub_solver_ranks!r}.")
+    try:
+        integer("--sub-solver-ranks", sub_solver_ranks, minimum=1)
+    except ArgumentError as exc:
+        raise ConfigError(str(exc)) from None
     if world_size % sub_solver_ranks:
         raise ConfigError(f"--sub-solver-ranks {sub_solver_ranks} needs a number of processes that is a multiple "
                           f"of it (each model replica's sub-solvers are split over {sub_solver_ranks} processes); "
