@@ -18,7 +18,7 @@ from ..config import ConfigError, apply_overrides, flatten, to_yaml
 from ..train import distributed, io
 from ..train.budgets import LINEAR, PICARD, Budgets
 from ..train.report import markdown_table, plot_run
-from ..train.trainer import NothingResumedError, Trainer, TrainSettings
+from ..train.trainer import NothingResumedError, Trainer, TrainSettings, flushing_denormals
 from . import data as data_mod
 from .registry import Experiment, get_experiment, timestamped_run_dir, k_converged_setting, prdp_config, validate_config
 
@@ -202,7 +202,8 @@ class _PreparedRun:
         if (trainer.epoch == 0 and cfg.get("prdp", {}).get("initial_validation")
                 and isinstance(sched, prdp_mod.PRDPSchedule)):
             # the reference code's history starts with the untrained network's validation error
-            metric0 = float(built.task.validate(Budgets(validation_budgets)))
+            with flushing_denormals():  # as inside fit(), where every other validation runs
+                metric0 = float(built.task.validate(Budgets(validation_budgets)))
             metric0 = ctx.broadcast_object(metric0, "the initial validation metric") if ctx.distributed else metric0
             sched.observe_initial(metric0)
         self.exp, self.cfg, self.schedule, self.run_dir, self.ctx = exp, cfg, schedule, run_dir, ctx
@@ -230,7 +231,8 @@ class _PreparedRun:
             # the final model validated with the solver budget it was trained with (for a hybrid
             # model it differs from the converged validation; for an emulator it is the same number)
             budgets = Budgets({**self.validation_budgets, LINEAR: int(summary["k_final"])})
-            summary["final_val_metric_at_k_final"] = float(self.built.task.validate(budgets))
+            with flushing_denormals():
+                summary["final_val_metric_at_k_final"] = float(self.built.task.validate(budgets))
         summary["wall_seconds_total"] = seconds
         summary["ledger"] = self.trainer.ledger.state_dict()
         summary["run_dir"] = str(self.run_dir)

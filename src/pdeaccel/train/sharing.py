@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
+from .._checks import ArgumentError, integer
+
 if TYPE_CHECKING:
-    from .._checks import ArgumentError, integer
-from .distributed import DistContext
+    from .distributed import DistContext
 
 
 # ---------------------------------------------------------------------- the flow pool
