@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..config import (Allowed, ConfigError, apply_overrides, check_ranges, flag, flatten, integer_in, number_in,
@@ -39,7 +38,7 @@ from ..train import io
 from .flow import _CPU_2D, _paper_2d, build_environment
 from .registry import RUNNABLES, lookup, register_runnable, timestamped_run_dir
 from .control_calibration import calibrated_target
-from .control_report import eval_record, markdown, plot_flows, plot_frequency, plot_spectra
+from .control_report import eval_record, markdown, target_record, plot_flows, plot_frequency, plot_spectra
 from .flow_eval import cell_speed, load_flow_model
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -265,22 +264,8 @@ def control_target(sim, verifier: NumericalSimulator, cenv: ControlledEnvironmen
         check = through  # the model is the numerical solver with the verifier's settings: the same rollout
     else:
         check = evaluate(verifier, cenv, best, probe, settings)
-    model_rec, check_rec = eval_record(through, settings, inflow), eval_record(check, settings, inflow)
-    steps = run.history
-    return {
-        "target": target, "initial": dict(initial), "best": best, "iterations": len(steps), "converged": run.converged,
-        "stopped": run.stop_reason,
-        "frequency_model": model_rec["frequency"], "frequency_numerical": check_rec["frequency"],
-        "error_model": (model_rec["frequency"] - target) / target,
-        "error_numerical": (check_rec["frequency"] - target) / target,
-        "model_eval": model_rec, "numerical_eval": check_rec,
-        "seconds_per_iteration": float(np.mean([h["seconds"] for h in steps])),
-        "gradient_seconds_per_iteration": float(np.mean([h["gradient_seconds"] for h in steps])),
-        "seconds_total": run.seconds, "history": steps,
-        "_signals": {"model_first": run.first_signal, "model_best": through.signal, "numerical_best": check.signal,
-                     "sample_dt_model": through.sample_dt, "sample_dt_numerical": check.sample_dt},
-        "_snapshots": {"model": through.bound.snapshot(through.state), "numerical": check.bound.snapshot(check.state)},
-    }
+    return target_record(target, initial, best, run.history, through, check, run.first_signal, settings, inflow,
+                         converged=run.converged, stopped=run.stop_reason, seconds_total=run.seconds)
 
 
 def _skipped(target: float, initial: dict[str, float], start: dict[str, Any], reason: str) -> dict[str, Any]:

@@ -18,10 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import numpy as np
 
 from ..control import ControlRun, ControlSettings, ControlledEnvironment, Evaluation, Probe, evaluate, optimise
-from .control_report import eval_record
+from .control_report import target_record
 
 
 @dataclass
@@ -96,24 +95,9 @@ def calibrated_target(sim, verifier, cenv, probe, settings, target, initial, inf
 
     res = calibrated_optimise(sim, verifier, cenv, probe, settings, target, initial, rounds=rounds,
                               tolerance=tolerance, callback=show)
-    model_rec, check_rec = eval_record(res.through, settings, inflow), eval_record(res.check, settings, inflow)
-    steps = res.history
-    return {
-        "target": target, "initial": dict(initial), "best": res.control, "iterations": len(steps),
-        "converged": abs(check_rec["frequency"] - target) <= tolerance * target,
-        "stopped": f"calibrated, {len(res.rounds)} round(s)",
-        "frequency_model": model_rec["frequency"], "frequency_numerical": check_rec["frequency"],
-        "error_model": (model_rec["frequency"] - target) / target,
-        "error_numerical": (check_rec["frequency"] - target) / target,
-        "model_eval": model_rec, "numerical_eval": check_rec,
-        "seconds_per_iteration": float(np.mean([h["seconds"] for h in steps])),
-        "gradient_seconds_per_iteration": float(np.mean([h["gradient_seconds"] for h in steps])),
-        # the numerical re-simulations the calibration ran count in its total
-        "seconds_total": res.model_seconds + res.numerical_seconds, "numerical_seconds": res.numerical_seconds,
-        "calibration_rounds": res.rounds, "history": steps,
-        "_signals": {"model_first": res.first_signal, "model_best": res.through.signal,
-                     "numerical_best": res.check.signal, "sample_dt_model": res.through.sample_dt,
-                     "sample_dt_numerical": res.check.sample_dt},
-        "_snapshots": {"model": res.through.bound.snapshot(res.through.state),
-                       "numerical": res.check.bound.snapshot(res.check.state)},
-    }
+    return target_record(target, initial, res.control, res.history, res.through, res.check, res.first_signal, settings,
+                         inflow, converged=abs(float(res.check.frequency) - target) <= tolerance * target,
+                         stopped=f"calibrated, {len(res.rounds)} round(s)",
+                         # the numerical re-simulations the calibration ran count in its total
+                         seconds_total=res.model_seconds + res.numerical_seconds,
+                         numerical_seconds=res.numerical_seconds, calibration_rounds=res.rounds)

@@ -31,6 +31,28 @@ def eval_record(ev, settings: ControlSettings, inflow: float) -> dict[str, Any]:
             "sample_dt": ev.sample_dt}
 
 
+def target_record(target: float, initial: dict[str, float], best: dict[str, float], steps: list[dict[str, Any]],
+                  through, check, first_signal, settings: ControlSettings, inflow: float, *, converged: bool,
+                  stopped: str, seconds_total: float, **extra: Any) -> dict[str, Any]:
+    """The report's record of one target: the control found, the model's rollout there (``through``)
+    and the numerical one (``check``), the optimisation steps and their times."""
+    model_rec, check_rec = eval_record(through, settings, inflow), eval_record(check, settings, inflow)
+    return {
+        "target": target, "initial": dict(initial), "best": best, "iterations": len(steps), "converged": converged,
+        "stopped": stopped,
+        "frequency_model": model_rec["frequency"], "frequency_numerical": check_rec["frequency"],
+        "error_model": (model_rec["frequency"] - target) / target,
+        "error_numerical": (check_rec["frequency"] - target) / target,
+        "model_eval": model_rec, "numerical_eval": check_rec,
+        "seconds_per_iteration": float(np.mean([h["seconds"] for h in steps])),
+        "gradient_seconds_per_iteration": float(np.mean([h["gradient_seconds"] for h in steps])),
+        "seconds_total": seconds_total, **extra, "history": steps,
+        "_signals": {"model_first": first_signal, "model_best": through.signal, "numerical_best": check.signal,
+                     "sample_dt_model": through.sample_dt, "sample_dt_numerical": check.sample_dt},
+        "_snapshots": {"model": through.bound.snapshot(through.state), "numerical": check.bound.snapshot(check.state)},
+    }
+
+
 def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if isinstance(x, float) and math.isfinite(x) else str(x)
 
