@@ -301,12 +301,8 @@ class Trainer(CheckpointedTraining):
                 except NonFiniteError as exc:  # a solve inside the loss was handed a diverged state
                     return losses, {"where": f"solver input ({exc})", "step": step, "value": math.nan}
                 value = float(loss.detach())
-                if not math.isfinite(value):
-                    return losses, {"where": "loss", "step": step, "value": value}
-                # a ratio means "exploding" only for positive losses (a log-loss is negative)
-                if self.reference_loss > 0 and value > self.settings.guard_factor * self.reference_loss:
-                    return losses, {"where": f"loss ({self.settings.guard_factor:g}x the best epoch's at this K)",
-                                    "step": step, "value": value}
+                if (trip := self._loss_trip(value, step)) is not None:
+                    return losses, trip
                 loss.backward()
                 for i, p in enumerate(self.task.parameters()):
                     if p.grad is not None and not all_finite(p.grad):
@@ -315,11 +311,26 @@ class Trainer(CheckpointedTraining):
                 self.optimizer.step()
                 self.ledger.count_step()
                 losses.append(value)
+        return losses, self._parameters_trip()
+
+    def _loss_trip(self, value: float, step: int) -> dict[str, Any] | None:
+        """The guard's verdict on one step's loss: non-finite, or exploding against the best epoch's
+        loss at this budget (a ratio means "exploding" only for positive losses; a log-loss is
+        negative). None: the step may go on."""
+        if not math.isfinite(value):
+            return {"where": "loss", "step": step, "value": value}
+        if self.reference_loss > 0 and value > self.settings.guard_factor * self.reference_loss:
+            return {"where": f"loss ({self.settings.guard_factor:g}x the best epoch's at this K)", "step": step,
+                    "value": value}
+        return None
+
+    def _parameters_trip(self) -> dict[str, Any] | None:
+        """The guard's verdict on the parameters after an epoch's optimiser steps."""
         for i, p in enumerate(self.task.parameters()):
             if not all_finite(p):
-                return losses, {"where": f"parameter {i} {list(p.shape)} after the optimiser step",
-                                "step": None, "value": math.nan}
-        return losses, None
+                return {"where": f"parameter {i} {list(p.shape)} after the optimiser step", "step": None,
+                        "value": math.nan}
+        return None
 
     def _train_attempt_distributed(self, budgets: Budgets) -> tuple[list[float], dict[str, Any] | None]:
         """:meth:`_train_attempt` of one rank of a data-parallel job.
@@ -367,11 +378,8 @@ class Trainer(CheckpointedTraining):
                     return losses, {"where": f"solver input ({solver_error or 'on another rank'})", "step": step,
                                     "value": math.nan}
                 value = float(stats[0]) / total
-                if not math.isfinite(value):
-                    return losses, {"where": "loss", "step": step, "value": value}
-                if self.reference_loss > 0 and value > self.settings.guard_factor * self.reference_loss:
-                    return losses, {"where": f"loss ({self.settings.guard_factor:g}x the best epoch's at this K)",
-                                    "step": step, "value": value}
+                if (trip := self._loss_trip(value, step)) is not None:
+                    return losses, trip
                 samples = total / self.dist.sub_solver_ranks
                 for i, (p, g, has) in enumerate(zip(params, grads, stats[3:])):
                     p.grad = (g / samples).to(p.dtype).view_as(p) if has > 0 else None
@@ -381,11 +389,7 @@ class Trainer(CheckpointedTraining):
                 self.optimizer.step()
                 self.ledger.count_step()
                 losses.append(value)
-        for i, p in enumerate(self.task.parameters()):
-            if not all_finite(p):
-                return losses, {"where": f"parameter {i} {list(p.shape)} after the optimiser step",
-                                "step": None, "value": math.nan}
-        return losses, None
+        return losses, self._parameters_trip()
 
     def _reduced_gradients(self, params: list[torch.nn.Parameter], n: int, step: int) -> list[torch.Tensor]:
         """``Σ_r n_r·∇L_r`` of every parameter (flattened), one all-reduce per dtype and device."""
