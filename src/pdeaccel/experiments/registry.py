@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import ConfigError, flatten, require
-from ..linalg import METHODS, GRAD_MODES, SolverConfig
+from ..linalg import METHODS, GRAD_MODES, IterationLog, SolverConfig
 from ..prdp import PRDPConfig
 
 
@@ -276,21 +276,10 @@ def prdp_config(cfg: dict[str, Any]) -> PRDPConfig:
         raise ConfigError(f"config section 'prdp': {str(exc).replace('PRDPConfig.', 'prdp.')}") from None
 
 
-class IterationProbe:
-    """A solver monitor that remembers the largest forward iteration count it saw."""
-
-    def __init__(self) -> None:
-        self.max_iterations = 0
-
-    def __call__(self, direction: str, method: str, iterations: torch.Tensor) -> None:
-        if direction == "forward":
-            self.max_iterations = max(self.max_iterations, int(iterations.max()))
-
-
 def measure_k_converged(step: Callable[[torch.Tensor, SolverConfig], torch.Tensor], states: torch.Tensor,
                         solver: SolverConfig, rtol: float) -> int:
     """K_ε: the iterations the solver needs to reach ``rtol`` on representative inputs."""
-    probe = IterationProbe()
+    log = IterationLog()
     with torch.no_grad():
-        step(states, solver.replace(max_iters=None, rtol=rtol, atol=0.0, monitor=probe))
-    return max(1, probe.max_iterations)
+        step(states, solver.replace(max_iters=None, rtol=rtol, atol=0.0, monitor=log))
+    return max(1, log.max_per_solve)

@@ -18,7 +18,6 @@ Every default runs in seconds on one CPU core.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..config import apply_overrides, flatten, require
 from ..train import io
+from ..linalg import IterationLog
 from .registry import RUNNABLES, lookup, register_runnable, timestamped_run_dir
 from .simulation_setups import (_TURBULENCE_INIT, DTYPES, _build_burgers, _build_heat, _build_navier_stokes,  # noqa: F401
                                 _positive_float, _positive_int,
@@ -94,43 +94,6 @@ def get_simulation(name: str) -> Simulation:
 # ---------------------------------------------------------------------------------- the run
 
 
-class _IterationLog:
-    """Solver monitor: per time step and per solver method, the iterations of the slowest sample."""
-
-    def __init__(self) -> None:
-        self.steps: list[dict[str, int]] = []
-        self._current: dict[str, int] = {}
-        self._unconverged: dict[str, int] = {}
-        #: per method, the sample solves of the last finished step that missed their tolerance
-        self.last_unconverged: dict[str, int] = {}
-
-    def __call__(self, direction: str, method: str, iterations: torch.Tensor) -> None:
-        if direction == "forward":
-            self._current[method] = self._current.get(method, 0) + int(iterations.max())
-
-    def record_result(self, direction: str, result) -> None:
-        """Called by :func:`~pdeaccel.linalg.solve` with every forward result: count the misses."""
-        if direction == "forward":
-            missed = int((~result.converged).sum())
-            if missed:
-                self._unconverged[result.method] = self._unconverged.get(result.method, 0) + missed
-
-    def end_step(self) -> dict[str, int]:
-        done, self._current = self._current, {}
-        self.last_unconverged, self._unconverged = self._unconverged, {}
-        self.steps.append(done)
-        return done
-
-    def summary(self) -> dict[str, dict[str, Any]]:
-        methods = sorted({m for s in self.steps for m in s})
-        out = {}
-        for m in methods:
-            counts = [s.get(m, 0) for s in self.steps]
-            out[m] = {"mean": statistics.fmean(counts), "max": max(counts), "total": sum(counts),
-                      "unit": "restart cycles" if m == "gmres" else "iterations"}
-        return out
-
-
 def default_run_dir(name: str) -> Path:
     return timestamped_run_dir("simulate", name)
 
@@ -172,7 +135,7 @@ def simulate(name: str, *, steps: int | None = None, overrides: Iterable[str] = 
     require(isinstance(stop_on_failure, bool), "run.stop_on_failure", stop_on_failure, "true, false")
     blowup_factor = _positive_float(cfg, "run.blowup_factor")
     require(blowup_factor > 1, "run.blowup_factor", blowup_factor, "a finite number > 1")
-    log = _IterationLog()
+    log = IterationLog()
     setup = sim.build(cfg, log)
 
     run_dir = Path(out) if out is not None else default_run_dir(name)
