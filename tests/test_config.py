@@ -64,3 +64,18 @@ def test_a_flow_experiment_checks_its_declared_ranges():
                           ("model.gauge=rigid", "model.gauge"), ("loss.unroll=33", "loss.unroll")]:
         with pytest.raises(ConfigError, match=f"'{key}' has value"):
             validate_flow(runner.resolve_config("flow-2d", "cpu", [override]))
+
+
+@pytest.mark.parametrize("name, override, key", [("heat-1d", "physics.scheme=leapfrog", "physics.scheme"),
+                                                 ("burgers-1d", "physics.picard_iterations=0", "physics.picard_iterations"),
+                                                 ("ns-2d", "physics.factor=17", "physics.factor"),
+                                                 ("flow-2d", "model.window=0", "model.window"),
+                                                 ("heat-2d", "physics.n=5000", "physics.n")])
+def test_each_experiment_declares_its_own_ranges_and_resolving_checks_them(name, override, key):
+    from pdeaccel.experiments import runner
+    from pdeaccel.experiments.registry import SHARED_RANGES, get_experiment
+
+    exp = get_experiment(name)
+    assert key in exp.ranges or key in SHARED_RANGES
+    with pytest.raises(ConfigError, match=f"config key '{key}' has value .*; allowed: "):
+        runner.resolve_config(name, "cpu", [override])

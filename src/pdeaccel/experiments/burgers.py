@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..config import require
+from ..config import integer_in, require
 from ..grid import Grid
 from ..linalg import SolverConfig
 from ..physics.burgers import BurgersStepper
@@ -87,6 +87,9 @@ _DEVIATIONS = [
 ]
 
 
+#: what burgers-1d's own keys may hold (shared keys: registry.SHARED_RANGES)
+BURGERS_RANGES = {"physics.picard_iterations": integer_in(1, 1000)}
+
 register(Experiment(
     "burgers-1d", "Burgers 1D emulator (conv ResNet), GMRES, implicit gradients",
     {"cpu": copy.deepcopy(_CPU), "paper-cpu": _paper_cpu(), "paper": _paper()}, build_burgers,
@@ -98,4 +101,4 @@ register(Experiment(
                               "channels, 4 blocks, 100 epochs)", *_DEVIATIONS],
                 "cpu": ["ours, reconfigured: Δt = 0.05 and GMRES(1) (K_ε = 30) instead of Δt = 0.02 and GMRES(2) "
                         "(K_ε = 6, where PRDP saved 17%); history without the untrained error", *_DEVIATIONS[:1]]},
-))
+    ranges=BURGERS_RANGES))

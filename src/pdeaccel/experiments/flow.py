@@ -230,13 +230,15 @@ _ADDED_KEYS = {"model.kind": "vanilla", "model.stride": 1, "model.window": 1, "m
                "pool.young": 0, "pool.young_reset_every": 0, "loss.unroll": 1, "model.gauge": "free",
                "model.offset_input": True}
 
+
+
 register(Experiment(
     "flow-2d", "physics-constrained neural flow solver, 2D channel with obstacles (trained without data)",
     {"cpu": copy.deepcopy(_CPU_2D), "paper": _paper_2d()}, build_flow, _PAPER, budgets=(),
-    added_keys=_ADDED_KEYS))
+    added_keys=_ADDED_KEYS, ranges=FLOW_RANGES))
 register(Experiment(
     "flow-3d", "physics-constrained neural flow solver, 3D channel with obstacles, μ and ρ per environment",
-    {"cpu": _cpu_3d(), "paper": _paper_3d()}, build_flow, _PAPER, budgets=(), added_keys=_ADDED_KEYS))
+    {"cpu": _cpu_3d(), "paper": _paper_3d()}, build_flow, _PAPER, budgets=(), added_keys=_ADDED_KEYS, ranges=FLOW_RANGES))
 
 
 # NeuralStagger settings of benchmarks/stagger.py: (ndim, spatial stride s, temporal stride T). Each is
@@ -279,11 +281,11 @@ for _name, (_ndim, _s, _T) in STAGGER_SETTINGS.items():
         register(Experiment(
             _name, "NeuralStagger s=2, T=1 on a 128×64 channel (μ doubled: the cpu channel's Reynolds numbers); "
                    "every sub-solver runs on the vanilla cpu model's 64×32 grid",
-            {"cpu": _fine_s2t1()}, build_flow, _PAPER, budgets=(), added_keys=_ADDED_KEYS))
+            {"cpu": _fine_s2t1()}, build_flow, _PAPER, budgets=(), added_keys=_ADDED_KEYS, ranges=FLOW_RANGES))
         continue
     _base = (_CPU_2D, _paper_2d()) if _ndim == 2 else (_cpu_3d(), _paper_3d())
     register(Experiment(
         _name, f"NeuralStagger: the {_ndim}D flow solver split into s^d·T = {_s ** _ndim * _T} coarse sub-solvers "
                f"(stride s={_s}, window T={_T}), trained jointly with the vanilla physics loss",
         {"cpu": _staggered(_base[0], _s, _T), "paper": _staggered(_base[1], _s, _T)}, build_flow, _PAPER,
-        budgets=(), added_keys=_ADDED_KEYS))
+        budgets=(), added_keys=_ADDED_KEYS, ranges=FLOW_RANGES))

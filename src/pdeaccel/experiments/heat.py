@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, number_in, one_of
 from ..grid import Grid
 from ..linalg import SolverConfig
 from ..physics import HeatStepper
@@ -114,6 +114,10 @@ def _paper(ndim_changes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return cfg
 
 
+#: what the heat experiments' own keys may hold (shared keys: registry.SHARED_RANGES)
+HEAT_RANGES = {"physics.scheme": one_of("implicit_euler", "crank_nicolson"), "physics.nu_dt": number_in(positive=True),
+               "data.generator": one_of("sine", "paper")}
+
 register(Experiment(
     "heat-1d", "Heat 1D emulator (MLP 30→30), Jacobi, implicit gradients",
     {"cpu": _variant(),
@@ -126,7 +130,7 @@ register(Experiment(
     deviations={"paper": list(_SHARED_DEVIATIONS),
                 "cpu": ["ours, not the paper's: warm start from the prediction (K even only, K0 = ΔK = 2), "
                         "K_ε measured (20), our metric, sine data, 10 validation samples, LR 0.98 per epoch"]},
-    added_keys={"solver.compile": False}))
+    added_keys={"solver.compile": False}, ranges=HEAT_RANGES))
 
 register(Experiment(
     "heat-2d", "Heat 2D emulator (MLP on a 30×30 grid), Jacobi, unrolled gradients",
@@ -145,7 +149,7 @@ register(Experiment(
                         "epoch instead of the 23.4M-parameter width-3000 MLP (cheap on this CPU), warm start "
                         "(K even only, K0 = ΔK = 2), K_ε measured (35), our metric, sine data, 10 validation "
                         "samples"]},
-    added_keys={"solver.compile": False}))
+    added_keys={"solver.compile": False}, ranges=HEAT_RANGES))
 
 _3D_PAPER_DEVIATIONS = [
     "The paper publishes no heat-3d code: νΔt = 0.001 as in 1D/2D, the ResNet's size (hidden, blocks), the "
@@ -183,4 +187,4 @@ register(Experiment(
                               *_3D_PAPER_DEVIATIONS],
                 "cpu": ["ours, not the paper's: 12³ grid, warm start (K even only), K_ε measured (11), our "
                         "metric; the 3D network, not the solver, dominates a step at this size"]},
-    added_keys={"solver.compile": False}))
+    added_keys={"solver.compile": False}, ranges=HEAT_RANGES))

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import trange
 
-from ..config import require
+from ..config import integer_in, number_in, require
 from ..linalg import SolverConfig
 from ..nets import build_net
 from ..physics.navier_stokes import NavierStokes2D, decaying_turbulence, downsample_velocity
@@ -146,6 +146,11 @@ _NS_DEVIATIONS = [
     "LR: the cosine decay changes at epoch boundaries, not every step.",
 ]
 
+#: what ns-2d's own keys may hold (shared keys: registry.SHARED_RANGES)
+NS_RANGES = {"physics.factor": integer_in(1, 16), "physics.warmup_steps": integer_in(0, 100_000),
+             "physics.rms_velocity": number_in(positive=True), "physics.peak_wavenumber": number_in(positive=True),
+             "data.train_steps": integer_in(1, 1_000_000), "train.unroll": integer_in(1, 1_000_000)}
+
 register(Experiment(
     "ns-2d", "Navier–Stokes 2D hybrid correction (conv ResNet after a coupled GMRES solver)",
     {"cpu": copy.deepcopy(_CPU), "paper-cpu": _paper_cpu(), "paper": _paper()}, build_ns,
@@ -159,4 +164,4 @@ register(Experiment(
         "cpu": ["ours: LR decayed 0.95 per epoch, our metric, history without the untrained error, 30 epochs "
                 "(PRDP's final error +35%: the budget ends while its hybrid still improves); sizes as paper-cpu",
                 *_NS_DEVIATIONS]},
-))
+    ranges=NS_RANGES))

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import ConfigError, flatten, require
+from ..config import Allowed, ConfigError, check_ranges, flatten, integer_in, number_in, one_of, require
 from ..linalg import METHODS, GRAD_MODES, IterationLog, SolverConfig
 from ..prdp import PRDPConfig
 
@@ -50,6 +50,9 @@ class Experiment:
     # the old behaviour: a resumed run whose config.yaml lacks one continues with that value
     # (recorded in its config.yaml) instead of failing on a "missing" key
     added_keys: dict[str, Any] = field(default_factory=dict)
+    # what this experiment's own config keys may hold, declared next to its config (keys many
+    # experiments share are in SHARED_RANGES); checked with the config's types before build
+    ranges: dict[str, Allowed] = field(default_factory=dict)
 
     def config(self, size: str = "cpu") -> dict[str, Any]:
         if size not in self.sizes:
@@ -117,30 +120,23 @@ def list_experiments() -> list[Experiment]:
 
 # Ranges of the keys experiments share, checked wherever an experiment has the key. Sizes are capped so
 # that a typo such as physics.n=30000 fails at once instead of exhausting memory hours later.
-_POSITIVE = "a finite number > 0"
-_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "physics.n": (lambda v: 3 <= v <= 4096, "an integer in [3, 4096]"),
-    "physics.ndim": (lambda v: v in (1, 2, 3), "1, 2, 3"),
-    "physics.modes": (lambda v: 1 <= v <= 1024, "an integer in [1, 1024]"),
-    "physics.factor": (lambda v: 1 <= v <= 16, "an integer in [1, 16]"),
-    "physics.picard_iterations": (lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"),
-    "physics.warmup_steps": (lambda v: 0 <= v <= 100_000, "an integer in [0, 100000]"),
-    "physics.scheme": (lambda v: v in ("implicit_euler", "crank_nicolson"), "implicit_euler, crank_nicolson"),
-    "net.name": (lambda v: v in ("mlp", "resnet"), "mlp, resnet"),
-    "solver.initial_guess": (lambda v: v in ("prediction", "zero"), "prediction, zero"),
-    "data.generator": (lambda v: v in ("sine", "paper"), "sine, paper"),
-    "validation.metric": (lambda v: v in ("ours", "paper"), "ours, paper"),
-    "train.lr_schedule": (lambda v: v in ("exponential", "cosine"), "exponential, cosine"),
-    "train.lr_decay_every": (lambda v: 0 <= v <= 10**9, "an integer >= 0 (0: lr_decay per epoch)"),
-    "train.lr_final_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "solver.restart": (lambda v: 1 <= v <= 10_000, "an integer in [1, 10000]"),
-    "train.target_metric": (lambda v: v >= 0, "a finite number >= 0"),
-    "data.data_seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2^63)"),
-    **{k: (lambda v: v > 0, _POSITIVE) for k in ("physics.nu", "physics.nu_dt", "physics.dt", "physics.length",
-                                                 "physics.rms_velocity", "physics.peak_wavenumber")},
-    **{k: (lambda v: 1 <= v <= 1_000_000, "an integer in [1, 1000000]")
-       for k in ("data.train", "data.validation", "data.validation_rollout", "data.train_steps", "net.width",
-                 "net.depth", "net.hidden", "net.blocks", "train.steps_per_epoch", "train.unroll")},
+# Ranges of the keys experiments share, checked wherever an experiment has the key (an experiment's
+# own keys are declared next to its config, in ``Experiment.ranges``). Sizes are capped so that a
+# typo such as physics.n=30000 fails at once instead of exhausting memory hours later.
+SHARED_RANGES: dict[str, Allowed] = {
+    "physics.n": integer_in(3, 4096), "physics.ndim": one_of(1, 2, 3), "physics.modes": integer_in(1, 1024),
+    "net.name": one_of("mlp", "resnet"),
+    "solver.initial_guess": one_of("prediction", "zero"),
+    "validation.metric": one_of("ours", "paper"),
+    "train.lr_schedule": one_of("exponential", "cosine"),
+    "train.lr_decay_every": integer_in(0, 10**9, note="0: lr_decay per epoch"),
+    "train.lr_final_fraction": number_in(0, 1),
+    "solver.restart": integer_in(1, 10_000),
+    "train.target_metric": number_in(0),
+    "data.data_seed": integer_in(0, 2**63 - 1),
+    **{k: number_in(positive=True) for k in ("physics.nu", "physics.dt", "physics.length")},
+    **{k: integer_in(1, 1_000_000) for k in ("data.train", "data.validation", "data.validation_rollout", "net.width",
+                                              "net.depth", "net.hidden", "net.blocks", "train.steps_per_epoch")},
 }
 _MAX_GRID_POINTS = 2**24
 
@@ -208,9 +204,7 @@ def validate_config(exp: Experiment, cfg: dict[str, Any]) -> None:
                 + (" (finite)" if isinstance(default, float) else "")
                 + (" of strings, not empty" if _is_choice_list(default)
                    else f" of {len(default)} finite numbers" if isinstance(default, (list, tuple)) else ""))
-        if key in _RANGES:
-            check, allowed = _RANGES[key]
-            require(check(value), key, value, allowed)
+    check_ranges({k: v for k, v in given.items() if v is not None}, {**SHARED_RANGES, **exp.ranges})
     p = cfg.get("physics", {})
     if "n" in p:
         points = p["n"] ** p.get("ndim", 1)
